@@ -1,0 +1,1 @@
+//! Data plane: TUN VTEP, userspace VXLAN/IPIP hot path, routes.

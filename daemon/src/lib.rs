@@ -1,0 +1,8 @@
+//! weftd: the node daemon's library (subnet manager, data plane, netlink, masquerade,
+//! health) and weftctl's client side. The binaries in `src/bin` are thin.
+
+pub mod dataplane;
+pub mod lease;
+pub mod netlink;
+pub mod node;
+pub mod subnet;

@@ -1,0 +1,1 @@
+//! Idempotent netlink operations (links, addresses, routes, bridges, veths).

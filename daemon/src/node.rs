@@ -1,0 +1,1 @@
+//! Wiring of one weftd node: settings → lease → data plane → health.

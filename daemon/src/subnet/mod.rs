@@ -1,0 +1,1 @@
+//! Subnet lease manager (etcd, flannel schema).
