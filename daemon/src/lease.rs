@@ -22,6 +22,17 @@ pub struct LocalLease {
     pub public_ip: Ipv4Addr,
     /// This node's VTEP MAC (persisted in `--state-dir`, stable across restarts).
     pub vtep_mac: MacAddr,
+    /// The underlay interface `public_ip` belongs to (from `--iface` or the default route).
+    pub underlay_iface: String,
+    /// The overlay MTU: underlay MTU minus the backend's overhead ([`overlay_mtu`]). The
+    /// same value is written as `FLANNEL_MTU` to subnet.env; use it for the TUN and cni0.
+    pub mtu: u32,
+}
+
+/// The MTU of the overlay (TUN, cni0, pods): the underlay interface's MTU minus the
+/// backend's encapsulation overhead. The single place this is computed.
+pub fn overlay_mtu(underlay_mtu: u32, backend: &weft_config::Backend) -> u32 {
+    underlay_mtu.saturating_sub(backend.overhead())
 }
 
 /// How a peer wants to be reached, from its lease's `BackendType`/`BackendData`.
