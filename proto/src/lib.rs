@@ -1,1 +1,2 @@
 //! weft wire formats.
+pub mod lease;
