@@ -3,6 +3,7 @@
 
 pub mod dataplane;
 pub mod lease;
+pub mod metrics;
 pub mod netlink;
 pub mod node;
 pub mod subnet;

@@ -4,6 +4,8 @@
 //! [`run`] owns devices, routes and sockets for as long as the node runs, applies every
 //! [`PeerEvent`] in order, and returns when `shutdown` turns true.
 
+pub mod tun;
+
 use tokio::sync::{mpsc, watch};
 use weft_config::Settings;
 

@@ -1,2 +1,315 @@
 //! Idempotent netlink operations (links, addresses, routes, bridges, veths).
+//!
+//! Every `ensure_*` reads the current state first and changes only what differs, so it
+//! can run at start, after a restart and on every reconcile without disturbing a host
+//! that is already right; "already exists with the right value" is success.
+//! All operations act on the network namespace the [`Netlink`] socket was opened in.
+
 pub mod bridge;
+pub mod route;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+
+pub use route::{plan, Change, Route, WEFT_ROUTE_PROTOCOL};
+
+/// `ENOENT`/`ESRCH` from the kernel: the object to delete is already gone.
+const GONE: [i32; 2] = [libc::ENOENT, libc::ESRCH];
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("opening a netlink socket: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("no network interface named {0:?} in this network namespace")]
+    NoSuchLink(String),
+    #[error("netlink: {what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+fn request_error(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Request { what, source }
+}
+
+/// The kernel's errno inside an rtnetlink error, if it is one.
+fn errno(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => message.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// A network interface as far as weft cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+impl Link {
+    fn from_message(message: &LinkMessage) -> Link {
+        let mut link = Link {
+            index: message.header.index,
+            name: String::new(),
+            mtu: 0,
+            up: message.header.flags.contains(LinkFlags::Up),
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfName(name) => link.name.clone_from(name),
+                LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// A route-netlink connection in the current network namespace.
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+}
+
+impl Netlink {
+    /// Opens the socket and spawns its I/O task on the current tokio runtime.
+    pub fn connect() -> Result<Netlink> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    /// The underlying rtnetlink handle (for [`bridge::ensure_bridge`]).
+    pub fn handle(&self) -> &rtnetlink::Handle {
+        &self.handle
+    }
+
+    /// The link called `name`, or `None`.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link.as_ref().map(Link::from_message)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(request_error(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    /// The link called `name`; an error naming it when missing.
+    pub async fn require_link(&self, name: &str) -> Result<Link> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
+    }
+
+    /// Sets `name` up with MTU `mtu` (when given); no request when it already is.
+    pub async fn ensure_link_up(&self, name: &str, mtu: Option<u32>) -> Result<Link> {
+        let link = self.require_link(name).await?;
+        let mtu_wrong = mtu.is_some_and(|m| m != link.mtu);
+        if link.up && !mtu_wrong {
+            return Ok(link);
+        }
+        let mut message = LinkUnspec::new_with_index(link.index).up();
+        if let Some(mtu) = mtu {
+            message = message.mtu(mtu);
+        }
+        self.handle
+            .link()
+            .set(message.build())
+            .execute()
+            .await
+            .map_err(request_error(format!("setting {name} up (mtu {mtu:?})")))?;
+        self.require_link(name).await
+    }
+
+    /// Deletes the link with index `index`; success when it is already gone.
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(request_error(format!("deleting link {index}"))(e)),
+        }
+    }
+
+    /// The IPv4 addresses on link `index`.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+        Ok(self
+            .address_messages(index)
+            .await?
+            .iter()
+            .filter_map(address_of)
+            .collect())
+    }
+
+    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>> {
+        self.handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|all| {
+                all.into_iter()
+                    .filter(|m| m.header.family == AddressFamily::Inet && m.header.index == index)
+                    .collect()
+            })
+            .map_err(request_error(format!("listing addresses of link {index}")))
+    }
+
+    /// Makes `address` the only IPv4 address of link `index`: adds it if missing and
+    /// removes any other IPv4 address (a stale one from an earlier lease, flannel #1850).
+    pub async fn ensure_address(&self, index: u32, address: Ipv4Net) -> Result<()> {
+        let mut present = false;
+        for message in self.address_messages(index).await? {
+            match address_of(&message) {
+                Some(existing) if existing == address => present = true,
+                Some(existing) => {
+                    tracing::info!(link = index, %existing, wanted = %address, "removing stale address");
+                    match self.handle.address().del(message).execute().await {
+                        Ok(()) => {}
+                        Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => {}
+                        Err(e) => {
+                            return Err(request_error(format!(
+                                "removing stale address {existing} from link {index}"
+                            ))(e))
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        if present {
+            return Ok(());
+        }
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(address.addr()), address.prefix_len())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(request_error(format!("adding {address} to link {index}"))(e)),
+        }
+    }
+
+    /// The IPv4 routes of the main table that weft installed (tagged with
+    /// [`WEFT_ROUTE_PROTOCOL`]).
+    pub async fn weft_routes(&self) -> Result<Vec<Route>> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let messages: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request_error("listing routes"))?;
+        Ok(messages
+            .iter()
+            .filter(|m| {
+                m.header.protocol == RouteProtocol::Other(WEFT_ROUTE_PROTOCOL)
+                    && m.header.table == RouteHeader::RT_TABLE_MAIN
+                    && m.header.kind == RouteType::Unicast
+            })
+            .filter_map(route_of)
+            .collect())
+    }
+
+    /// Applies one reconcile step. Adding an identical route and deleting a missing one
+    /// both count as success.
+    pub async fn apply(&self, change: &Change) -> Result<()> {
+        match change {
+            Change::Add(route) | Change::Replace(route) => {
+                match self.handle.route().add(route_message(route)).replace().execute().await {
+                    Ok(()) => Ok(()),
+                    Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+                    Err(e) => Err(request_error(format!("installing route {route:?}"))(e)),
+                }
+            }
+            Change::Delete(route) => {
+                match self.handle.route().del(route_message(route)).execute().await {
+                    Ok(()) => Ok(()),
+                    Err(e) if errno(&e).is_some_and(|n| GONE.contains(&n)) => Ok(()),
+                    Err(e) => Err(request_error(format!("deleting route {route:?}"))(e)),
+                }
+            }
+        }
+    }
+
+    /// Plans and applies every change that makes weft's routes equal `desired`;
+    /// returns the changes made.
+    pub async fn reconcile_routes(&self, desired: &[Route]) -> Result<Vec<Change>> {
+        let actual = self.weft_routes().await?;
+        let changes = plan(desired, &actual);
+        for change in &changes {
+            self.apply(change).await?;
+        }
+        Ok(changes)
+    }
+}
+
+fn address_of(message: &AddressMessage) -> Option<Ipv4Net> {
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer address on
+    // point-to-point links and equal to IFA_LOCAL elsewhere.
+    let mut local = None;
+    let mut address = None;
+    for attribute in &message.attributes {
+        match attribute {
+            AddressAttribute::Local(IpAddr::V4(a)) => local = Some(*a),
+            AddressAttribute::Address(IpAddr::V4(a)) => address = Some(*a),
+            _ => {}
+        }
+    }
+    Ipv4Net::new(local.or(address)?, message.header.prefix_len).ok()
+}
+
+fn route_of(message: &RouteMessage) -> Option<Route> {
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut gateway = None;
+    let mut oif = None;
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            _ => {}
+        }
+    }
+    Some(Route {
+        dst: Ipv4Net::new(dst, message.header.destination_prefix_length).ok()?,
+        gateway,
+        oif: oif?,
+    })
+}
+
+fn route_message(route: &Route) -> RouteMessage {
+    let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(route.dst.network(), route.dst.prefix_len())
+        .output_interface(route.oif)
+        .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTOCOL));
+    builder = match route.gateway {
+        Some(gateway) => builder.gateway(gateway).scope(RouteScope::Universe),
+        None => builder.scope(RouteScope::Link),
+    };
+    builder.build()
+}

@@ -1,0 +1,160 @@
+//! Data-plane counters: plain atomics bumped on the hot path (relaxed ordering, no lock),
+//! read only by whoever exports them (`/metrics`, `/v1/status`, tests).
+//!
+//! One counter per drop reason, so an operator can tell "a peer is misconfigured" from
+//! "someone is spraying packets at the VXLAN port" without a capture.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Packets and bytes moved in one direction.
+#[derive(Debug, Default)]
+pub struct Flow {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl Flow {
+    /// Adds `packets` packets totalling `bytes` bytes.
+    #[inline]
+    pub fn add(&self, packets: u64, bytes: u64) {
+        self.packets.fetch_add(packets, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Why a packet was not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Encapsulated packet from an address that is not the PublicIP of a current lease.
+    RxUnknownSource,
+    /// VXLAN header with a VNI other than ours (or without the I flag).
+    RxWrongVni,
+    /// Too short, not IPv4, bad header length: not something a peer would send.
+    RxMalformed,
+    /// Inner destination outside this node's subnet.
+    RxDstNotLocal,
+    /// Inner source outside the sending peer's subnet (spoofing or a misconfigured peer).
+    RxSpoofedSource,
+    /// Writing the decapsulated packet to the TUN device failed.
+    RxTunWrite,
+    /// A packet read from TUN whose destination is in no peer's subnet.
+    TxNoPeer,
+    /// A packet read from TUN that is not a well-formed IPv4 packet.
+    TxMalformed,
+    /// The underlay send failed (no route, buffer full, ...).
+    TxSendError,
+    /// A packet too big for the underlay that could not be segmented.
+    TxTooBig,
+}
+
+impl DropReason {
+    /// Every reason, for exporters that list them all (including the zero ones).
+    pub const ALL: [DropReason; 10] = [
+        DropReason::RxUnknownSource,
+        DropReason::RxWrongVni,
+        DropReason::RxMalformed,
+        DropReason::RxDstNotLocal,
+        DropReason::RxSpoofedSource,
+        DropReason::RxTunWrite,
+        DropReason::TxNoPeer,
+        DropReason::TxMalformed,
+        DropReason::TxSendError,
+        DropReason::TxTooBig,
+    ];
+
+    /// Stable snake_case name, used as the `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::RxUnknownSource => "rx_unknown_source",
+            DropReason::RxWrongVni => "rx_wrong_vni",
+            DropReason::RxMalformed => "rx_malformed",
+            DropReason::RxDstNotLocal => "rx_dst_not_local",
+            DropReason::RxSpoofedSource => "rx_spoofed_source",
+            DropReason::RxTunWrite => "rx_tun_write",
+            DropReason::TxNoPeer => "tx_no_peer",
+            DropReason::TxMalformed => "tx_malformed",
+            DropReason::TxSendError => "tx_send_error",
+            DropReason::TxTooBig => "tx_too_big",
+        }
+    }
+}
+
+/// All data-plane counters of one node. Shared as `Arc<Metrics>`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Inner packets read from TUN and sent to a peer (bytes: inner IPv4 length).
+    pub tx: Flow,
+    /// Inner packets received from a peer and written to TUN (bytes: inner IPv4 length).
+    pub rx: Flow,
+    /// Underlay send syscalls (`sendmmsg`/`sendmsg`), to see batching at work.
+    pub tx_syscalls: AtomicU64,
+    /// Underlay receive syscalls (`recvmmsg`).
+    pub rx_syscalls: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl Metrics {
+    /// Counts one dropped packet.
+    #[inline]
+    pub fn drop_packet(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Packets dropped so far for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// A consistent-enough copy for exporting (each counter read once).
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            tx_packets: self.tx.packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx.bytes.load(Ordering::Relaxed),
+            rx_packets: self.rx.packets.load(Ordering::Relaxed),
+            rx_bytes: self.rx.bytes.load(Ordering::Relaxed),
+            tx_syscalls: self.tx_syscalls.load(Ordering::Relaxed),
+            rx_syscalls: self.rx_syscalls.load(Ordering::Relaxed),
+            drops: DropReason::ALL.map(|reason| (reason.name(), self.drops(reason))),
+        }
+    }
+}
+
+/// Plain values of [`Metrics`], serializable for `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MetricsSnapshot {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_syscalls: u64,
+    pub rx_syscalls: u64,
+    /// `(reason, count)` for every [`DropReason`], in [`DropReason::ALL`] order.
+    pub drops: [(&'static str, u64); DropReason::ALL.len()],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_counter() {
+        let metrics = Metrics::default();
+        for (n, reason) in DropReason::ALL.iter().enumerate() {
+            for _ in 0..=n {
+                metrics.drop_packet(*reason);
+            }
+        }
+        for (n, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(metrics.drops(*reason), n as u64 + 1, "{}", reason.name());
+        }
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.drops[0], ("rx_unknown_source", 1));
+    }
+
+    #[test]
+    fn reasons_are_indexed_in_order() {
+        for (n, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, n);
+        }
+    }
+}
