@@ -1,0 +1,3 @@
+//! The multi-node lab topology (being written).
+
+pub mod state;

@@ -1,0 +1,207 @@
+//! Named network namespaces (`ip netns`) and the long-running children started in them.
+
+use std::fmt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::proc::ProcId;
+use crate::run_cmd;
+
+/// Names of all named network namespaces (`/run/netns`).
+pub fn list() -> anyhow::Result<Vec<String>> {
+    match std::fs::read_dir("/run/netns") {
+        Ok(dir) => Ok(dir
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).context("reading /run/netns"),
+    }
+}
+
+/// Deletes a named namespace if it exists (idempotent).
+pub fn delete(name: &str) -> anyhow::Result<()> {
+    if !list()?.iter().any(|n| n == name) {
+        return Ok(());
+    }
+    crate::ip(&["netns", "delete", name]).map(|_| ())
+}
+
+/// A network namespace `ip netns add <name>`; deleted on Drop. Dropping kills nothing:
+/// children are owned by their [`Child`] guards.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    /// Whether Drop deletes the namespace (false after [`Netns::detach`]).
+    owned: bool,
+}
+
+impl Netns {
+    /// Creates the namespace and brings its loopback up. Fails if it already exists.
+    pub fn new(name: &str) -> anyhow::Result<Netns> {
+        anyhow::ensure!(
+            !name.is_empty() && !name.contains('/') && name.len() <= 64,
+            "invalid namespace name {name:?}"
+        );
+        crate::ip(&["netns", "add", name]).with_context(|| format!("creating netns {name}"))?;
+        let ns = Netns {
+            name: name.to_owned(),
+            owned: true,
+        };
+        ns.run("ip", &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A handle on an existing namespace that Drop does not delete.
+    pub fn existing(name: &str) -> Netns {
+        Netns {
+            name: name.to_owned(),
+            owned: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Keeps the namespace after Drop (for `weft-lab up`, which records it instead).
+    pub fn detach(mut self) -> String {
+        self.owned = false;
+        std::mem::take(&mut self.name)
+    }
+
+    /// A [`Command`] prepared to run `program` inside the namespace (`ip netns exec`,
+    /// which also bind-mounts `/etc/netns/<name>/*` over `/etc`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Runs `program args` inside the namespace; `Err` with its stderr if it fails.
+    pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        run_cmd(self.command(program).args(args))
+    }
+
+    /// Runs a shell script inside the namespace (`sh -c`).
+    pub fn sh(&self, script: &str) -> anyhow::Result<String> {
+        self.run("sh", &["-c", script])
+    }
+
+    /// `ip <args>` inside the namespace (`ip -n`, no fork of `ip netns exec`).
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        run_cmd(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// Spawns a long-running child (typically from [`Netns::command`]); it is killed by
+    /// PID when the returned guard drops. stdin is closed; stdout/stderr are left as the
+    /// caller configured them.
+    pub fn spawn(&self, cmd: Command) -> anyhow::Result<Child> {
+        Child::spawn(cmd)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if self.owned {
+            if let Err(e) = delete(&self.name) {
+                eprintln!("weft-tests: cannot delete netns {}: {e:#}", self.name);
+            }
+        }
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Child {
+    child: Option<std::process::Child>,
+    id: ProcId,
+    what: String,
+}
+
+impl fmt::Debug for Child {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Child")
+            .field("pid", &self.id.pid)
+            .field("what", &self.what)
+            .finish()
+    }
+}
+
+impl Child {
+    /// Spawns `cmd` in its own process group (a Ctrl-C meant for the test runner or
+    /// `weft-lab` does not reach it; it dies when its guard drops or `down` kills it).
+    pub fn spawn(mut cmd: Command) -> anyhow::Result<Child> {
+        use std::os::unix::process::CommandExt as _;
+        let what = format!("{cmd:?}");
+        cmd.stdin(Stdio::null()).process_group(0);
+        let child = cmd.spawn().with_context(|| format!("spawning {what}"))?;
+        let pid = child.id();
+        let id = ProcId::of(pid).unwrap_or(ProcId { pid, start_time: 0 });
+        Ok(Child {
+            child: Some(child),
+            id,
+            what,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.id.pid
+    }
+
+    /// PID and start time, for recording in a lab's state file.
+    pub fn proc_id(&self) -> ProcId {
+        self.id
+    }
+
+    /// Whether the child is still running (reaps it if it has exited).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The exit status if it has exited.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGKILL and reap (idempotent).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, wait up to `grace` for it to exit, then SIGKILL. Reaps it.
+    pub fn terminate(&mut self, grace: Duration) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let _ = crate::wait_until("child to exit after SIGTERM", grace, || {
+                matches!(c.try_wait(), Ok(Some(_)))
+            });
+        }
+        self.kill();
+    }
+
+    /// Lets the child outlive the guard (for `weft-lab up`, which records its PID).
+    pub fn detach(mut self) -> ProcId {
+        self.child = None;
+        self.id
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

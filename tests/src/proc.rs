@@ -1,0 +1,77 @@
+//! Processes by PID: identity (PID + start time, so a recycled PID is never killed),
+//! kill-and-reap, and lookup by command line of processes the lab started.
+
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+/// A process identified across the lifetime of its PID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcId {
+    pub pid: u32,
+    /// Field 22 of `/proc/<pid>/stat` (clock ticks since boot).
+    pub start_time: u64,
+}
+
+impl ProcId {
+    /// Identity of a live process; `None` when it no longer exists.
+    pub fn of(pid: u32) -> Option<ProcId> {
+        start_time(pid).map(|start_time| ProcId { pid, start_time })
+    }
+
+    /// Whether this very process still exists (not a zombie, not a recycled PID).
+    pub fn is_alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
+    }
+
+    /// SIGKILL if it is still this process; waits (bounded) until it is gone. Zombies of
+    /// processes that are not our children are reaped by their parent or by init.
+    pub fn kill(&self) {
+        if !self.is_alive() {
+            return;
+        }
+        let Ok(raw) = i32::try_from(self.pid) else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+        let _ = crate::wait_until("process to exit", Duration::from_secs(5), || {
+            !self.is_alive()
+        });
+    }
+}
+
+/// Start time of `pid` from `/proc/<pid>/stat`, or `None` if it does not exist.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // `rest` starts at field 3 (state); start time is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// PIDs of live processes whose command line contains `needle` as one argument (exact
+/// match), e.g. the private containerd socket path a shim was given. Used to find
+/// processes our own daemons started (containerd shims) so they are killed by PID.
+pub fn pids_with_arg(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own = std::process::id();
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != own)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|&b| b == 0).any(|arg| arg == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
