@@ -2,9 +2,34 @@
 //!
 //! INTERFACE: `Settings` (fields below; more may be added), built by
 //! `Settings::from_args_env_file(args)`.
+//!
+//! One clap definition ([`Flags`]) parses all three layers, so a value means the same
+//! and is checked the same wherever it comes from: an environment variable
+//! `WEFTD_ETCD_PREFIX=x` is parsed as `--etcd-prefix=x`, a TOML line
+//! `etcd-prefix = "x"` likewise. Every field of a layer is an `Option` with no clap
+//! default, so "not given" stays visible and the layers merge field by field in
+//! precedence order before the defaults fill the rest. (clap's own `env` support
+//! would put the environment above the file correctly but could not put the file above
+//! the defaults, and reads the process environment directly, which tests cannot
+//! control safely.)
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, ValueEnum};
+
+/// The config file read when `--config` is not given; it may be absent.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/weft/weftd.toml";
+/// Prefix of the environment variables: `--etcd-prefix` is `WEFTD_ETCD_PREFIX`.
+pub const ENV_PREFIX: &str = "WEFTD_";
+/// etcd's own limit on a lease TTL, in seconds.
+const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -27,10 +52,767 @@ pub struct Settings {
     /// Test-only: TTL of the etcd lease in seconds (default 24 h).
     pub lease_ttl_secs: u64,
     pub log_format: LogFormat,
+    /// A `tracing` filter: a level (`info`) or `target=level` directives, comma-separated.
+    pub log_level: String,
+    /// How long one attempt to connect to etcd may take before it is retried.
+    pub etcd_dial_timeout: Duration,
+    /// The TOML file the settings were read from, if one was.
+    pub config_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl Default for Settings {
+    /// The contract's defaults (what weftd uses when nothing is configured).
+    fn default() -> Self {
+        Settings {
+            etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            etcd_prefix: "/coreos.com/network".to_owned(),
+            etcd_cafile: None,
+            etcd_certfile: None,
+            etcd_keyfile: None,
+            etcd_username: None,
+            etcd_password: None,
+            iface: None,
+            public_ip: None,
+            subnet_file: PathBuf::from("/run/flannel/subnet.env"),
+            state_dir: PathBuf::from("/var/lib/weft"),
+            ip_masq: false,
+            healthz_addr: SocketAddr::from(([127, 0, 0, 1], 9842)),
+            cleanup_on_exit: false,
+            lease_ttl_secs: 24 * 60 * 60,
+            log_format: LogFormat::Text,
+            log_level: "info".to_owned(),
+            etcd_dial_timeout: Duration::from_secs(5),
+            config_file: None,
+        }
+    }
+}
+
+/// Why the settings could not be built. `Cli` includes `--help` and `--version`: call
+/// `err.exit()` on it to print them (or the usage error) the way clap does.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env {
+        var: String,
+        value: String,
+        reason: String,
+    },
+    #[error("config file {}: cannot read it: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}: invalid TOML: {message}", path.display())]
+    Toml { path: PathBuf, message: String },
+    #[error("config file {}{location}: unknown key `{key}`{hint}; known keys: {known}", path.display())]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        /// ` line N`, when the key could be located.
+        location: String,
+        hint: String,
+        known: String,
+    },
+    #[error("config file {}{location}: {key} = {value}: {reason}", path.display())]
+    FileValue {
+        path: PathBuf,
+        key: String,
+        value: String,
+        location: String,
+        reason: String,
+    },
+    #[error("{flag} {value} (from {origin}): {reason}")]
+    Invalid {
+        /// The flag, e.g. `--etcd-certfile`.
+        flag: &'static str,
+        value: String,
+        /// Where the value came from: the flag, `WEFTD_...`, or the config file.
+        origin: Origin,
+        reason: String,
+    },
+    #[error("{present} (from {origin}) needs {missing} as well: {reason}")]
+    Incomplete {
+        present: &'static str,
+        origin: Origin,
+        missing: &'static str,
+        reason: &'static str,
+    },
+}
+
+/// Where a setting's value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Flag(&'static str),
+    Env(String),
+    File(PathBuf),
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "the command line {flag}"),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::File(path) => write!(f, "config file {}", path.display()),
+            Origin::Default => f.write_str("the default"),
+        }
+    }
+}
+
+/// The comma-separated `--etcd-endpoints` list, as one clap value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoints(Vec<String>);
+
+/// weftd, the weft node daemon: leases this node's subnet from etcd (flannel's schema),
+/// and carries pod traffic between nodes in userspace VXLAN or IPIP.
+#[derive(Debug, Default, Clone, Parser)]
+#[command(
+    name = "weftd",
+    version,
+    after_help = "Every flag can also be set as an environment variable WEFTD_<FLAG> \
+                  (e.g. WEFTD_ETCD_ENDPOINTS) or as a kebab-case key in the --config TOML \
+                  file (e.g. etcd-endpoints = \"http://192.0.2.254:2379\"). Precedence: \
+                  flag > environment > file > default. Boolean flags take an optional \
+                  value: --ip-masq, --ip-masq=false."
+)]
+struct Flags {
+    /// TOML file with settings (kebab-case keys); a missing default file is fine
+    /// [default: /etc/weft/weftd.toml]
+    #[arg(long, value_name = "PATH", value_parser = parse_path)]
+    config: Option<PathBuf>,
+    /// etcd endpoints, comma-separated http:// or https:// URLs
+    /// [default: http://127.0.0.1:2379]
+    #[arg(long, value_name = "URLS", value_parser = parse_endpoints)]
+    etcd_endpoints: Option<Endpoints>,
+    /// etcd key prefix of the network [default: /coreos.com/network]
+    #[arg(long, value_name = "PREFIX", value_parser = parse_prefix)]
+    etcd_prefix: Option<String>,
+    /// CA certificate to verify etcd's server certificate
+    #[arg(long, value_name = "PATH", value_parser = parse_path)]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd (needs --etcd-keyfile)
+    #[arg(long, value_name = "PATH", value_parser = parse_path)]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd (needs --etcd-certfile)
+    #[arg(long, value_name = "PATH", value_parser = parse_path)]
+    etcd_keyfile: Option<PathBuf>,
+    /// etcd user name (needs --etcd-password)
+    #[arg(long, value_name = "NAME", value_parser = parse_nonempty)]
+    etcd_username: Option<String>,
+    /// etcd password (needs --etcd-username)
+    #[arg(long, value_name = "PASSWORD", value_parser = parse_nonempty)]
+    etcd_password: Option<String>,
+    /// Time allowed for one attempt to connect to etcd, e.g. 5s, 500ms [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    etcd_dial_timeout: Option<Duration>,
+    /// Underlay interface (name or IPv4 address) [default: interface of the default route]
+    #[arg(long, value_name = "NAME|IP", value_parser = parse_iface)]
+    iface: Option<String>,
+    /// IPv4 address peers send encapsulated traffic to [default: first IPv4 of --iface]
+    #[arg(long, value_name = "IPV4", value_parser = parse_public_ip)]
+    public_ip: Option<Ipv4Addr>,
+    /// Where to write flannel's subnet.env [default: /run/flannel/subnet.env]
+    #[arg(long, value_name = "PATH", value_parser = parse_path)]
+    subnet_file: Option<PathBuf>,
+    /// Directory for this node's persisted identity (VTEP MAC, lease) [default: /var/lib/weft]
+    #[arg(long, value_name = "DIR", value_parser = parse_path)]
+    state_dir: Option<PathBuf>,
+    /// Masquerade pod traffic leaving the cluster network [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    ip_masq: Option<bool>,
+    /// Address of the /healthz, /readyz, /metrics and /v1/status server [default: 127.0.0.1:9842]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
+    healthz_addr: Option<SocketAddr>,
+    /// On exit, remove the devices, routes and rules weftd created [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    cleanup_on_exit: Option<bool>,
+    /// Log format [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log filter: a level (trace, debug, info, warn, error, off) or target=level
+    /// directives, comma-separated [default: info]
+    #[arg(long, value_name = "FILTER", value_parser = parse_log_level)]
+    log_level: Option<String>,
+    /// Test-only: TTL of the etcd lease in seconds [default: 86400]
+    #[arg(long, value_name = "SECS", hide = true, value_parser = parse_ttl)]
+    lease_ttl_secs: Option<u64>,
+}
+
+impl Settings {
+    /// Settings from `args` (the first item is the program name), the process
+    /// environment and the config file.
+    pub fn from_args_env_file<I, T>(args: I) -> Result<Settings, SettingsError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Settings::from_args_and_env(args, std::env::vars_os())
+    }
+
+    /// Settings from the process's command line, environment and config file.
+    pub fn from_env_and_args() -> Result<Settings, SettingsError> {
+        Settings::from_args_env_file(std::env::args_os())
+    }
+
+    /// Like [`Settings::from_args_env_file`] with an explicit environment (tests use this
+    /// instead of changing the process environment, which other threads share).
+    /// Variables not named `WEFTD_<FLAG>` are ignored; an empty value counts as unset.
+    pub fn from_args_and_env<I, T, E, K, V>(args: I, env: E) -> Result<Settings, SettingsError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+        E: IntoIterator<Item = (K, V)>,
+        K: Into<OsString>,
+        V: Into<OsString>,
+    {
+        let flags = Flags::try_parse_from(args)?;
+        let env = env_layer(env)?;
+        let (config_path, explicit) = match (&flags.config, &env.config) {
+            (Some(path), _) | (None, Some(path)) => (path.clone(), true),
+            (None, None) => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let (file, config_file) = match std::fs::read_to_string(&config_path) {
+            Ok(text) => (file_layer(&config_path, &text)?, Some(config_path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                (Flags::default(), None)
+            }
+            Err(source) => {
+                return Err(SettingsError::ReadFile {
+                    path: config_path,
+                    source,
+                })
+            }
+        };
+        merge(flags, env, file, config_file)
+    }
+}
+
+/// The value of one setting and where it came from, taking the first layer that has it.
+macro_rules! pick {
+    ($flags:ident, $env:ident, $file:ident, $path:ident, $field:ident, $flag:literal) => {
+        $flags
+            .$field
+            .take()
+            .map(|v| (v, Origin::Flag($flag)))
+            .or_else(|| {
+                $env.$field
+                    .take()
+                    .map(|v| (v, Origin::Env(env_var_name($flag))))
+            })
+            .or_else(|| {
+                $file
+                    .$field
+                    .take()
+                    .map(|v| (v, Origin::File($path.clone().unwrap_or_default())))
+            })
+    };
+}
+
+fn merge(
+    mut flags: Flags,
+    mut env: Flags,
+    mut file: Flags,
+    config_file: Option<PathBuf>,
+) -> Result<Settings, SettingsError> {
+    let d = Settings::default();
+    let path = &config_file;
+    macro_rules! value {
+        ($field:ident, $flag:literal) => {
+            pick!(flags, env, file, path, $field, $flag)
+        };
+    }
+    let endpoints = value!(etcd_endpoints, "--etcd-endpoints");
+    let cafile = value!(etcd_cafile, "--etcd-cafile");
+    let certfile = value!(etcd_certfile, "--etcd-certfile");
+    let keyfile = value!(etcd_keyfile, "--etcd-keyfile");
+    let username = value!(etcd_username, "--etcd-username");
+    let password = value!(etcd_password, "--etcd-password");
+
+    check_pair(
+        &certfile,
+        "--etcd-certfile",
+        &keyfile,
+        "--etcd-keyfile",
+        "a TLS client certificate is useless without its key, and the other way round",
+    )?;
+    check_pair(
+        &username,
+        "--etcd-username",
+        &password,
+        "--etcd-password",
+        "etcd authentication needs both",
+    )?;
+    for (file, flag) in [
+        (&cafile, "--etcd-cafile"),
+        (&certfile, "--etcd-certfile"),
+        (&keyfile, "--etcd-keyfile"),
+    ] {
+        if let Some((path, origin)) = file {
+            check_readable_file(flag, path, origin)?;
+        }
+    }
+    let etcd_endpoints = endpoints
+        .as_ref()
+        .map_or(d.etcd_endpoints, |(e, _)| e.0.clone());
+    let tls_file = [&cafile, &certfile, &keyfile].into_iter().flatten().next();
+    if let Some((path, origin)) = tls_file {
+        if !etcd_endpoints.iter().any(|e| e.starts_with("https://")) {
+            return Err(SettingsError::Invalid {
+                flag: "--etcd-endpoints",
+                value: etcd_endpoints.join(","),
+                origin: endpoints.map_or(Origin::Default, |(_, o)| o),
+                reason: format!(
+                    "TLS files are set ({} from {origin}) but no endpoint uses https://; \
+                     use https:// URLs or drop the TLS files",
+                    path.display()
+                ),
+            });
+        }
+    }
+
+    Ok(Settings {
+        etcd_endpoints,
+        etcd_prefix: value!(etcd_prefix, "--etcd-prefix").map_or(d.etcd_prefix, |v| v.0),
+        etcd_cafile: cafile.map(|v| v.0),
+        etcd_certfile: certfile.map(|v| v.0),
+        etcd_keyfile: keyfile.map(|v| v.0),
+        etcd_username: username.map(|v| v.0),
+        etcd_password: password.map(|v| v.0),
+        iface: value!(iface, "--iface").map(|v| v.0),
+        public_ip: value!(public_ip, "--public-ip").map(|v| v.0),
+        subnet_file: value!(subnet_file, "--subnet-file").map_or(d.subnet_file, |v| v.0),
+        state_dir: value!(state_dir, "--state-dir").map_or(d.state_dir, |v| v.0),
+        ip_masq: value!(ip_masq, "--ip-masq").map_or(d.ip_masq, |v| v.0),
+        healthz_addr: value!(healthz_addr, "--healthz-addr").map_or(d.healthz_addr, |v| v.0),
+        cleanup_on_exit: value!(cleanup_on_exit, "--cleanup-on-exit")
+            .map_or(d.cleanup_on_exit, |v| v.0),
+        lease_ttl_secs: value!(lease_ttl_secs, "--lease-ttl-secs")
+            .map_or(d.lease_ttl_secs, |v| v.0),
+        log_format: value!(log_format, "--log-format").map_or(d.log_format, |v| v.0),
+        log_level: value!(log_level, "--log-level").map_or(d.log_level, |v| v.0),
+        etcd_dial_timeout: value!(etcd_dial_timeout, "--etcd-dial-timeout")
+            .map_or(d.etcd_dial_timeout, |v| v.0),
+        config_file,
+    })
+}
+
+fn check_pair<A, B>(
+    a: &Option<(A, Origin)>,
+    a_flag: &'static str,
+    b: &Option<(B, Origin)>,
+    b_flag: &'static str,
+    reason: &'static str,
+) -> Result<(), SettingsError> {
+    match (a, b) {
+        (Some((_, origin)), None) => Err(SettingsError::Incomplete {
+            present: a_flag,
+            origin: origin.clone(),
+            missing: b_flag,
+            reason,
+        }),
+        (None, Some((_, origin))) => Err(SettingsError::Incomplete {
+            present: b_flag,
+            origin: origin.clone(),
+            missing: a_flag,
+            reason,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn check_readable_file(
+    flag: &'static str,
+    path: &Path,
+    origin: &Origin,
+) -> Result<(), SettingsError> {
+    let problem = match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => match std::fs::File::open(path) {
+            Ok(_) => return Ok(()),
+            Err(e) => format!("cannot be opened: {e}"),
+        },
+        Ok(_) => "is not a regular file".to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no such file".to_owned(),
+        Err(e) => format!("cannot be read: {e}"),
+    };
+    Err(SettingsError::Invalid {
+        flag,
+        value: path.display().to_string(),
+        origin: origin.clone(),
+        reason: problem,
+    })
+}
+
+/// `--etcd-prefix` → `WEFTD_ETCD_PREFIX`.
+fn env_var_name(flag: &str) -> String {
+    let name = flag
+        .trim_start_matches('-')
+        .replace('-', "_")
+        .to_uppercase();
+    format!("{ENV_PREFIX}{name}")
+}
+
+/// Long names of every setting (`etcd-prefix`, ...), in definition order.
+fn setting_names() -> Vec<String> {
+    Flags::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_long())
+        .filter(|long| !matches!(*long, "help" | "version"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Parses `--name=value` with the one clap definition, as the only argument, and
+/// returns the clap error's reason (the part a user needs) on failure.
+fn parse_one(name: &str, value: &str) -> Result<Flags, String> {
+    let arg = format!("--{name}={value}");
+    Flags::try_parse_from(["weftd", arg.as_str()]).map_err(|e| clap_reason(&e))
+}
+
+fn clap_reason(error: &clap::Error) -> String {
+    if error.kind() == ErrorKind::InvalidValue {
+        if let Some(ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue) {
+            return format!("expected one of: {}", valid.join(", "));
+        }
+    }
+    if let Some(source) = std::error::Error::source(error) {
+        return source.to_string();
+    }
+    let rendered = error.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").to_owned()
+}
+
+fn env_layer<E, K, V>(env: E) -> Result<Flags, SettingsError>
+where
+    E: IntoIterator<Item = (K, V)>,
+    K: Into<OsString>,
+    V: Into<OsString>,
+{
+    let vars: HashMap<OsString, OsString> =
+        env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+    let mut args = vec![OsString::from("weftd")];
+    for name in setting_names() {
+        let var = env_var_name(&name);
+        let Some(value) = vars.get(&OsString::from(&var)) else {
+            continue;
+        };
+        if value.is_empty() {
+            continue;
+        }
+        let Some(value) = value.to_str() else {
+            return Err(SettingsError::Env {
+                var,
+                value: value.to_string_lossy().into_owned(),
+                reason: "is not valid UTF-8".to_owned(),
+            });
+        };
+        // Parse alone first so an error names this variable, not a flag.
+        parse_one(&name, value).map_err(|reason| SettingsError::Env {
+            var: var.clone(),
+            value: value.to_owned(),
+            reason,
+        })?;
+        args.push(format!("--{name}={value}").into());
+    }
+    Ok(Flags::try_parse_from(args)?)
+}
+
+fn file_layer(path: &Path, text: &str) -> Result<Flags, SettingsError> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| SettingsError::Toml {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let names = setting_names();
+    let known: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != "config")
+        .collect();
+    let mut args = vec!["weftd".to_owned()];
+    for (key, value) in &table {
+        let location = locate_toml_key(text, key)
+            .map(|line| format!(" line {line}"))
+            .unwrap_or_default();
+        if !known.contains(&key.as_str()) {
+            let kebab = key.replace('_', "-").to_lowercase();
+            let hint = if key == "config" {
+                " (the config file cannot name another config file)".to_owned()
+            } else if known.contains(&kebab.as_str()) {
+                format!(" (did you mean `{kebab}`? keys are kebab-case)")
+            } else {
+                String::new()
+            };
+            return Err(SettingsError::UnknownKey {
+                path: path.to_owned(),
+                key: key.clone(),
+                location,
+                hint,
+                known: known.join(", "),
+            });
+        }
+        let bad = |reason: String| SettingsError::FileValue {
+            path: path.to_owned(),
+            key: key.clone(),
+            value: value.to_string(),
+            location: location.clone(),
+            reason,
+        };
+        let text_value = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) if key == "etcd-endpoints" => {
+                let mut urls = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => urls.push(s.clone()),
+                        _ => return Err(bad("expected an array of URL strings".to_owned())),
+                    }
+                }
+                urls.join(",")
+            }
+            toml::Value::Table(_) => {
+                return Err(bad(
+                    "expected a value, found a table; settings are top-level keys".to_owned(),
+                ))
+            }
+            _ => {
+                return Err(bad(
+                    "expected a string, a whole number or a boolean".to_owned()
+                ))
+            }
+        };
+        parse_one(key, &text_value).map_err(bad)?;
+        args.push(format!("--{key}={text_value}"));
+    }
+    Ok(Flags::try_parse_from(args)?)
+}
+
+/// 1-based line of a top-level `key = ...` in TOML text.
+fn locate_toml_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start();
+            let rest = line
+                .strip_prefix(key)
+                .or_else(|| line.strip_prefix(&format!("\"{key}\"")));
+            rest.is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+// Value parsers shared by every layer. Their messages complete the sentence
+// "<flag> <value>: ...".
+
+fn parse_nonempty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn parse_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        Err("must not be empty: give a path".to_owned())
+    } else if s.contains('\0') {
+        Err("contains a NUL byte".to_owned())
+    } else {
+        Ok(PathBuf::from(s))
+    }
+}
+
+fn parse_endpoints(s: &str) -> Result<Endpoints, String> {
+    let mut urls = Vec::new();
+    for raw in s.split(',') {
+        let url = raw.trim();
+        if url.is_empty() {
+            return Err(format!(
+                "{s:?} has an empty entry: give comma-separated URLs such as http://127.0.0.1:2379"
+            ));
+        }
+        check_endpoint(url)?;
+        urls.push(url.trim_end_matches('/').to_owned());
+    }
+    Ok(Endpoints(urls))
+}
+
+fn check_endpoint(url: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{url:?} is not an etcd endpoint: {why}"));
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return bad("expected a URL such as http://127.0.0.1:2379");
+    };
+    if scheme != "http" && scheme != "https" {
+        return bad("the scheme must be http or https");
+    }
+    let authority = rest.trim_end_matches('/');
+    if authority.contains(['/', '?', '#', '@']) {
+        return bad("expected only scheme://host:port, without path, query or user info");
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((v6, after)) = bracketed.split_once(']') else {
+            return bad("unclosed [ in an IPv6 address");
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("invalid IPv6 address");
+        }
+        (v6, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+    if !host_ok {
+        return bad("the host is missing or has invalid characters");
+    }
+    if let Some(port) = port {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return bad("the port must be a number from 1 to 65535");
+        }
+    }
+    Ok(())
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!(
+            "{s:?} must start with '/', like flannel's /coreos.com/network"
+        ));
+    }
+    let trimmed = s.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err("must name a key prefix below /, like /coreos.com/network".to_owned());
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn parse_iface(s: &str) -> Result<String, String> {
+    if s.parse::<Ipv4Addr>().is_ok() {
+        return Ok(s.to_owned());
+    }
+    // Linux interface names: 1..=15 bytes (IFNAMSIZ - 1), no '/', ':' or whitespace.
+    let valid = !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is neither an IPv4 address nor a Linux interface name \
+             (1 to 15 characters, no '/', ':' or spaces)"
+        ))
+    }
+}
+
+fn parse_public_ip(s: &str) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 address such as 192.0.2.1"))?;
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(format!(
+            "{ip} cannot be a node's address: use a unicast IPv4 address peers can reach"
+        ));
+    }
+    Ok(ip)
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address:port such as 127.0.0.1:9842 or [::1]:9842"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration such as 5s, 500ms, 2m or 1h");
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits_end);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let duration = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if duration.is_zero() {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+fn parse_log_level(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |l: &str| LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l));
+    for directive in s.split(',') {
+        let directive = directive.trim();
+        let ok = match directive.split_once('=') {
+            None => is_level(directive),
+            Some((target, level)) => {
+                !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-'))
+                    && is_level(level)
+            }
+        };
+        if !ok {
+            return Err(format!(
+                "directive {directive:?} is not a level ({}) or target=level, e.g. weft_daemon=debug",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (1..=MAX_LEASE_TTL_SECS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a TTL: expected whole seconds from 1 to {MAX_LEASE_TTL_SECS}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Flags::command().debug_assert();
+    }
+
+    #[test]
+    fn env_names_follow_flags() {
+        assert_eq!(env_var_name("--etcd-prefix"), "WEFTD_ETCD_PREFIX");
+        assert!(setting_names().contains(&"lease-ttl-secs".to_owned()));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
 }
