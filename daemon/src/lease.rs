@@ -30,15 +30,19 @@ pub struct LocalLease {
 }
 
 /// The MTU of the overlay (TUN, cni0, pods): the underlay interface's MTU minus the
-/// backend's encapsulation overhead. The single place this is computed.
-pub fn overlay_mtu(underlay_mtu: u32, backend: &weft_config::Backend) -> u32 {
-    underlay_mtu.saturating_sub(backend.overhead())
+/// backend's encapsulation overhead (the net-conf's rule, [`NetConf::overlay_mtu`]).
+/// weftd computes it once, puts it in [`LocalLease::mtu`] and in subnet.env.
+pub fn overlay_mtu(underlay_iface_mtu: u32, netconf: &NetConf) -> u32 {
+    netconf.overlay_mtu(underlay_iface_mtu)
 }
 
 /// How a peer wants to be reached, from its lease's `BackendType`/`BackendData`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerBackend {
-    Vxlan { vni: u32, vtep_mac: MacAddr },
+    Vxlan {
+        vni: u32,
+        vtep_mac: MacAddr,
+    },
     Ipip,
     /// A backend weft does not speak (e.g. flannel's `udp`, `host-gw`); kept so it can be
     /// reported, never routed through the overlay.
@@ -63,4 +67,118 @@ pub enum PeerEvent {
     /// The complete current set of peers (after the initial list, and after every
     /// re-list following a watch disconnect or compaction). Peers not in it are gone.
     Snapshot(Vec<Peer>),
+}
+
+/// A lease record could not be turned into a [`Peer`].
+#[derive(Debug, thiserror::Error)]
+#[error("lease of {subnet}: {source}")]
+pub struct PeerRecordError {
+    pub subnet: Ipv4Net,
+    #[source]
+    pub source: weft_proto::lease::LeaseError,
+}
+
+impl Peer {
+    /// The peer described by a lease record (flannel's schema) for `subnet`.
+    pub fn from_record(
+        subnet: Ipv4Net,
+        attrs: &weft_proto::lease::LeaseAttrs,
+    ) -> Result<Peer, PeerRecordError> {
+        let backend = match attrs.backend_type.as_str() {
+            "vxlan" => {
+                let data = attrs
+                    .vxlan_data()
+                    .map_err(|source| PeerRecordError { subnet, source })?;
+                PeerBackend::Vxlan {
+                    vni: data.vni,
+                    vtep_mac: data.vtep_mac.0,
+                }
+            }
+            "ipip" => PeerBackend::Ipip,
+            other => PeerBackend::Other(other.to_owned()),
+        };
+        Ok(Peer {
+            subnet,
+            public_ip: attrs.public_ip,
+            backend,
+        })
+    }
+}
+
+impl LocalLease {
+    /// This node's lease record, exactly as flanneld with the same backend writes it.
+    pub fn record(&self) -> weft_proto::lease::LeaseAttrs {
+        lease_record(&self.netconf.backend, self.public_ip, self.vtep_mac)
+    }
+}
+
+/// The lease record of a node with `backend`, `public_ip` and `vtep_mac`.
+pub fn lease_record(
+    backend: &weft_config::Backend,
+    public_ip: Ipv4Addr,
+    vtep_mac: MacAddr,
+) -> weft_proto::lease::LeaseAttrs {
+    use weft_proto::lease::LeaseAttrs;
+    match backend {
+        weft_config::Backend::Vxlan { vni, .. } => {
+            LeaseAttrs::vxlan(public_ip, *vni, weft_proto::lease::MacAddr(vtep_mac))
+        }
+        weft_config::Backend::Ipip { .. } => LeaseAttrs::ipip(public_ip),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_proto::lease::LeaseAttrs;
+
+    use super::*;
+
+    #[test]
+    fn flannel_vxlan_record_becomes_vxlan_peer() {
+        let json = br#"{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"f6:3e:1a:9b:0c:d2"}}"#;
+        let attrs = LeaseAttrs::from_json(json).unwrap();
+        let subnet: Ipv4Net = "10.244.7.0/24".parse().unwrap();
+        let peer = Peer::from_record(subnet, &attrs).unwrap();
+        assert_eq!(
+            peer,
+            Peer {
+                subnet,
+                public_ip: Ipv4Addr::new(192, 0, 2, 7),
+                backend: PeerBackend::Vxlan {
+                    vni: 1,
+                    vtep_mac: [0xf6, 0x3e, 0x1a, 0x9b, 0x0c, 0xd2]
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn other_backends_are_kept_but_marked() {
+        let attrs =
+            LeaseAttrs::from_json(br#"{"PublicIP":"192.0.2.8","BackendType":"host-gw"}"#).unwrap();
+        let peer = Peer::from_record("10.244.8.0/24".parse().unwrap(), &attrs).unwrap();
+        assert_eq!(peer.backend, PeerBackend::Other("host-gw".into()));
+        let attrs = LeaseAttrs::ipip(Ipv4Addr::new(192, 0, 2, 9));
+        let peer = Peer::from_record("10.244.9.0/24".parse().unwrap(), &attrs).unwrap();
+        assert_eq!(peer.backend, PeerBackend::Ipip);
+    }
+
+    #[test]
+    fn vxlan_record_without_mac_is_an_error_naming_the_subnet() {
+        let attrs = LeaseAttrs::from_json(
+            br#"{"PublicIP":"192.0.2.8","BackendType":"vxlan","BackendData":{"VNI":1}}"#,
+        )
+        .unwrap();
+        let err = Peer::from_record("10.244.8.0/24".parse().unwrap(), &attrs).unwrap_err();
+        assert!(err.to_string().contains("10.244.8.0/24"), "{err}");
+    }
+
+    #[test]
+    fn overlay_mtu_subtracts_backend_overhead() {
+        let vxlan = NetConf::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        assert_eq!(overlay_mtu(1500, &vxlan), 1450);
+        let ipip =
+            NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}"#).unwrap();
+        assert_eq!(overlay_mtu(1500, &ipip), 1480);
+    }
 }

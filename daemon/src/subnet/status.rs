@@ -1,0 +1,224 @@
+//! The control plane's state as the health endpoint sees it: lease state, peers, etcd
+//! reachability and counters. Written by the manager and the watcher, read by `/readyz`
+//! and `/v1/status`.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::registry::{EtcdHealth, Reachability};
+use crate::lease::{Peer, PeerBackend};
+
+/// Event counters of the control plane (monotonic).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Create-if-absent transactions that lost a race for a subnet and were retried.
+    pub race_retries: AtomicU64,
+    /// Watch streams that ended (disconnect, compaction) and were re-listed.
+    pub watch_restarts: AtomicU64,
+    /// Successful lease keep-alives.
+    pub lease_renewals: AtomicU64,
+    /// Leases found lost (expired, revoked, deleted).
+    pub lease_losses: AtomicU64,
+    /// Lost leases re-acquired (the same subnet).
+    pub lease_reacquisitions: AtomicU64,
+    /// Peer events handed to the data plane.
+    pub peer_events: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Where the node's lease stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LeaseState {
+    Starting,
+    /// etcd did not answer yet.
+    WaitingForEtcd {
+        error: String,
+    },
+    /// etcd answers but the net-conf key does not exist.
+    WaitingForConfig {
+        key: String,
+    },
+    Held {
+        subnet: Ipv4Net,
+        public_ip: Ipv4Addr,
+        /// A reservation (key without TTL): it never expires.
+        reservation: bool,
+        lease_id: i64,
+        /// Wall-clock expiry as of the last keep-alive (Unix seconds); none for a
+        /// reservation.
+        expires_unix: Option<u64>,
+    },
+    /// The lease was lost and could not be re-acquired yet (etcd unreachable); the
+    /// data plane keeps routing meanwhile.
+    Lost {
+        subnet: Ipv4Net,
+        reason: String,
+    },
+    /// Someone else holds this node's subnet now.
+    Conflict {
+        subnet: Ipv4Net,
+        holder: Ipv4Addr,
+    },
+}
+
+/// A peer as `/v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerView {
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub backend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
+}
+
+impl From<&Peer> for PeerView {
+    fn from(peer: &Peer) -> Self {
+        let (backend, vni, vtep_mac) = match &peer.backend {
+            PeerBackend::Vxlan { vni, vtep_mac } => (
+                "vxlan".to_owned(),
+                Some(*vni),
+                Some(weft_proto::lease::MacAddr(*vtep_mac).to_string()),
+            ),
+            PeerBackend::Ipip => ("ipip".to_owned(), None, None),
+            PeerBackend::Other(name) => (name.clone(), None, None),
+        };
+        PeerView {
+            subnet: peer.subnet,
+            public_ip: peer.public_ip,
+            backend,
+            vni,
+            vtep_mac,
+        }
+    }
+}
+
+/// Shared control-plane status.
+#[derive(Debug, Default)]
+pub struct ControlStatus {
+    lease: Mutex<Option<LeaseState>>,
+    peers: Mutex<Vec<PeerView>>,
+    etcd: Mutex<Option<Arc<Reachability>>>,
+    pub counters: Counters,
+}
+
+/// What `/readyz` decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    NotReady(String),
+}
+
+/// etcd may be away this long before a node with a lease stops reporting ready (its
+/// data plane keeps working meanwhile; readiness tells the operator something is off).
+pub const ETCD_GRACE: Duration = Duration::from_secs(10);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain data: a panic elsewhere cannot leave it half-updated in a harmful way.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ControlStatus {
+    pub fn new() -> Arc<Self> {
+        Arc::new(ControlStatus::default())
+    }
+
+    pub fn set_lease(&self, state: LeaseState) {
+        *lock(&self.lease) = Some(state);
+    }
+
+    pub fn lease(&self) -> LeaseState {
+        lock(&self.lease).clone().unwrap_or(LeaseState::Starting)
+    }
+
+    pub fn set_peers<'a>(&self, peers: impl Iterator<Item = &'a Peer>) {
+        *lock(&self.peers) = peers.map(PeerView::from).collect();
+    }
+
+    pub fn peers(&self) -> Vec<PeerView> {
+        lock(&self.peers).clone()
+    }
+
+    pub fn set_etcd(&self, reachability: Arc<Reachability>) {
+        *lock(&self.etcd) = Some(reachability);
+    }
+
+    pub fn etcd(&self) -> EtcdHealth {
+        lock(&self.etcd)
+            .as_ref()
+            .map(|r| r.health())
+            .unwrap_or(EtcdHealth::Unknown)
+    }
+
+    /// Ready when a lease is held and etcd answers (or has been away less than
+    /// [`ETCD_GRACE`]).
+    pub fn readiness(&self) -> Readiness {
+        match self.lease() {
+            LeaseState::Held { .. } => {}
+            LeaseState::Starting => return Readiness::NotReady("starting".into()),
+            LeaseState::WaitingForEtcd { error } => {
+                return Readiness::NotReady(format!("waiting for etcd: {error}"))
+            }
+            LeaseState::WaitingForConfig { key } => {
+                return Readiness::NotReady(format!("waiting for the network config at {key}"))
+            }
+            LeaseState::Lost { subnet, reason } => {
+                return Readiness::NotReady(format!("lease of {subnet} lost: {reason}"))
+            }
+            LeaseState::Conflict { subnet, holder } => {
+                return Readiness::NotReady(format!("subnet {subnet} is now leased by {holder}"))
+            }
+        }
+        match self.etcd() {
+            EtcdHealth::Unreachable { for_, error } if for_ > ETCD_GRACE => {
+                Readiness::NotReady(format!("etcd unreachable for {}s: {error}", for_.as_secs()))
+            }
+            _ => Readiness::Ready,
+        }
+    }
+
+    /// Seconds since the Unix epoch of `at`.
+    pub fn unix_secs(at: SystemTime) -> u64 {
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_a_held_lease() {
+        let status = ControlStatus::new();
+        assert!(matches!(status.readiness(), Readiness::NotReady(_)));
+        status.set_lease(LeaseState::WaitingForConfig {
+            key: "/coreos.com/network/config".into(),
+        });
+        let Readiness::NotReady(reason) = status.readiness() else {
+            panic!("must not be ready without a lease");
+        };
+        assert!(reason.contains("/coreos.com/network/config"), "{reason}");
+        status.set_lease(LeaseState::Held {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            public_ip: Ipv4Addr::new(192, 0, 2, 1),
+            reservation: false,
+            lease_id: 7,
+            expires_unix: None,
+        });
+        assert_eq!(status.readiness(), Readiness::Ready);
+    }
+}
