@@ -1,1 +1,267 @@
-fn main() {}
+//! `weft-bench`: weft vs the kernel's vxlan vs no encapsulation, side by side, in one
+//! run on one machine (contract §7).
+//!
+//! For each path it builds the two-node lab, checks the pods reach each other, runs
+//! every test, and tears the lab down before the next path. A path that cannot be built
+//! is recorded as failed for all its tests and the run goes on; the exit status is
+//! non-zero if anything failed.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use clap::Parser;
+
+mod iperf;
+mod measure;
+mod results;
+mod svg;
+mod topology;
+
+use measure::Pair;
+use results::{Path, Results, Run, Test};
+use topology::PathLab;
+
+/// Benchmarks pod-to-pod traffic over veth, host-gw, the kernel's vxlan and weft.
+#[derive(Debug, Parser)]
+#[command(name = "weft-bench", version)]
+struct Cli {
+    /// Duration of each iperf3 test (and of the ping series), in seconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    seconds: u64,
+    /// Paths to measure (comma-separated), in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Path::ALL)]
+    paths: Vec<Path>,
+    /// Tests to run (comma-separated); `tcp-1` also yields `cpu`.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Measurement::ALL)]
+    tests: Vec<Measurement>,
+    /// Where results.json and results.svg are written.
+    #[arg(long, default_value = "target/bench")]
+    out_dir: PathBuf,
+}
+
+/// One timed run; `tcp-1` also measures the CPU spent, which gives the `cpu` result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Measurement {
+    #[value(name = "tcp-1")]
+    Tcp1,
+    #[value(name = "tcp-4")]
+    Tcp4,
+    #[value(name = "tcp-1-rev")]
+    Tcp1Rev,
+    #[value(name = "udp64")]
+    Udp64,
+    #[value(name = "rtt")]
+    Rtt,
+}
+
+impl Measurement {
+    const ALL: [Measurement; 5] = [
+        Measurement::Tcp1,
+        Measurement::Tcp4,
+        Measurement::Tcp1Rev,
+        Measurement::Udp64,
+        Measurement::Rtt,
+    ];
+
+    /// The results this run produces.
+    fn tests(self) -> &'static [Test] {
+        match self {
+            Measurement::Tcp1 => &[Test::Tcp1, Test::Cpu],
+            Measurement::Tcp4 => &[Test::Tcp4],
+            Measurement::Tcp1Rev => &[Test::Tcp1Rev],
+            Measurement::Udp64 => &[Test::Udp64],
+            Measurement::Rtt => &[Test::Rtt],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        self.tests()[0].name()
+    }
+}
+
+/// How long a freshly built path may take until the pods reach each other (weftd has
+/// to lease, learn its peer and program routes).
+const REACHABLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(results) if results.any_failed() => {
+            eprintln!("weft-bench: some runs failed (see the table)");
+            ExitCode::from(1)
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<Results> {
+    anyhow::ensure!(
+        weft_tests::is_root(),
+        "must run as root (it creates network namespaces)"
+    );
+    for tool in ["iperf3", "ping", "ss", "ip", "bridge"] {
+        which(tool).with_context(|| format!("{tool} not found in PATH; run scripts/setup.sh"))?;
+    }
+    std::fs::create_dir_all(&cli.out_dir)
+        .with_context(|| format!("creating {}", cli.out_dir.display()))?;
+
+    let mut results = Results {
+        started: results::rfc3339_utc(SystemTime::now()),
+        seconds: cli.seconds,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into()),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        runs: Vec::new(),
+    };
+    let total = cli.paths.len() * cli.tests.len();
+    let mut done = 0;
+    println!(
+        "weft-bench: {} paths × {} tests, {} s each",
+        cli.paths.len(),
+        cli.tests.len(),
+        cli.seconds
+    );
+
+    for &path in &cli.paths {
+        let prefix = weft_tests::run_prefix();
+        print!("== {}: building the lab ({prefix}-*) ... ", path.name());
+        flush();
+        let lab = PathLab::build(path, &prefix).and_then(|lab| {
+            let pair = pair_of(&lab);
+            weft_tests::wait_until("the pods to reach each other", REACHABLE_TIMEOUT, || {
+                measure::reachable(pair)
+            })?;
+            Ok(lab)
+        });
+        let lab = match lab {
+            Ok(lab) => {
+                println!("ready");
+                lab
+            }
+            Err(e) => {
+                let error = format!("lab setup: {e:#}");
+                println!("FAILED: {error}");
+                for &m in &cli.tests {
+                    done += 1;
+                    println!("[{done}/{total}] {} {} ... skipped", path.name(), m.name());
+                    for &test in m.tests() {
+                        results.runs.push(Run::failed(path, test, error.clone()));
+                    }
+                }
+                continue;
+            }
+        };
+        for &m in &cli.tests {
+            done += 1;
+            print!("[{done}/{total}] {} {} ... ", path.name(), m.name());
+            flush();
+            let runs = measure_one(pair_of(&lab), path, m, cli.seconds);
+            let shown: Vec<String> = runs
+                .iter()
+                .map(|r| match (&r.value, &r.error) {
+                    (Some(v), _) => format!("{} {}", results::format_value(*v), r.unit),
+                    (None, Some(e)) => format!("FAILED: {e}"),
+                    (None, None) => "no value".into(),
+                })
+                .collect();
+            println!("{}", shown.join(", "));
+            results.runs.extend(runs);
+        }
+        drop(lab);
+    }
+
+    results.runs.sort_by_key(|r| {
+        let path = Path::ALL.iter().position(|p| p.name() == r.path);
+        let test = Test::ALL.iter().position(|t| t.name() == r.test);
+        (path, test)
+    });
+    let json_path = cli.out_dir.join("results.json");
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(&json_path, json + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let svg_path = cli.out_dir.join("results.svg");
+    std::fs::write(&svg_path, svg::render(&results))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+
+    println!();
+    println!(
+        "weft-bench {} · {} s per test · kernel {} · {} CPUs",
+        results.started, results.seconds, results.kernel, results.cpus
+    );
+    print!("{}", results.table());
+    println!("wrote {} and {}", json_path.display(), svg_path.display());
+    Ok(results)
+}
+
+fn pair_of(lab: &PathLab) -> Pair<'_> {
+    Pair {
+        src: lab.src(),
+        dst: lab.dst(),
+        dst_ip: lab.dst_ip(),
+    }
+}
+
+/// Runs one measurement; every test it stands for gets a value or an error.
+fn measure_one(pair: Pair<'_>, path: Path, m: Measurement, seconds: u64) -> Vec<Run> {
+    let values: anyhow::Result<Vec<f64>> = (|| {
+        Ok(match m {
+            Measurement::Tcp1 => {
+                let run = measure::iperf(pair, seconds, &[])?;
+                let gbits = run.report.tcp_gbits()?;
+                let gigabytes = run.report.received()?.bytes as f64 / 1e9;
+                vec![gbits, run.cpu_seconds / gigabytes]
+            }
+            Measurement::Tcp4 => {
+                vec![measure::iperf(pair, seconds, &["-P", "4"])?
+                    .report
+                    .tcp_gbits()?]
+            }
+            Measurement::Tcp1Rev => {
+                vec![measure::iperf(pair, seconds, &["-R"])?.report.tcp_gbits()?]
+            }
+            Measurement::Udp64 => {
+                let args = ["-u", "-l", "64", "-b", "0"];
+                vec![measure::iperf(pair, seconds, &args)?
+                    .report
+                    .udp_kpps_delivered()?]
+            }
+            Measurement::Rtt => {
+                let count = u32::try_from(seconds * 100).unwrap_or(u32::MAX).min(3_000);
+                vec![measure::rtt_median_us(pair, count)?]
+            }
+        })
+    })();
+    match values {
+        Ok(values) => m
+            .tests()
+            .iter()
+            .zip(values)
+            .map(|(&test, value)| Run::ok(path, test, value))
+            .collect(),
+        Err(e) => m
+            .tests()
+            .iter()
+            .map(|&test| Run::failed(path, test, format!("{e:#}")))
+            .collect(),
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(tool))
+        .find(|p| p.is_file())
+}
+
+fn flush() {
+    let _ = std::io::stdout().flush();
+}

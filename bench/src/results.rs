@@ -1,0 +1,402 @@
+//! What a benchmark run produced: the paths and tests, the results document
+//! (`target/bench/results.json`, contract §7) and the table printed on stdout.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// A way for a packet to get from one pod to the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Path {
+    /// Two namespaces joined directly by a veth pair: the physical limit.
+    Veth,
+    /// pod → cni0 → route via the peer's underlay address → cni0 → pod.
+    HostGw,
+    /// The kernel's vxlan device programmed like flanneld.
+    KernelVxlan,
+    /// weftd, userspace VXLAN.
+    WeftVxlan,
+    /// weftd, userspace IPIP.
+    WeftIpip,
+}
+
+impl Path {
+    pub const ALL: [Path; 5] = [
+        Path::Veth,
+        Path::HostGw,
+        Path::KernelVxlan,
+        Path::WeftVxlan,
+        Path::WeftIpip,
+    ];
+
+    /// The name used in the table, the JSON and the chart.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Veth => "veth",
+            Path::HostGw => "host-gw",
+            Path::KernelVxlan => "kernel-vxlan",
+            Path::WeftVxlan => "weft-vxlan",
+            Path::WeftIpip => "weft-ipip",
+        }
+    }
+
+    /// weft's own paths are the ones compared against the kernel anchor.
+    pub fn is_weft(self) -> bool {
+        matches!(self, Path::WeftVxlan | Path::WeftIpip)
+    }
+}
+
+/// The anchor every weft path is compared with.
+pub const ANCHOR: Path = Path::KernelVxlan;
+
+/// One measured quantity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Test {
+    Tcp1,
+    Tcp4,
+    Tcp1Rev,
+    Udp64,
+    Rtt,
+    /// Derived from the `tcp-1` run: whole-machine CPU time per GB moved.
+    Cpu,
+}
+
+impl Test {
+    pub const ALL: [Test; 6] = [
+        Test::Tcp1,
+        Test::Tcp4,
+        Test::Tcp1Rev,
+        Test::Udp64,
+        Test::Rtt,
+        Test::Cpu,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Test::Tcp1 => "tcp-1",
+            Test::Tcp4 => "tcp-4",
+            Test::Tcp1Rev => "tcp-1-rev",
+            Test::Udp64 => "udp64",
+            Test::Rtt => "rtt",
+            Test::Cpu => "cpu",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Test::Tcp1 | Test::Tcp4 | Test::Tcp1Rev => "Gbit/s",
+            Test::Udp64 => "kpps",
+            Test::Rtt => "µs",
+            Test::Cpu => "CPU-s/GB",
+        }
+    }
+
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, Test::Rtt | Test::Cpu)
+    }
+
+    /// A one-line description for the chart.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Test::Tcp1 => "TCP, one stream",
+            Test::Tcp4 => "TCP, four streams",
+            Test::Tcp1Rev => "TCP, one stream, reverse",
+            Test::Udp64 => "64-byte UDP delivered",
+            Test::Rtt => "round trip, median",
+            Test::Cpu => "CPU time per GB (tcp-1)",
+        }
+    }
+}
+
+/// One (path, test) result: a value, or the reason there is none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub path: String,
+    pub test: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub unit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Run {
+    pub fn ok(path: Path, test: Test, value: f64) -> Run {
+        Run {
+            path: path.name().into(),
+            test: test.name().into(),
+            value: Some(value),
+            unit: test.unit().into(),
+            error: None,
+        }
+    }
+
+    pub fn failed(path: Path, test: Test, error: impl Into<String>) -> Run {
+        Run {
+            path: path.name().into(),
+            test: test.name().into(),
+            value: None,
+            unit: test.unit().into(),
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// The whole document written to `target/bench/results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    /// RFC 3339, UTC, seconds precision.
+    pub started: String,
+    /// Duration of each iperf3 test.
+    pub seconds: u64,
+    /// `uname -r`.
+    pub kernel: String,
+    pub cpus: usize,
+    pub runs: Vec<Run>,
+}
+
+impl Results {
+    pub fn value(&self, path: Path, test: Test) -> Option<f64> {
+        self.find(path, test).and_then(|r| r.value)
+    }
+
+    pub fn find(&self, path: Path, test: Test) -> Option<&Run> {
+        self.runs
+            .iter()
+            .find(|r| r.path == path.name() && r.test == test.name())
+    }
+
+    /// `path`'s value divided by the anchor's, both from this run.
+    pub fn ratio_to_anchor(&self, path: Path, test: Test) -> Option<f64> {
+        let value = self.value(path, test)?;
+        let anchor = self.value(ANCHOR, test)?;
+        (anchor > 0.0).then(|| value / anchor)
+    }
+
+    pub fn any_failed(&self) -> bool {
+        self.runs.iter().any(|r| r.error.is_some())
+    }
+
+    /// Paths that appear in the runs, in the canonical order.
+    pub fn paths(&self) -> Vec<Path> {
+        Path::ALL
+            .into_iter()
+            .filter(|p| self.runs.iter().any(|r| r.path == p.name()))
+            .collect()
+    }
+
+    /// Tests that appear in the runs, in the canonical order.
+    pub fn tests(&self) -> Vec<Test> {
+        Test::ALL
+            .into_iter()
+            .filter(|t| self.runs.iter().any(|r| r.test == t.name()))
+            .collect()
+    }
+
+    /// The table printed at the end: one row per test, one column per path, each weft
+    /// path's ratio to the anchor in parentheses; then one line per distinct failure.
+    pub fn table(&self) -> String {
+        let paths = self.paths();
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        let mut header = vec!["test".to_string(), "unit".to_string()];
+        header.extend(paths.iter().map(|p| p.name().to_string()));
+        rows.push(header);
+        for test in self.tests() {
+            let mut row = vec![test.name().to_string(), test.unit().to_string()];
+            for &path in &paths {
+                let cell = match self.find(path, test) {
+                    Some(Run { value: Some(v), .. }) => {
+                        let mut cell = format_value(*v);
+                        if path.is_weft() {
+                            if let Some(ratio) = self.ratio_to_anchor(path, test) {
+                                let _ = write!(cell, " ({ratio:.2}×)");
+                            }
+                        }
+                        cell
+                    }
+                    Some(_) => "failed".to_string(),
+                    None => "-".to_string(),
+                };
+                row.push(cell);
+            }
+            rows.push(row);
+        }
+
+        let columns = rows[0].len();
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for (i, row) in rows.iter().enumerate() {
+            for (c, cell) in row.iter().enumerate() {
+                let pad = widths[c] - cell.chars().count();
+                if c < 2 {
+                    let _ = write!(out, "{cell}{}  ", " ".repeat(pad));
+                } else {
+                    let _ = write!(out, "{}{cell}  ", " ".repeat(pad));
+                }
+            }
+            let trimmed = out.trim_end().len();
+            out.truncate(trimmed);
+            out.push('\n');
+            if i == 0 {
+                let total: usize = widths.iter().sum::<usize>() + 2 * (columns - 1);
+                out.push_str(&"-".repeat(total));
+                out.push('\n');
+            }
+        }
+        let _ = writeln!(
+            out,
+            "(×) = weft path ÷ {} in this run; for rtt and cpu lower is better.",
+            ANCHOR.name()
+        );
+        let mut reported: Vec<(&str, &str)> = Vec::new();
+        for run in &self.runs {
+            if let Some(error) = &run.error {
+                if !reported.contains(&(run.path.as_str(), error.as_str())) {
+                    reported.push((run.path.as_str(), error.as_str()));
+                    let _ = writeln!(out, "FAILED {} {}: {error}", run.path, run.test);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Three significant digits are plenty for numbers that move between runs.
+pub fn format_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// `SystemTime` → RFC 3339 UTC with seconds precision (`2026-11-23T18:00:00Z`).
+pub fn rfc3339_utc(time: std::time::SystemTime) -> String {
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small but complete results document: every path and test, one failed path.
+    pub(crate) fn sample() -> Results {
+        let mut runs = Vec::new();
+        for path in Path::ALL {
+            for test in Test::ALL {
+                if path == Path::WeftIpip {
+                    runs.push(Run::failed(path, test, "weftd not ready: timed out"));
+                    continue;
+                }
+                let base = match test {
+                    Test::Tcp1 | Test::Tcp1Rev => 12.0,
+                    Test::Tcp4 => 14.0,
+                    Test::Udp64 => 150.0,
+                    Test::Rtt => 120.0,
+                    Test::Cpu => 1.5,
+                };
+                let factor = match path {
+                    Path::Veth => 1.5,
+                    Path::HostGw => 1.1,
+                    Path::KernelVxlan => 1.0,
+                    _ => 0.5,
+                };
+                runs.push(Run::ok(path, test, base * factor));
+            }
+        }
+        Results {
+            started: "2026-11-23T18:00:00Z".into(),
+            seconds: 10,
+            kernel: "6.18.0".into(),
+            cpus: 2,
+            runs,
+        }
+    }
+
+    #[test]
+    fn json_has_the_contract_shape() {
+        let results = sample();
+        let json: serde_json::Value = serde_json::to_value(&results).unwrap();
+        let top: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(top.len(), 5, "{top:?}");
+        assert_eq!(json["started"], "2026-11-23T18:00:00Z");
+        assert_eq!(json["seconds"], 10);
+        assert_eq!(json["kernel"], "6.18.0");
+        assert_eq!(json["cpus"], 2);
+        let runs = json["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), Path::ALL.len() * Test::ALL.len());
+        let first = &runs[0];
+        assert_eq!(
+            first,
+            &serde_json::json!({"path":"veth","test":"tcp-1","value":18.0,"unit":"Gbit/s"})
+        );
+        let failed = runs
+            .iter()
+            .find(|r| r["path"] == "weft-ipip")
+            .unwrap()
+            .as_object()
+            .unwrap();
+        assert!(!failed.contains_key("value"));
+        assert_eq!(failed["error"], "weftd not ready: timed out");
+        // Round trip.
+        let back: Results = serde_json::from_value(json).unwrap();
+        assert_eq!(back, results);
+    }
+
+    #[test]
+    fn table_shows_ratios_to_the_kernel_and_failures() {
+        let table = sample().table();
+        let tcp1 = table.lines().find(|l| l.starts_with("tcp-1 ")).unwrap();
+        assert!(tcp1.contains("6.00 (0.50×)"), "{table}");
+        assert!(tcp1.contains("failed"), "{table}");
+        let rtt = table.lines().find(|l| l.starts_with("rtt ")).unwrap();
+        assert!(rtt.contains("60.0 (0.50×)"), "{table}");
+        assert!(
+            table.contains("FAILED weft-ipip tcp-1: weftd not ready: timed out"),
+            "{table}"
+        );
+        // A failure shared by every test of a path is reported once.
+        assert_eq!(table.matches("FAILED").count(), 1, "{table}");
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(rfc3339_utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        // 2026-11-23T18:37:32Z is the fixture's iperf3 timestamp (timesecs 1795459052).
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_459_052);
+        assert_eq!(rfc3339_utc(t), "2026-11-23T18:37:32Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339_utc(leap), "2000-02-29T00:00:00Z");
+    }
+}
