@@ -93,6 +93,27 @@ impl Etcd {
         Ok(etcd)
     }
 
+    /// A handle on an etcd started by someone else (e.g. a detached lab), inside `ns`
+    /// at `ip:port`. Dropping it kills nothing.
+    pub fn existing(ns: &str, ip: &str, port: u16, dir: &Path) -> Etcd {
+        Etcd {
+            netns: Some(ns.to_owned()),
+            host: ip.to_owned(),
+            client_port: port,
+            peer_port: port + 1,
+            dir: dir.to_path_buf(),
+            tempdir: None,
+            child: None,
+        }
+    }
+
+    /// Forgets the process without killing it (the lab's record still names it).
+    pub fn forget(&mut self) {
+        if let Some(c) = self.child.take() {
+            c.detach();
+        }
+    }
+
     /// `http://HOST:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}:{}", self.host, self.client_port)

@@ -124,6 +124,15 @@ impl Bridge {
         Ok(bridge)
     }
 
+    /// A handle on an existing bridge that Drop does not delete.
+    pub fn existing(ns: &Netns, name: &str) -> Bridge {
+        Bridge {
+            ns: ns.name().to_owned(),
+            name: name.to_owned(),
+            owned: false,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -33,9 +33,9 @@ pub struct LabState {
     /// containerd sockets the lab's containerd listens on: shims carry it as an
     /// argument, which is how `down` finds them after a crash.
     pub containerd_sockets: Vec<PathBuf>,
-    /// The lab's description, for `weft-lab status` of a detached lab.
+    /// The lab's description, for `weft-lab status` and re-attaching to a detached lab.
     #[serde(default)]
-    pub info: serde_json::Value,
+    pub info: Option<super::LabInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

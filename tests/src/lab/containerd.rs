@@ -1,0 +1,1 @@
+//! containerd pods (being written).
