@@ -1,2 +1,59 @@
-//! weft wire formats.
+//! weft's wire formats: views and builders over caller-provided buffers, no I/O and
+//! no allocation per packet.
+//!
+//! # Shape (smoltcp's `wire` pattern)
+//!
+//! Each format has a *view* `XPacket<T: AsRef<[u8]>>` whose `new_checked` validates
+//! lengths once so that every accessor afterwards is infallible, `set_*` methods when
+//! `T: AsMut<[u8]>`, byte offsets in a private `mod field`, and an owned `XRepr` with
+//! `parse` and `emit`. Decoders return [`WireError`], never panic.
+//!
+//! # What comes from etherparse, what is written here, and why
+//!
+//! * **etherparse**: the Internet checksum summation ([`checksum`] wraps its
+//!   `Sum16BitWords`: 8 bytes per step, zero-copy, well tested); in tests, its
+//!   `*Slice` parsers and header types are the independent oracle our views are checked
+//!   against (field by field and checksum by checksum).
+//! * **by hand**: the views and builders themselves. etherparse's slices are
+//!   read-only (no in-place `set_*`), and its writers emit whole headers through
+//!   `io::Write`/`Vec`, not into headroom in front of a payload that is already in
+//!   place, which is the one thing the data plane needs (encapsulation must not copy the
+//!   payload). etherparse also has no VXLAN, no IPIP encapsulation, no virtio-net
+//!   header, no incremental checksum update (RFC 1624) and no TCP
+//!   segmentation/coalescing; those are [`vxlan`], [`ipip`], [`vnet`], [`checksum`]
+//!   and [`gso`].
+//!
+//! # The data plane's entry points
+//!
+//! * [`vxlan::encap_payload`] / [`vxlan::decap`]: UDP-socket VXLAN payloads.
+//! * [`ipip::decap`] (send needs no work: the raw socket adds the outer header).
+//! * [`flow::flow_src_port`]: the outer UDP source port per inner flow.
+//! * [`gso`]: TSO super-packet segmentation and GRO-style coalescing.
+
+pub mod arp;
+pub mod checksum;
+pub mod error;
+pub mod ethernet;
+pub mod flow;
+pub mod ipip;
+pub mod ipv4;
 pub mod lease;
+pub mod tcp;
+pub mod udp;
+pub mod vnet;
+pub mod vxlan;
+
+pub use error::{EncapError, Layer, WireError};
+pub use ethernet::MacAddr;
+pub use flow::flow_src_port;
+pub use ipip::{IpipDecap, IpipFrame};
+pub use ipv4::OuterIpv4;
+pub use vxlan::{VxlanDecap, VxlanEncap, VxlanFrame};
+
+/// Headroom to leave before an inner IPv4 packet so that either backend can build a
+/// complete frame in place: [`vxlan::HEADROOM`] (64) ≥ [`ipip::HEADROOM`] (34).
+pub const VXLAN_HEADROOM: usize = vxlan::HEADROOM;
+/// Bytes [`vxlan::encap_payload`] prepends (VXLAN header + inner Ethernet = 22).
+pub const VXLAN_PAYLOAD_HEADROOM: usize = vxlan::PAYLOAD_HEADROOM;
+/// Headroom for a complete IPIP frame (outer Ethernet + IPv4 = 34).
+pub const IPIP_HEADROOM: usize = ipip::HEADROOM;
