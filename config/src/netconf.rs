@@ -418,24 +418,29 @@ fn subnet_len(network: Ipv4Net, given: Option<i128>) -> Result<u8, NetConfError>
         }
         Some(len) => {
             let min = i128::from(prefix) + 2;
-            if len > 30 || len < min {
-                let why = if len > 30 {
-                    "each subnet needs room for a gateway and at least one pod"
-                } else {
-                    "the network must hold at least four subnets, as flannel requires"
-                };
-                let range = if min > 30 {
-                    format!("no SubnetLen fits Network {network}: it is smaller than a /28")
-                } else {
-                    format!(
-                        "must be at least {min} (Network {network} prefix /{prefix} + 2) \
-                         and at most 30"
-                    )
-                };
+            let allowed = if min > 30 {
+                format!("no SubnetLen fits Network {network}: it is smaller than a /28")
+            } else {
+                format!("allowed for Network {network}: {min} to 30")
+            };
+            if len > 30 {
                 Err(invalid(
                     "SubnetLen",
                     &len.to_string(),
-                    &format!("{range}: {why}"),
+                    &format!(
+                        "must be at most 30: each subnet needs room for a gateway and at \
+                         least one pod ({allowed})"
+                    ),
+                ))
+            } else if len < min {
+                Err(invalid(
+                    "SubnetLen",
+                    &len.to_string(),
+                    &format!(
+                        "must be at least {min}, the Network prefix /{prefix} + 2: the \
+                         network must hold at least four subnets, as flannel requires \
+                         ({allowed})"
+                    ),
                 ))
             } else {
                 Ok(len as u8)
