@@ -1,8 +1,5 @@
 //! Ethernet II frames (no VLAN tags: neither flannel's VXLAN nor weft sends them).
 
-use core::fmt;
-use core::str::FromStr;
-
 use crate::error::{need, Layer, WireError};
 
 /// EtherType values weft handles.
@@ -23,9 +20,10 @@ mod field {
 /// Length of an Ethernet II header.
 pub const HEADER_LEN: usize = field::PAYLOAD;
 
-/// A 48-bit MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct MacAddr(pub [u8; 6]);
+/// The one MAC address type of the crate: defined with flannel's lease record (where
+/// it is parsed from and printed as `VtepMAC`), so a peer's lease feeds
+/// [`crate::vxlan::VxlanEncap`] directly.
+pub use crate::lease::MacAddr;
 
 impl MacAddr {
     pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
@@ -57,53 +55,6 @@ impl MacAddr {
 
     pub const fn is_unicast(&self) -> bool {
         !self.is_multicast()
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// A MAC address string that is not six `:`-separated hex octets.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("MAC address {input:?}: expected six hex octets separated by ':' (e.g. 02:42:0a:f4:01:00)")]
-pub struct MacParseError {
-    pub input: String,
-}
-
-impl FromStr for MacAddr {
-    type Err = MacParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || MacParseError {
-            input: s.to_owned(),
-        };
-        let mut mac = [0u8; 6];
-        let mut parts = s.split(':');
-        for octet in &mut mac {
-            let part = parts.next().ok_or_else(err)?;
-            if part.is_empty() || part.len() > 2 {
-                return Err(err());
-            }
-            *octet = u8::from_str_radix(part, 16).map_err(|_| err())?;
-        }
-        if parts.next().is_some() {
-            return Err(err());
-        }
-        Ok(MacAddr(mac))
     }
 }
 
@@ -204,29 +155,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mac_parse_and_display_round_trip() {
-        let mac: MacAddr = "02:42:0A:f4:01:00".parse().unwrap();
-        assert_eq!(mac.0, [0x02, 0x42, 0x0a, 0xf4, 0x01, 0x00]);
-        assert_eq!(mac.to_string(), "02:42:0a:f4:01:00");
+    fn mac_helpers() {
+        let mac: MacAddr = "02:42:0a:f4:01:00".parse().unwrap();
+        assert_eq!(mac.octets(), [0x02, 0x42, 0x0a, 0xf4, 0x01, 0x00]);
         assert!(mac.is_local() && mac.is_unicast());
-    }
-
-    #[test]
-    fn mac_parse_rejects_malformed() {
-        for bad in [
-            "",
-            "02:42:0a:f4:01",
-            "02:42:0a:f4:01:00:00",
-            "02:42:0a:f4:01:zz",
-            "002:42:0a:f4:01:00",
-            "02-42-0a-f4-01-00",
-        ] {
-            let err = bad.parse::<MacAddr>().unwrap_err();
-            assert!(
-                err.to_string().contains("expected six hex octets"),
-                "{bad}: {err}"
-            );
-        }
+        assert!(MacAddr::BROADCAST.is_multicast());
+        assert_eq!(
+            MacAddr::from_bytes(&[1, 2, 3, 4, 5, 6, 7]),
+            MacAddr([1, 2, 3, 4, 5, 6])
+        );
     }
 
     #[test]
