@@ -2,8 +2,11 @@
 //! health) and weftctl's client side. The binaries in `src/bin` are thin.
 
 pub mod dataplane;
+pub mod health;
 pub mod lease;
+pub mod masq;
 pub mod metrics;
 pub mod netlink;
 pub mod node;
 pub mod subnet;
+pub mod underlay;

@@ -3,29 +3,427 @@
 //! INTERFACE (called by `node.rs`; keep the signature, the body is the data plane's):
 //! [`run`] owns devices, routes and sockets for as long as the node runs, applies every
 //! [`PeerEvent`] in order, and returns when `shutdown` turns true.
+//!
+//! Structure: this module is the control side (an async task): it sets up devices and
+//! sockets, keeps the set of peers, publishes a [`peers::PeerTable`] to the workers with
+//! one atomic swap per change, and reconciles routes (on every change and every
+//! [`RECONCILE_PERIOD`], so a deleted route comes back). The packets never pass through
+//! here: [`worker`] threads move them between the TUN device and the underlay socket.
 
+pub mod io;
+pub mod packet;
+pub mod peers;
 pub mod tun;
+pub mod worker;
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, watch};
-use weft_config::Settings;
+use weft_config::{Backend, Settings};
 
-use crate::lease::{LocalLease, PeerEvent};
+use crate::lease::{LocalLease, Peer, PeerEvent};
+use crate::metrics::Metrics;
+use crate::netlink::{bridge, Netlink, Route};
+use peers::{compatible, Encap, PeerTable};
+use tun::{Offloads, Tun};
+use worker::WorkerContext;
+
+/// The pod bridge.
+pub const BRIDGE: &str = "cni0";
+/// How often routes are re-read and repaired even without events.
+pub const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
+
+/// The TUN device's name for a backend: `weft.<VNI>` or `weft.ipip`.
+pub fn device_name(backend: &Backend) -> String {
+    match backend {
+        Backend::Vxlan { vni, .. } => format!("weft.{vni}"),
+        Backend::Ipip { .. } => "weft.ipip".to_owned(),
+    }
+}
 
 /// Runs the data plane until `shutdown` becomes true.
 pub async fn run(
     settings: Settings,
     lease: LocalLease,
+    events: mpsc::Receiver<PeerEvent>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    run_with_metrics(
+        settings,
+        lease,
+        events,
+        shutdown,
+        Arc::new(Metrics::default()),
+    )
+    .await
+}
+
+/// [`run`], counting into `metrics` (which the caller exports).
+pub async fn run_with_metrics(
+    settings: Settings,
+    lease: LocalLease,
     mut events: mpsc::Receiver<PeerEvent>,
     mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let _ = (&settings, &lease);
-    loop {
+    let netlink = Netlink::connect().context("opening netlink")?;
+    let backend = lease.netconf.backend.clone();
+    let subnet_len = lease.subnet.prefix_len();
+
+    // cni0 with the gateway address, shared with the CNI plugin.
+    let gateway = Ipv4Net::new(first_host(lease.subnet), subnet_len)?;
+    bridge::ensure_bridge(netlink.handle(), BRIDGE, gateway, lease.mtu)
+        .await
+        .with_context(|| format!("setting up bridge {BRIDGE}"))?;
+
+    // The TUN VTEP: persistent, so it (and its routes) survive a restart.
+    let name = device_name(&backend);
+    let tun = Tun::open(&name, 1, Offloads::default())
+        .with_context(|| format!("opening TUN device {name}"))?;
+    let tun_link = netlink.ensure_link_up(&name, Some(lease.mtu)).await?;
+    // Like flannel's `.0/32` on flannel.<VNI>: traffic this host originates towards
+    // other nodes' pods gets a source inside our subnet, which peers accept.
+    netlink
+        .ensure_address(tun_link.index, Ipv4Net::new(lease.subnet.network(), 32)?)
+        .await?;
+
+    let underlay = netlink.require_link(&lease.underlay_iface).await?;
+    let underlay_net = netlink
+        .addresses(underlay.index)
+        .await?
+        .into_iter()
+        .find(|net| net.addr() == lease.public_ip)
+        .map(|net| net.trunc());
+
+    let (encap, direct_routing) = match backend {
+        Backend::Vxlan {
+            vni,
+            port,
+            direct_routing,
+        } => (
+            Encap::Vxlan {
+                vni,
+                port,
+                local_mac: lease.vtep_mac,
+            },
+            direct_routing,
+        ),
+        Backend::Ipip { direct_routing } => (Encap::Ipip, direct_routing),
+    };
+    let socket: OwnedFd = match encap {
+        Encap::Vxlan { port, .. } => io::vxlan_socket(port)
+            .with_context(|| format!("binding UDP 0.0.0.0:{port} for VXLAN"))?,
+        Encap::Ipip => io::ipip_socket().context("opening the raw IPIP socket")?,
+    };
+    let socket = Arc::new(socket);
+
+    let table = Arc::new(ArcSwap::from_pointee(PeerTable::empty(subnet_len)));
+    let stop = Arc::new(io::StopSignal::new().context("creating the stop eventfd")?);
+    let ctx = WorkerContext {
+        encap,
+        own_subnet: lease.subnet,
+        peers: table.clone(),
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+        mtu: lease.mtu as usize,
+    };
+    let mut threads = Vec::new();
+    for queue in 0..tun.queue_count() {
+        let tx = (ctx.clone(), tun.clone_queue(queue)?, socket.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("weft-tx-{queue}"))
+                .spawn(move || worker::transmit(tx.0, tx.1, tx.2))?,
+        );
+        let rx = (ctx.clone(), tun.clone_queue(queue)?, socket.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("weft-rx-{queue}"))
+                .spawn(move || worker::receive(rx.0, rx.1, rx.2))?,
+        );
+    }
+
+    if settings.ip_masq {
+        crate::masq::install(lease.netconf.network, lease.subnet)
+            .context("installing the masquerade rules")?;
+    }
+    tracing::info!(
+        device = %name, subnet = %lease.subnet, public_ip = %lease.public_ip,
+        mtu = lease.mtu, "data plane up"
+    );
+
+    let state = RouteInputs {
+        own_subnet: lease.subnet,
+        encap,
+        direct_routing,
+        underlay_net,
+        tun_index: tun_link.index,
+        underlay_index: underlay.index,
+    };
+    let mut peers: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
+    let mut reconcile = tokio::time::interval(RECONCILE_PERIOD);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(event) => tracing::debug!(?event, "peer event"),
-                None => return Ok(()),
+                Some(event) => {
+                    apply_event(&mut peers, event, &lease.subnet);
+                    let (routes, table_input) = state.desired(&peers);
+                    table.store(Arc::new(PeerTable::build(subnet_len, &encap, table_input)));
+                    if let Err(error) = sync_routes(&netlink, &routes).await {
+                        tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
+                    }
+                }
+                None => break Ok(()),
             },
-            _ = shutdown.changed() => if *shutdown.borrow() { return Ok(()) },
+            _ = reconcile.tick() => {
+                let (routes, _) = state.desired(&peers);
+                if let Err(error) = sync_routes(&netlink, &routes).await {
+                    tracing::warn!(error = %format!("{error:#}"), "route reconcile failed");
+                }
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break Ok(());
+                }
+            }
         }
+    };
+
+    stop.raise();
+    let joined = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "worker ended with an error"),
+                Err(_) => tracing::error!("worker panicked"),
+            }
+        }
+    });
+    joined.await.context("joining workers")?;
+
+    if settings.ip_masq {
+        if let Err(error) = crate::masq::remove() {
+            tracing::warn!(%error, "removing the masquerade rules");
+        }
+    }
+    if settings.cleanup_on_exit {
+        sync_routes(&netlink, &[]).await?;
+        tun.set_transient()?;
+        drop(tun);
+        netlink.delete_link(tun_link.index).await?;
+        tracing::info!(device = %name, "removed TUN device and routes (--cleanup-on-exit)");
+    }
+    result
+}
+
+/// What the route and peer-table computation depends on besides the peers.
+#[derive(Debug, Clone, Copy)]
+struct RouteInputs {
+    own_subnet: Ipv4Net,
+    encap: Encap,
+    direct_routing: bool,
+    underlay_net: Option<Ipv4Net>,
+    tun_index: u32,
+    underlay_index: u32,
+}
+
+impl RouteInputs {
+    /// Desired routes, and each compatible peer with whether it is reached through the
+    /// tunnel (`false` = DirectRouting: a plain route via its PublicIP, as flannel does
+    /// for peers on the same underlay subnet).
+    fn desired<'a>(
+        &self,
+        peers: &'a BTreeMap<Ipv4Net, Peer>,
+    ) -> (Vec<Route>, Vec<(&'a Peer, bool)>) {
+        let mut routes = Vec::with_capacity(peers.len());
+        let mut table = Vec::with_capacity(peers.len());
+        for peer in peers.values() {
+            if peer.subnet == self.own_subnet || compatible(&self.encap, &peer.backend).is_none() {
+                continue;
+            }
+            let direct = self.direct_routing
+                && self
+                    .underlay_net
+                    .is_some_and(|net| net.contains(&peer.public_ip));
+            routes.push(if direct {
+                Route {
+                    dst: peer.subnet,
+                    gateway: Some(peer.public_ip),
+                    oif: self.underlay_index,
+                }
+            } else {
+                Route {
+                    dst: peer.subnet,
+                    gateway: None,
+                    oif: self.tun_index,
+                }
+            });
+            table.push((peer, !direct));
+        }
+        (routes, table)
+    }
+}
+
+fn apply_event(peers: &mut BTreeMap<Ipv4Net, Peer>, event: PeerEvent, own_subnet: &Ipv4Net) {
+    match event {
+        PeerEvent::Upsert(peer) => {
+            if peer.subnet != *own_subnet {
+                tracing::info!(subnet = %peer.subnet, public_ip = %peer.public_ip, "peer up");
+                peers.insert(peer.subnet, peer);
+            }
+        }
+        PeerEvent::Removed(subnet) => {
+            if peers.remove(&subnet).is_some() {
+                tracing::info!(%subnet, "peer gone");
+            }
+        }
+        PeerEvent::Snapshot(all) => {
+            peers.clear();
+            peers.extend(
+                all.into_iter()
+                    .filter(|peer| peer.subnet != *own_subnet)
+                    .map(|peer| (peer.subnet, peer)),
+            );
+            tracing::info!(peers = peers.len(), "peer snapshot");
+        }
+    }
+}
+
+async fn sync_routes(netlink: &Netlink, desired: &[Route]) -> anyhow::Result<()> {
+    let changes = netlink.reconcile_routes(desired).await?;
+    for change in &changes {
+        tracing::info!(?change, "route");
+    }
+    Ok(())
+}
+
+fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::PeerBackend;
+
+    fn peer(subnet: &str, ip: &str) -> Peer {
+        Peer {
+            subnet: subnet.parse().unwrap(),
+            public_ip: ip.parse().unwrap(),
+            backend: PeerBackend::Vxlan {
+                vni: 1,
+                vtep_mac: [2, 0, 0, 0, 0, 2],
+            },
+        }
+    }
+
+    fn inputs(direct_routing: bool) -> RouteInputs {
+        RouteInputs {
+            own_subnet: "10.244.1.0/24".parse().unwrap(),
+            encap: Encap::Vxlan {
+                vni: 1,
+                port: 8472,
+                local_mac: [2, 0, 0, 0, 0, 1],
+            },
+            direct_routing,
+            underlay_net: Some("192.0.2.0/24".parse().unwrap()),
+            tun_index: 7,
+            underlay_index: 2,
+        }
+    }
+
+    #[test]
+    fn events_build_the_peer_set() {
+        let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let mut peers = BTreeMap::new();
+        apply_event(
+            &mut peers,
+            PeerEvent::Upsert(peer("10.244.2.0/24", "192.0.2.2")),
+            &own,
+        );
+        apply_event(
+            &mut peers,
+            PeerEvent::Upsert(peer("10.244.1.0/24", "192.0.2.1")),
+            &own,
+        );
+        assert_eq!(peers.len(), 1, "own lease is not a peer");
+        apply_event(
+            &mut peers,
+            PeerEvent::Snapshot(vec![peer("10.244.3.0/24", "192.0.2.3")]),
+            &own,
+        );
+        assert_eq!(
+            peers.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+            ["10.244.3.0/24"]
+        );
+        apply_event(
+            &mut peers,
+            PeerEvent::Removed("10.244.3.0/24".parse().unwrap()),
+            &own,
+        );
+        assert!(peers.is_empty());
+    }
+
+    #[test]
+    fn tunnelled_and_direct_routes() {
+        let mut peers = BTreeMap::new();
+        for p in [
+            peer("10.244.2.0/24", "192.0.2.2"),
+            peer("10.244.3.0/24", "198.51.100.3"),
+            Peer {
+                backend: PeerBackend::Other("udp".into()),
+                ..peer("10.244.4.0/24", "192.0.2.4")
+            },
+        ] {
+            peers.insert(p.subnet, p);
+        }
+        let (routes, table) = inputs(false).desired(&peers);
+        assert_eq!(routes.len(), 2, "the udp-backend peer gets no route");
+        assert!(routes.iter().all(|r| r.gateway.is_none() && r.oif == 7));
+        assert!(table.iter().all(|(_, tunnelled)| *tunnelled));
+
+        let (routes, table) = inputs(true).desired(&peers);
+        assert_eq!(
+            routes[0],
+            Route {
+                dst: "10.244.2.0/24".parse().unwrap(),
+                gateway: Some("192.0.2.2".parse().unwrap()),
+                oif: 2
+            }
+        );
+        assert_eq!(
+            routes[1].oif, 7,
+            "a peer on another underlay subnet stays tunnelled"
+        );
+        assert_eq!(
+            table.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
+            [false, true]
+        );
+    }
+
+    #[test]
+    fn device_names() {
+        assert_eq!(
+            device_name(&Backend::Vxlan {
+                vni: 1,
+                port: 8472,
+                direct_routing: false
+            }),
+            "weft.1"
+        );
+        assert_eq!(
+            device_name(&Backend::Ipip {
+                direct_routing: false
+            }),
+            "weft.ipip"
+        );
     }
 }

@@ -111,8 +111,10 @@ impl Tun {
                 .map_err(TunError::Open)?;
             let mut request = IfReq {
                 name: [0; libc::IFNAMSIZ],
-                flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE)
-                    as libc::c_short,
+                flags: (libc::IFF_TUN
+                    | libc::IFF_NO_PI
+                    | libc::IFF_VNET_HDR
+                    | libc::IFF_MULTI_QUEUE) as libc::c_short,
                 _pad: [0; 22],
             };
             for (dst, src) in request.name.iter_mut().zip(name.bytes()) {
@@ -130,7 +132,12 @@ impl Tun {
             }
             let header_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
             tun.ioctl_ptr(&file, libc::TUNSETVNETHDRSZ, &header_len, "TUNSETVNETHDRSZ")?;
-            tun.ioctl_value(&file, libc::TUNSETOFFLOAD, offloads.bits() as libc::c_ulong, "TUNSETOFFLOAD")?;
+            tun.ioctl_value(
+                &file,
+                libc::TUNSETOFFLOAD,
+                offloads.bits() as libc::c_ulong,
+                "TUNSETOFFLOAD",
+            )?;
             if queue == 0 {
                 tun.ioctl_value(&file, libc::TUNSETPERSIST, 1, "TUNSETPERSIST")?;
             }

@@ -15,8 +15,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
@@ -104,7 +103,12 @@ impl Netlink {
 
     /// The link called `name`, or `None`.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         match links.try_next().await {
             Ok(link) => Ok(link.as_ref().map(Link::from_message)),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
@@ -208,7 +212,9 @@ impl Netlink {
         {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(request_error(format!("adding {address} to link {index}"))(e)),
+            Err(e) => Err(request_error(format!("adding {address} to link {index}"))(
+                e,
+            )),
         }
     }
 
@@ -240,14 +246,27 @@ impl Netlink {
     pub async fn apply(&self, change: &Change) -> Result<()> {
         match change {
             Change::Add(route) | Change::Replace(route) => {
-                match self.handle.route().add(route_message(route)).replace().execute().await {
+                match self
+                    .handle
+                    .route()
+                    .add(route_message(route))
+                    .replace()
+                    .execute()
+                    .await
+                {
                     Ok(()) => Ok(()),
                     Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
                     Err(e) => Err(request_error(format!("installing route {route:?}"))(e)),
                 }
             }
             Change::Delete(route) => {
-                match self.handle.route().del(route_message(route)).execute().await {
+                match self
+                    .handle
+                    .route()
+                    .del(route_message(route))
+                    .execute()
+                    .await
+                {
                     Ok(()) => Ok(()),
                     Err(e) if errno(&e).is_some_and(|n| GONE.contains(&n)) => Ok(()),
                     Err(e) => Err(request_error(format!("deleting route {route:?}"))(e)),

@@ -108,7 +108,10 @@ mod tests {
 
     #[test]
     fn nothing_to_do_when_equal() {
-        let routes = [dev("10.244.1.0/24", 5), via("10.244.2.0/24", "192.0.2.2", 2)];
+        let routes = [
+            dev("10.244.1.0/24", 5),
+            via("10.244.2.0/24", "192.0.2.2", 2),
+        ];
         assert!(plan(&routes, &routes).is_empty());
         let reversed = [routes[1], routes[0]];
         assert!(plan(&routes, &reversed).is_empty());

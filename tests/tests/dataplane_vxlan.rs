@@ -1,0 +1,130 @@
+//! weft ↔ weft over userspace VXLAN: pods on three nodes reach each other; a 100 MB TCP
+//! transfer arrives intact; leases coming and going add and remove routes; routes
+//! deleted behind weft's back come back.
+
+mod dataplane_support;
+
+use std::time::{Duration, Instant};
+
+use dataplane_support::{netconf, ping_once, tcp_transfer, wait_ping, Cluster};
+use weft_daemon::lease::PeerEvent;
+use weft_tests::{require_root, wait_until};
+
+const VXLAN: &str = r#"{"Type":"vxlan","VNI":1,"Port":8472}"#;
+
+#[test]
+fn three_weft_nodes_all_pods_reach_each_other_and_tcp_is_intact() {
+    if !require_root("three_weft_nodes_all_pods_reach_each_other_and_tcp_is_intact") {
+        return;
+    }
+    let cluster = Cluster::weft(3, &netconf(VXLAN)).unwrap();
+    for from in &cluster.nodes {
+        for to in &cluster.nodes {
+            if from.n != to.n {
+                wait_ping(from.pod(), to.pod_ip(), Duration::from_secs(10)).unwrap();
+            }
+        }
+    }
+    // Routes are device routes through weft.1, tagged as weft's.
+    let routes = cluster.nodes[0]
+        .ns
+        .ip(&["route", "show", "proto", "87"])
+        .unwrap();
+    assert!(routes.contains("10.244.2.0/24 dev weft.1"), "{routes}");
+    assert!(routes.contains("10.244.3.0/24 dev weft.1"), "{routes}");
+
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[2]);
+    let (sent, received, length) = tcp_transfer(a.pod(), b.pod(), b.pod_ip(), 100 << 20).unwrap();
+    assert_eq!(length, 100 << 20);
+    assert_eq!(sent, received, "payload hash differs");
+    assert!(a.metrics().snapshot().tx_packets > 10_000);
+    assert!(b.metrics().snapshot().rx_packets > 10_000);
+}
+
+#[test]
+fn lease_arrival_and_removal_drive_routes_and_reconcile_restores_them() {
+    if !require_root("lease_arrival_and_removal_drive_routes_and_reconcile_restores_them") {
+        return;
+    }
+    let conf = netconf(VXLAN);
+    let mut cluster = Cluster::weft(2, &conf).unwrap();
+    wait_ping(
+        cluster.nodes[0].pod(),
+        cluster.nodes[1].pod_ip(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+
+    // A new node joins: the existing nodes learn of it with one event.
+    let i = cluster.add_node(3, &conf).unwrap();
+    cluster.nodes[i].start().unwrap();
+    let prefix = cluster.prefix.clone();
+    cluster.nodes[i].add_pod(&prefix).unwrap();
+    let peers: Vec<_> = cluster.nodes.iter().map(|n| n.as_peer()).collect();
+    cluster.nodes[i].send(PeerEvent::Snapshot(peers)).unwrap();
+    let newcomer = cluster.nodes[i].as_peer();
+    let announced = Instant::now();
+    for node in &cluster.nodes[..2] {
+        node.send(PeerEvent::Upsert(newcomer.clone())).unwrap();
+    }
+    let target = cluster.nodes[i].pod_ip();
+    wait_until("new node's pod reachable", Duration::from_secs(1), || {
+        ping_once(cluster.nodes[0].pod(), target)
+    })
+    .unwrap();
+    let took = announced.elapsed();
+    eprintln!("new node reachable {took:?} after its lease event");
+
+    // Someone deletes weft's route: the periodic reconcile puts it back.
+    let node1 = &cluster.nodes[0].ns;
+    node1.ip(&["route", "del", "10.244.3.0/24"]).unwrap();
+    wait_until("deleted route restored", Duration::from_secs(10), || {
+        node1
+            .ip(&["route", "show", "10.244.3.0/24"])
+            .is_ok_and(|r| r.contains("dev weft.1"))
+    })
+    .unwrap();
+
+    // The lease goes away: the route goes with it.
+    cluster.nodes[0]
+        .send(PeerEvent::Removed(newcomer.subnet))
+        .unwrap();
+    wait_until(
+        "route of removed lease gone",
+        Duration::from_secs(5),
+        || {
+            node1
+                .ip(&["route", "show", "10.244.3.0/24"])
+                .is_ok_and(|r| r.trim().is_empty())
+        },
+    )
+    .unwrap();
+    assert!(!ping_once(cluster.nodes[0].pod(), target));
+}
+
+#[test]
+fn restart_keeps_device_and_routes_and_resumes() {
+    if !require_root("restart_keeps_device_and_routes_and_resumes") {
+        return;
+    }
+    let mut cluster = Cluster::weft(2, &netconf(VXLAN)).unwrap();
+    let target = cluster.nodes[1].pod_ip();
+    wait_ping(cluster.nodes[0].pod(), target, Duration::from_secs(10)).unwrap();
+
+    let running = cluster.nodes[0].running.take().unwrap();
+    running.stop().unwrap();
+    let node1 = &cluster.nodes[0].ns;
+    let routes = node1.ip(&["route", "show", "proto", "87"]).unwrap();
+    assert!(
+        routes.contains("10.244.2.0/24 dev weft.1"),
+        "routes stay: {routes}"
+    );
+    assert!(
+        node1.ip(&["link", "show", "weft.1"]).is_ok(),
+        "device stays"
+    );
+
+    cluster.nodes[0].start().unwrap();
+    cluster.announce_all().unwrap();
+    wait_ping(cluster.nodes[0].pod(), target, Duration::from_secs(10)).unwrap();
+}
