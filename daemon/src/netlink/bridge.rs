@@ -34,6 +34,8 @@ pub enum BridgeError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeState {
     pub index: u32,
+    /// The bridge's MAC address.
+    pub mac: Vec<u8>,
     pub created: bool,
     pub mtu_changed: bool,
     pub brought_up: bool,
@@ -143,7 +145,12 @@ pub async fn ensure_bridge(
     let link = match link_by_name(handle, name).await.map_err(nl("get link"))? {
         Some(link) => link,
         None => {
-            let msg = LinkBridge::new(name).mtu(mtu).build();
+            // A fixed MAC keeps the bridge from taking over the lowest port MAC, which
+            // changes whenever pods come and go and breaks the pods' ARP caches.
+            let msg = LinkBridge::new(name)
+                .mtu(mtu)
+                .address(bridge_mac(gateway.addr()).to_vec())
+                .build();
             match handle.link().add(msg).execute().await {
                 Ok(()) => created = true,
                 // Another ADD (or weftd) created it between our lookup and our create.
@@ -168,6 +175,14 @@ pub async fn ensure_bridge(
         }
     }
     let index = link.header.index;
+    let mac = link
+        .attributes
+        .iter()
+        .find_map(|attr| match attr {
+            LinkAttribute::Address(mac) => Some(mac.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
 
     let mtu_changed = link_mtu(&link) != Some(mtu);
     let brought_up = !link.header.flags.contains(LinkFlags::Up);
@@ -213,12 +228,20 @@ pub async fn ensure_bridge(
 
     Ok(BridgeState {
         index,
+        mac,
         created,
         mtu_changed: mtu_changed && !created,
         brought_up: brought_up && !created,
         removed_addresses,
         added_address,
     })
+}
+
+/// The bridge MAC for a gateway address: locally administered `0a:58` + the IPv4
+/// address (the scheme OVN-Kubernetes uses), stable across restarts and nodes-unique.
+pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let o = gateway.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
 /// The gateway address this bridge would carry for a pod subnet given as in
