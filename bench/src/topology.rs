@@ -2,15 +2,18 @@
 //! node namespaces on it at 192.0.2.1 and 192.0.2.2, each with a `cni0` bridge and one
 //! pod namespace behind it; only how a packet crosses from node to node differs.
 //!
-//! `veth`, `host-gw` and `kernel-vxlan` are built here with the harness's namespace and
-//! link guards (pure iproute2, no daemon); the weft paths come from
-//! [`weft_tests::lab::Lab`] with weftd nodes. Everything lives in namespaces named with
-//! a per-run prefix and is removed when the [`PathLab`] drops.
+//! `kernel-vxlan` and the weft paths are [`weft_tests::lab::Lab`]s (kernel-flannel nodes,
+//! or weftd nodes with the backend under test), so the anchor and weft share every hop
+//! but the overlay. `veth` and `host-gw` have no overlay and need no etcd: they are
+//! built here with the harness's namespace and link guards, in the Lab's shape.
+//! Everything lives in namespaces named with a per-run prefix and is removed when the
+//! [`PathLab`] drops.
 
 use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
-use weft_tests::link::{mac_of, Bridge, End, Veth};
+use weft_tests::lab::{Backend, Lab, LabSpec};
+use weft_tests::link::{Bridge, End, Veth};
 use weft_tests::netns::Netns;
 
 use crate::results::Path;
@@ -25,19 +28,25 @@ fn pod_ip(node: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, node, 2)
 }
 
-/// flanneld's VXLAN defaults: VNI 1, device `flannel.1`, port 8472, MTU 1500 − 50.
-const VXLAN_DEV: &str = "flannel.1";
-const VXLAN_MTU: u32 = 1450;
-
 /// A built path: two pods that can reach each other, and everything that must stay up
 /// while they do.
 pub struct PathLab {
     src: Netns,
     dst: Netns,
     dst_ip: Ipv4Addr,
-    /// Dropped after the pods; namespaces go last (fields drop in declaration order).
-    _nodes: Vec<Netns>,
-    _underlay: Option<Netns>,
+    /// What must outlive the pods (fields drop in declaration order).
+    _rest: Rest,
+}
+
+/// The nodes and underlay behind the pods.
+enum Rest {
+    /// Namespaces built here, deleted on drop (nodes before the underlay).
+    Own {
+        _nodes: Vec<Netns>,
+        _underlay: Option<Netns>,
+    },
+    /// A lab: dropping it kills its daemons and deletes all its namespaces.
+    Lab { _lab: Box<Lab> },
 }
 
 impl std::fmt::Debug for PathLab {
@@ -55,11 +64,10 @@ impl PathLab {
     pub fn build(path: Path, prefix: &str) -> anyhow::Result<PathLab> {
         match path {
             Path::Veth => veth(prefix),
-            Path::HostGw => two_nodes(prefix, Overlay::HostGw),
-            Path::KernelVxlan => two_nodes(prefix, Overlay::KernelVxlan),
-            Path::WeftVxlan | Path::WeftIpip => {
-                anyhow::bail!("weft paths need weft_tests::lab::Lab, which is not there yet")
-            }
+            Path::HostGw => host_gw(prefix),
+            Path::KernelVxlan => lab(prefix, LabSpec::kernel(2)),
+            Path::WeftVxlan => lab(prefix, weft_spec(Backend::Vxlan)),
+            Path::WeftIpip => lab(prefix, weft_spec(Backend::Ipip)),
         }
     }
 
@@ -94,24 +102,42 @@ fn veth(prefix: &str) -> anyhow::Result<PathLab> {
         src: p1,
         dst: p2,
         dst_ip: pod_ip(2),
-        _nodes: Vec::new(),
-        _underlay: None,
+        _rest: Rest::Own {
+            _nodes: Vec::new(),
+            _underlay: None,
+        },
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Overlay {
-    HostGw,
-    KernelVxlan,
+fn weft_spec(backend: Backend) -> LabSpec {
+    LabSpec {
+        backend,
+        ..LabSpec::weft(2)
+    }
 }
 
-/// Underlay bridge, two nodes, a pod behind each node's `cni0`, and `overlay` between
-/// the nodes.
-fn two_nodes(prefix: &str, overlay: Overlay) -> anyhow::Result<PathLab> {
-    let pod_mtu = match overlay {
-        Overlay::HostGw => None,
-        Overlay::KernelVxlan => Some(VXLAN_MTU),
-    };
+/// A two-node [`Lab`] with one pod per node; the client's pod is on node 1.
+fn lab(prefix: &str, spec: LabSpec) -> anyhow::Result<PathLab> {
+    let mut lab = Lab::start(LabSpec {
+        prefix: Some(prefix.to_string()),
+        ..spec
+    })?;
+    lab.add_pod(1, "pa").context("pod on node 1")?;
+    let dst_ip = lab.add_pod(2, "pb").context("pod on node 2")?;
+    Ok(PathLab {
+        src: lab.pod_ns("pa")?,
+        dst: lab.pod_ns("pb")?,
+        dst_ip,
+        _rest: Rest::Lab {
+            _lab: Box::new(lab),
+        },
+    })
+}
+
+/// The Lab's shape without etcd or daemons: underlay bridge, two nodes, a pod behind
+/// each node's `cni0`, and each node routing the other's pod subnet via the other's
+/// underlay address (flannel's host-gw).
+fn host_gw(prefix: &str) -> anyhow::Result<PathLab> {
     let underlay = Netns::new(&format!("{prefix}-ul"))?;
     let underlay_bridge = Bridge::create(&underlay, "br0", None)?;
     let mut nodes = Vec::new();
@@ -136,7 +162,7 @@ fn two_nodes(prefix: &str, overlay: Overlay) -> anyhow::Result<PathLab> {
         Veth::create(
             End::new(&node, "vethpod"),
             End::with_addr(&pod, "eth0", &pod_addr),
-            pod_mtu,
+            None,
         )?
         .detach();
         cni0.attach("vethpod")?;
@@ -147,19 +173,14 @@ fn two_nodes(prefix: &str, overlay: Overlay) -> anyhow::Result<PathLab> {
     }
     underlay_bridge.detach();
 
-    match overlay {
-        Overlay::HostGw => {
-            for (i, j) in [(1u8, 2u8), (2, 1)] {
-                nodes[usize::from(i - 1)].ip(&[
-                    "route",
-                    "add",
-                    &format!("10.244.{j}.0/24"),
-                    "via",
-                    &underlay_ip(j),
-                ])?;
-            }
-        }
-        Overlay::KernelVxlan => flannel_vxlan(&nodes).context("kernel vxlan like flanneld")?,
+    for (i, j) in [(1u8, 2u8), (2, 1)] {
+        nodes[usize::from(i - 1)].ip(&[
+            "route",
+            "add",
+            &format!("10.244.{j}.0/24"),
+            "via",
+            &underlay_ip(j),
+        ])?;
     }
 
     let dst = pods.pop().context("two pods")?;
@@ -168,86 +189,9 @@ fn two_nodes(prefix: &str, overlay: Overlay) -> anyhow::Result<PathLab> {
         src,
         dst,
         dst_ip: pod_ip(2),
-        _nodes: nodes,
-        _underlay: Some(underlay),
+        _rest: Rest::Own {
+            _nodes: nodes,
+            _underlay: Some(underlay),
+        },
     })
-}
-
-/// Programs each node's overlay the way flanneld's vxlan backend does: a `flannel.1`
-/// device without learning, the node's `.0/32` on it, and for each peer a permanent
-/// neighbour, an fdb entry to the peer's underlay address and an onlink route.
-fn flannel_vxlan(nodes: &[Netns]) -> anyhow::Result<()> {
-    let mut macs = Vec::new();
-    for (index, node) in nodes.iter().enumerate() {
-        let i = u8::try_from(index + 1)?;
-        node.ip(&[
-            "link",
-            "add",
-            VXLAN_DEV,
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "local",
-            &underlay_ip(i),
-            "dev",
-            "eth0",
-            "dstport",
-            "8472",
-            "nolearning",
-        ])?;
-        node.ip(&[
-            "link",
-            "set",
-            VXLAN_DEV,
-            "mtu",
-            &VXLAN_MTU.to_string(),
-            "up",
-        ])?;
-        node.ip(&["addr", "add", &format!("10.244.{i}.0/32"), "dev", VXLAN_DEV])?;
-        macs.push(mac_of(node, VXLAN_DEV)?);
-    }
-    for (index, node) in nodes.iter().enumerate() {
-        for (peer_index, peer_mac) in macs.iter().enumerate() {
-            if peer_index == index {
-                continue;
-            }
-            let j = u8::try_from(peer_index + 1)?;
-            let peer_vtep = format!("10.244.{j}.0");
-            node.ip(&[
-                "neigh",
-                "replace",
-                &peer_vtep,
-                "lladdr",
-                peer_mac,
-                "dev",
-                VXLAN_DEV,
-                "nud",
-                "permanent",
-            ])?;
-            node.run(
-                "bridge",
-                &[
-                    "fdb",
-                    "append",
-                    peer_mac,
-                    "dev",
-                    VXLAN_DEV,
-                    "dst",
-                    &underlay_ip(j),
-                ],
-            )?;
-            node.ip(&[
-                "route",
-                "add",
-                &format!("10.244.{j}.0/24"),
-                "via",
-                &peer_vtep,
-                "dev",
-                VXLAN_DEV,
-                "onlink",
-            ])?;
-        }
-    }
-    Ok(())
 }
