@@ -1,1 +1,89 @@
-fn main() {}
+//! weftd — the weft node daemon. Flags: see `weftd --help` (flannel's names; each also
+//! from `WEFTD_<NAME>` and `--config`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+use weft_config::weftd::{LogFormat, SettingsError};
+use weft_config::Settings;
+
+fn main() -> ExitCode {
+    let settings = match Settings::from_env_and_args() {
+        Ok(settings) => settings,
+        Err(SettingsError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("weftd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_tracing(&settings) {
+        eprintln!("weftd: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weftd")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("weftd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json_logs = settings.log_format == LogFormat::Json;
+    let result = runtime.block_on(async {
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        tokio::spawn(async move {
+            let signal = wait_for_signal().await;
+            tracing::info!(%signal, "shutting down");
+            let _ = shutdown_tx.send(true);
+        });
+        weft_daemon::node::run(settings, shutdown).await
+    });
+    // Tasks still winding down (a slow etcd call) must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json_logs {
+                // Log collectors reading JSON get the error as a record too.
+                tracing::error!("{e:#}");
+            }
+            eprintln!("weftd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(settings: &Settings) -> Result<(), String> {
+    let filter = EnvFilter::try_new(&settings.log_level)
+        .map_err(|e| format!("--log-level {:?}: {e}", settings.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let result = match settings.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| format!("cannot initialise logging: {e}"))
+}
+
+/// Waits for SIGTERM or SIGINT; returns its name.
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the default action (exit) still applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
