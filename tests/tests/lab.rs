@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use weft_tests::lab::{Lab, LabSpec, NodeKind};
+use weft_tests::lab::{CniKind, Lab, LabSpec, NodeKind};
 use weft_tests::netns;
 use weft_tests::require_root;
 
@@ -59,4 +59,46 @@ fn two_kernel_flannel_nodes_carry_pod_traffic() {
         namespaces_with(&prefix)
     );
     assert!(!weft_tests::lab::state::state_file(&prefix).exists());
+}
+
+#[test]
+fn containerd_pods_with_the_reference_bridge_reach_each_other() {
+    if !require_root("containerd_pods_with_the_reference_bridge_reach_each_other") {
+        return;
+    }
+    let mut lab = Lab::start(LabSpec {
+        cni: CniKind::Bridge,
+        ..LabSpec::kernel(2)
+    })
+    .unwrap();
+    let prefix = lab.prefix().to_owned();
+    let a = lab.ctr_pod(1, "ca").unwrap();
+    let b = lab.ctr_pod(2, "cb").unwrap();
+    let fast = lab.add_pod(2, "fb").unwrap();
+    assert!(lab.node(1).unwrap().subnet.unwrap().contains(&a), "{a}");
+    assert!(
+        lab.ping("ca", b),
+        "ctr pod ca ({a}) cannot reach ctr pod cb ({b})"
+    );
+    assert!(
+        lab.ping("ca", fast),
+        "ctr pod ca cannot reach fast-path pod fb ({fast})"
+    );
+    // The pod really is the container: its namespace is the task's.
+    let task_pid = lab.ctr(&["task", "ls"]).unwrap();
+    assert!(task_pid.contains(&format!("{prefix}-ca")), "{task_pid}");
+    // Nothing of the lab in the host's CNI config dir.
+    assert!(!std::path::Path::new("/etc/cni/net.d/10-weft.conflist").exists());
+    let sock = lab.state().containerd_socket.clone().unwrap();
+    drop(lab);
+    assert!(
+        namespaces_with(&prefix).is_empty(),
+        "{:?}",
+        namespaces_with(&prefix)
+    );
+    assert!(
+        weft_tests::proc::pids_with_arg(&sock.to_string_lossy()).is_empty(),
+        "shims left"
+    );
+    assert!(!std::path::Path::new(&format!("/etc/netns/{prefix}-n1")).exists());
 }

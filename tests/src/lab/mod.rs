@@ -439,8 +439,9 @@ impl Lab {
     /// Tears the lab down now, reporting what could not be removed.
     pub fn down(mut self) -> anyhow::Result<()> {
         self.owned = false;
+        let result = self.state.teardown();
         self.kill_children();
-        self.state.teardown()
+        result
     }
 
     pub fn prefix(&self) -> &str {
@@ -883,6 +884,161 @@ impl Lab {
         Ok(ip)
     }
 
+    /// A pod created the way a runtime creates one: `ctr run --cni` (inside node `n`'s
+    /// namespace) against the lab's containerd, with the `weft` CNI plugin (or the
+    /// reference bridge, per [`LabSpec::cni`]) and a busybox root filesystem. The pod's
+    /// namespace is then named `<prefix>-<name>` (`ip netns attach`) so that
+    /// [`Lab::exec`] and [`Lab::ping`] work as for [`Lab::add_pod`].
+    pub fn ctr_pod(&mut self, n: usize, name: &str) -> anyhow::Result<Ipv4Addr> {
+        self.check_new_pod(name)?;
+        let node = self.node(n)?.clone();
+        let timeout = Duration::from_millis(self.info.ready_timeout_ms);
+        let (subnet, mtu) = crate::wait_for(
+            &format!("{} of node {n}", node.subnet_file().display()),
+            timeout,
+            || self.node_subnet(n).ok(),
+        )?;
+        let sock = self.ensure_containerd()?;
+        let paths = containerd::Paths::new(&self.info.dir);
+        let rootfs = containerd::ensure_rootfs(&self.info.dir)?;
+        let weft_plugin = crate::bin_path("weft");
+        anyhow::ensure!(
+            self.info.cni != CniKind::Weft || weft_plugin.is_file(),
+            "{} does not exist; build it with `cargo build -p weft-cni --bins`",
+            weft_plugin.display()
+        );
+        let cni_bin = containerd::ensure_cni_bin(&self.info.dir, &weft_plugin)?;
+        // Mount points for `ip netns exec`'s and our bind mounts (empty directories).
+        for d in ["/etc/cni", "/var/lib/cni"] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {d}"))?;
+        }
+        let etc = PathBuf::from(format!("/etc/netns/{}", node.netns));
+        if !self.state.etc_netns.contains(&etc) {
+            self.state.etc_netns.push(etc.clone());
+            self.save()?;
+        }
+        let net_d = etc.join("cni/net.d");
+        std::fs::create_dir_all(&net_d).with_context(|| format!("creating {}", net_d.display()))?;
+        std::fs::write(
+            net_d.join("10-weft.conflist"),
+            containerd::conflist(self.info.cni, &node, subnet, mtu),
+        )?;
+        let var_lib_cni = node.dir.join("var-lib-cni");
+        std::fs::create_dir_all(&var_lib_cni)?;
+
+        let id = format!("{}-{name}", self.info.prefix);
+        self.state.namespaces.push(id.clone());
+        self.info.pods.push(PodInfo {
+            name: name.to_owned(),
+            netns: id.clone(),
+            node: n,
+            ip: Ipv4Addr::UNSPECIFIED,
+            host_if: None,
+            container: Some(id.clone()),
+        });
+        self.save()?;
+        let script = r#"mount --bind "$1" /opt/cni/bin && mount --bind "$2" /var/lib/cni && exec ctr -a "$3" run -d --null-io --cni --runc-root "$4" --cgroup "" --rootfs "$5" "$6" /bin/sleep 2000000000"#;
+        let mut cmd = Netns::existing(&node.netns).command("sh");
+        cmd.args(["-c", script, "sh"])
+            .arg(&cni_bin)
+            .arg(&var_lib_cni)
+            .arg(&sock)
+            .arg(paths.runc_root())
+            .arg(&rootfs)
+            .arg(&id);
+        crate::run_cmd(&mut cmd)
+            .with_context(|| format!("ctr run --cni of pod {name} on node {n}"))?;
+        let pid = crate::wait_for(&format!("task {id} to run"), timeout, || {
+            containerd::task_pid(&self.ctr(&["task", "ls"]).ok()?, &id)
+        })?;
+        let proc =
+            ProcId::of(pid).with_context(|| format!("task {id} (PID {pid}) exited at once"))?;
+        self.state.processes.push(RecordedProcess {
+            what: format!("pod {name}"),
+            proc,
+        });
+        self.save()?;
+        crate::ip(&["netns", "attach", &id, &pid.to_string()])?;
+        let pod_ns = Netns::existing(&id);
+        let addrs = pod_ns.ip(&["-j", "-4", "addr", "show", "dev", "eth0"])?;
+        let ip = first_ipv4(&addrs).with_context(|| {
+            format!("pod {name}: no IPv4 address on eth0 after CNI ADD: {addrs}")
+        })?;
+        if let Some(p) = self.info.pods.iter_mut().find(|p| p.name == name) {
+            p.ip = ip;
+        }
+        self.save()?;
+        Ok(ip)
+    }
+
+    /// `ctr -a <lab socket> <args>` (containerd must be running).
+    pub fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
+        let sock = self
+            .info
+            .containerd_socket
+            .as_ref()
+            .context("the lab's containerd is not running")?;
+        crate::run_cmd(
+            std::process::Command::new("ctr")
+                .arg("-a")
+                .arg(sock)
+                .args(args),
+        )
+    }
+
+    /// Starts the lab's containerd (in the underlay namespace) unless it runs; returns
+    /// its socket.
+    pub fn ensure_containerd(&mut self) -> anyhow::Result<PathBuf> {
+        let paths = containerd::Paths::new(&self.info.dir);
+        let sock = paths.socket();
+        if self.info.containerd_socket.is_some() && self.ctr(&["version"]).is_ok() {
+            return Ok(sock);
+        }
+        std::fs::create_dir_all(&paths.dir)?;
+        std::fs::write(paths.config(), paths.config_toml())?;
+        self.info.containerd_socket = Some(sock.clone());
+        self.save()?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.log())
+            .with_context(|| format!("opening {}", paths.log().display()))?;
+        // `nsenter --net` rather than `ip netns exec`: the latter remounts /sys for the
+        // namespace, which hides the cgroup mounts runc needs.
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.info.underlay_ns))
+            .arg("containerd")
+            .arg("--config")
+            .arg(paths.config())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut child = Child::spawn(cmd).context("starting containerd")?;
+        self.state.processes.push(RecordedProcess {
+            what: "containerd".into(),
+            proc: child.proc_id(),
+        });
+        self.save()?;
+        let timeout = Duration::from_millis(self.info.ready_timeout_ms);
+        let mut exited = None;
+        let ready = crate::wait_until("containerd to answer", timeout, || {
+            if let Some(s) = child.try_status() {
+                exited = Some(s);
+                return true;
+            }
+            self.ctr(&["version"]).is_ok()
+        });
+        if let Some(status) = exited {
+            anyhow::bail!(
+                "containerd exited ({status}); last lines of {}:\n{}",
+                paths.log().display(),
+                crate::etcd::tail(&paths.log(), 15)
+            );
+        }
+        ready?;
+        self.containerd = Some(child);
+        Ok(sock)
+    }
+
     fn check_new_pod(&self, name: &str) -> anyhow::Result<()> {
         anyhow::ensure!(
             !name.is_empty()
@@ -948,10 +1104,12 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         if self.owned {
-            self.kill_children();
+            // Teardown first: it asks containerd to remove the containers while it still
+            // runs; then the guards reap what teardown killed.
             if let Err(e) = self.state.teardown() {
                 eprintln!("weft lab: {e:#}");
             }
+            self.kill_children();
         } else {
             // Attached or detached: the daemons stay; only forget our handles.
             for (_, c) in self.weftd.drain() {
@@ -968,6 +1126,17 @@ impl Drop for Lab {
 /// Removes the lab recorded under `prefix` (processes, namespaces, directories).
 pub fn teardown_prefix(prefix: &str) -> anyhow::Result<()> {
     LabState::load(prefix)?.teardown()
+}
+
+/// The first IPv4 address in `ip -j addr` output.
+fn first_ipv4(ip_json: &str) -> Option<Ipv4Addr> {
+    let v: serde_json::Value = serde_json::from_str(ip_json).ok()?;
+    v.as_array()?.iter().find_map(|l| {
+        l.get("addr_info")?
+            .as_array()?
+            .iter()
+            .find_map(|a| a.get("local")?.as_str()?.parse().ok())
+    })
 }
 
 /// `(subnet, mtu)` from flannel's subnet.env (`FLANNEL_SUBNET=10.244.1.1/24`, ...).

@@ -77,10 +77,68 @@ impl LabState {
         prefixes
     }
 
+    /// Asks the lab's containerd (if it still answers) to kill and delete the lab's
+    /// containers, so that shims, runc state and shim sockets go away cleanly; then
+    /// removes cgroups runc may have left behind after a `kill -9`.
+    fn remove_containers(&self) {
+        let Some(info) = &self.info else {
+            return;
+        };
+        let ids: Vec<&str> = info
+            .pods
+            .iter()
+            .filter_map(|p| p.container.as_deref())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        if let Some(sock) = &info.containerd_socket {
+            let ctr = |args: &[&str]| {
+                crate::run_cmd(
+                    std::process::Command::new("timeout")
+                        .args(["10", "ctr", "-a"])
+                        .arg(sock)
+                        .args(args),
+                )
+            };
+            if sock.exists() && ctr(&["version"]).is_ok() {
+                for id in &ids {
+                    let _ = ctr(&["task", "kill", "-s", "SIGKILL", id]);
+                    let _ = ctr(&["task", "delete", "-f", id]);
+                    let _ = ctr(&["container", "delete", id]);
+                }
+            }
+        }
+        for p in &self.processes {
+            if p.what.starts_with("pod ") {
+                p.proc.kill();
+            }
+        }
+        // Sockets of shims that were killed rather than told to exit: containerd 1.6
+        // names them /run/containerd/s/sha256(<address>/<namespace>/<id>).
+        if let Some(sock) = &info.containerd_socket {
+            for id in &ids {
+                let _ = std::fs::remove_file(super::containerd::shim_socket(sock, "default", id));
+            }
+        }
+        // runc's cgroups (`/default/<id>` under each v1 hierarchy, or v2's root).
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        let mut roots: Vec<PathBuf> = hierarchies.filter_map(|e| Some(e.ok()?.path())).collect();
+        roots.push(PathBuf::from("/sys/fs/cgroup"));
+        for root in roots {
+            for id in &ids {
+                let _ = std::fs::remove_dir(root.join("default").join(id));
+            }
+        }
+    }
+
     /// Removes everything recorded, in reverse order of creation, then the record.
     /// Best effort: every step is tried; the errors are returned together.
     pub fn teardown(&self) -> anyhow::Result<()> {
         let mut errors = Vec::new();
+        self.remove_containers();
         // Processes first (they hold namespaces and files open), newest first.
         for p in self.processes.iter().rev() {
             p.proc.kill();
