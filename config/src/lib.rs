@@ -8,6 +8,6 @@ pub mod netconf;
 pub mod subnet_env;
 pub mod weftd;
 
-pub use netconf::{Backend, NetConf};
-pub use subnet_env::SubnetEnv;
-pub use weftd::Settings;
+pub use netconf::{Backend, NetConf, NetConfError};
+pub use subnet_env::{SubnetEnv, SubnetEnvError};
+pub use weftd::{LogFormat, Settings, SettingsError};

@@ -20,7 +20,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::builder::BoolishValueParser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, ValueEnum};
 
@@ -112,21 +111,21 @@ pub enum SettingsError {
     },
     #[error("config file {}: invalid TOML: {message}", path.display())]
     Toml { path: PathBuf, message: String },
-    #[error("config file {}{location}: unknown key `{key}`{hint}; known keys: {known}", path.display())]
+    #[error("config file {}{}: unknown key `{key}`{hint}; known keys: {}",
+            path.display(), at_line(*line), file_keys().join(", "))]
     UnknownKey {
         path: PathBuf,
         key: String,
-        /// ` line N`, when the key could be located.
-        location: String,
+        /// The 1-based line of the key, when it could be located.
+        line: Option<usize>,
         hint: String,
-        known: String,
     },
-    #[error("config file {}{location}: {key} = {value}: {reason}", path.display())]
+    #[error("config file {}{}: {key} = {value}: {reason}", path.display(), at_line(*line))]
     FileValue {
         path: PathBuf,
         key: String,
         value: String,
-        location: String,
+        line: Option<usize>,
         reason: String,
     },
     #[error("{flag} {value} (from {origin}): {reason}")]
@@ -159,7 +158,7 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Flag(flag) => write!(f, "the command line {flag}"),
+            Origin::Flag(_) => f.write_str("the command line"),
             Origin::Env(var) => write!(f, "environment variable {var}"),
             Origin::File(path) => write!(f, "config file {}", path.display()),
             Origin::Default => f.write_str("the default"),
@@ -227,14 +226,14 @@ struct Flags {
     state_dir: Option<PathBuf>,
     /// Masquerade pod traffic leaving the cluster network [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+          default_missing_value = "true", value_parser = parse_bool)]
     ip_masq: Option<bool>,
     /// Address of the /healthz, /readyz, /metrics and /v1/status server [default: 127.0.0.1:9842]
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
     healthz_addr: Option<SocketAddr>,
     /// On exit, remove the devices, routes and rules weftd created [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+          default_missing_value = "true", value_parser = parse_bool)]
     cleanup_on_exit: Option<bool>,
     /// Log format [default: text]
     #[arg(long, value_name = "FORMAT")]
@@ -471,6 +470,17 @@ fn setting_names() -> Vec<String> {
         .collect()
 }
 
+/// Keys a config file may set: every setting but `config`.
+fn file_keys() -> Vec<String> {
+    let mut names = setting_names();
+    names.retain(|n| n != "config");
+    names
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(" line {l}")).unwrap_or_default()
+}
+
 /// Parses `--name=value` with the one clap definition, as the only argument, and
 /// returns the clap error's reason (the part a user needs) on failure.
 fn parse_one(name: &str, value: &str) -> Result<Flags, String> {
@@ -532,20 +542,16 @@ fn file_layer(path: &Path, text: &str) -> Result<Flags, SettingsError> {
         path: path.to_owned(),
         message: e.to_string().trim_end().to_owned(),
     })?;
-    let names = setting_names();
-    let known: Vec<&str> = names
-        .iter()
-        .map(String::as_str)
-        .filter(|n| *n != "config")
-        .collect();
+    let names = file_keys();
+    let known: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut args = vec!["weftd".to_owned()];
     for (key, value) in &table {
-        let location = locate_toml_key(text, key)
-            .map(|line| format!(" line {line}"))
-            .unwrap_or_default();
+        let line = locate_toml_key(text, key);
         if !known.contains(&key.as_str()) {
             let kebab = key.replace('_', "-").to_lowercase();
-            let hint = if key == "config" {
+            let hint = if value.is_table() {
+                " (a table; settings are top-level kebab-case keys)".to_owned()
+            } else if key == "config" {
                 " (the config file cannot name another config file)".to_owned()
             } else if known.contains(&kebab.as_str()) {
                 format!(" (did you mean `{kebab}`? keys are kebab-case)")
@@ -555,16 +561,15 @@ fn file_layer(path: &Path, text: &str) -> Result<Flags, SettingsError> {
             return Err(SettingsError::UnknownKey {
                 path: path.to_owned(),
                 key: key.clone(),
-                location,
+                line,
                 hint,
-                known: known.join(", "),
             });
         }
         let bad = |reason: String| SettingsError::FileValue {
             path: path.to_owned(),
             key: key.clone(),
             value: value.to_string(),
-            location: location.clone(),
+            line,
             reason,
         };
         let text_value = match value {
@@ -614,6 +619,14 @@ fn locate_toml_key(text: &str, key: &str) -> Option<usize> {
 // Value parsers shared by every layer. Their messages complete the sentence
 // "<flag> <value>: ...".
 
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
 fn parse_nonempty(s: &str) -> Result<String, String> {
     if s.is_empty() {
         Err("must not be empty".to_owned())
@@ -637,18 +650,25 @@ fn parse_endpoints(s: &str) -> Result<Endpoints, String> {
     for raw in s.split(',') {
         let url = raw.trim();
         if url.is_empty() {
-            return Err(format!(
-                "{s:?} has an empty entry: give comma-separated URLs such as http://127.0.0.1:2379"
-            ));
+            return Err(
+                "has an empty entry: give comma-separated URLs such as http://127.0.0.1:2379"
+                    .to_owned(),
+            );
         }
-        check_endpoint(url)?;
+        check_endpoint(url).map_err(|why| {
+            if s.contains(',') {
+                format!("entry {url:?} is not an etcd endpoint: {why}")
+            } else {
+                format!("is not an etcd endpoint: {why}")
+            }
+        })?;
         urls.push(url.trim_end_matches('/').to_owned());
     }
     Ok(Endpoints(urls))
 }
 
 fn check_endpoint(url: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("{url:?} is not an etcd endpoint: {why}"));
+    let bad = |why: &str| Err(why.to_owned());
     let Some((scheme, rest)) = url.split_once("://") else {
         return bad("expected a URL such as http://127.0.0.1:2379");
     };
@@ -690,9 +710,7 @@ fn check_endpoint(url: &str) -> Result<(), String> {
 
 fn parse_prefix(s: &str) -> Result<String, String> {
     if !s.starts_with('/') {
-        return Err(format!(
-            "{s:?} must start with '/', like flannel's /coreos.com/network"
-        ));
+        return Err("must start with '/', like flannel's /coreos.com/network".to_owned());
     }
     let trimmed = s.trim_end_matches('/');
     if trimmed.is_empty() {
@@ -714,32 +732,31 @@ fn parse_iface(s: &str) -> Result<String, String> {
     if valid {
         Ok(s.to_owned())
     } else {
-        Err(format!(
-            "{s:?} is neither an IPv4 address nor a Linux interface name \
+        Err("is neither an IPv4 address nor a Linux interface name \
              (1 to 15 characters, no '/', ':' or spaces)"
-        ))
+            .to_owned())
     }
 }
 
 fn parse_public_ip(s: &str) -> Result<Ipv4Addr, String> {
     let ip: Ipv4Addr = s
         .parse()
-        .map_err(|_| format!("{s:?} is not an IPv4 address such as 192.0.2.1"))?;
+        .map_err(|_| "is not an IPv4 address such as 192.0.2.1".to_owned())?;
     if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
-        return Err(format!(
-            "{ip} cannot be a node's address: use a unicast IPv4 address peers can reach"
-        ));
+        return Err(
+            "cannot be a node's address: use a unicast IPv4 address peers can reach".to_owned(),
+        );
     }
     Ok(ip)
 }
 
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
-        .map_err(|_| format!("{s:?} is not an address:port such as 127.0.0.1:9842 or [::1]:9842"))
+        .map_err(|_| "is not an address:port such as 127.0.0.1:9842 or [::1]:9842".to_owned())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration such as 5s, 500ms, 2m or 1h");
+    let bad = || "is not a duration such as 5s, 500ms, 2m or 1h".to_owned();
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(digits_end);
     let n: u64 = number.parse().map_err(|_| bad())?;
@@ -751,7 +768,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     if duration.is_zero() {
-        return Err(format!("{s:?} must be longer than zero"));
+        return Err("must be longer than zero".to_owned());
     }
     Ok(duration)
 }
@@ -785,7 +802,7 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
         Ok(n) if (1..=MAX_LEASE_TTL_SECS).contains(&n) => Ok(n),
         _ => Err(format!(
-            "{s:?} is not a TTL: expected whole seconds from 1 to {MAX_LEASE_TTL_SECS}"
+            "expected whole seconds from 1 to {MAX_LEASE_TTL_SECS}"
         )),
     }
 }
