@@ -1,1 +1,320 @@
-fn main() {}
+//! weftctl — operator CLI for weft.
+//!
+//! * `weftctl leases`: every subnet lease in etcd (flannel's schema, so flanneld nodes
+//!   show up too) with its PublicIP, backend, VTEP MAC and time to expiry.
+//! * `weftctl status`: the local weftd's `/v1/status`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use weft_daemon::subnet::{EtcdOptions, Registry};
+
+#[derive(Debug, Parser)]
+#[command(name = "weftctl", version, about = "Operate a weft overlay network")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List every subnet lease in etcd: subnet, PublicIP, backend, VTEP MAC and the time
+    /// until the lease expires ("reserved" for a reservation, which never expires).
+    Leases {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the local weftd's status (lease, peers, etcd, counters) from its
+    /// `/v1/status` endpoint.
+    Status {
+        /// weftd's --healthz-addr.
+        #[arg(long, env = "WEFTD_HEALTHZ_ADDR", default_value = "127.0.0.1:9842")]
+        healthz_addr: SocketAddr,
+        /// Print weftd's JSON as is.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How to reach etcd: the same flags (and `WEFTD_*` variables) as weftd.
+#[derive(Debug, Args)]
+struct EtcdArgs {
+    /// Comma-separated etcd endpoints.
+    #[arg(
+        long,
+        env = "WEFTD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    etcd_endpoints: Vec<String>,
+    /// flannel's etcd prefix.
+    #[arg(long, env = "WEFTD_ETCD_PREFIX", default_value = "/coreos.com/network")]
+    etcd_prefix: String,
+    /// CA certificate for TLS to etcd.
+    #[arg(long, env = "WEFTD_ETCD_CAFILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for TLS to etcd.
+    #[arg(long, env = "WEFTD_ETCD_CERTFILE")]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key for TLS to etcd.
+    #[arg(long, env = "WEFTD_ETCD_KEYFILE")]
+    etcd_keyfile: Option<PathBuf>,
+    #[arg(long, env = "WEFTD_ETCD_USERNAME")]
+    etcd_username: Option<String>,
+    #[arg(long, env = "WEFTD_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
+}
+
+impl EtcdArgs {
+    fn options(&self) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            cafile: self.etcd_cafile.clone(),
+            certfile: self.etcd_certfile.clone(),
+            keyfile: self.etcd_keyfile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+        }
+    }
+}
+
+/// One row of `weftctl leases`.
+#[derive(Debug, Serialize)]
+struct LeaseRow {
+    subnet: String,
+    public_ip: String,
+    backend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vni: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vtep_mac: Option<String>,
+    /// Seconds until the lease expires; `None` for a reservation.
+    expires_in_secs: Option<i64>,
+    reserved: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("weftctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weftctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Leases { etcd, json } => leases(&etcd.options(), json).await,
+        Command::Status { healthz_addr, json } => status(healthz_addr, json).await,
+    }
+}
+
+async fn leases(opts: &EtcdOptions, json: bool) -> anyhow::Result<()> {
+    let registry = Registry::connect(opts).await?;
+    let (stored, _) = registry.list_subnets().await?;
+    let mut rows = Vec::with_capacity(stored.len());
+    for lease in stored {
+        let expires_in_secs = if lease.is_reservation() {
+            None
+        } else {
+            // A key whose lease just expired is about to vanish: show it as 0.
+            Some(registry.time_to_live(lease.lease_id).await?.unwrap_or(0))
+        };
+        let (vni, vtep_mac) = match lease.attrs.vxlan_data() {
+            Ok(data) if lease.attrs.backend_type == "vxlan" => {
+                (Some(data.vni), Some(data.vtep_mac.to_string()))
+            }
+            _ => (None, None),
+        };
+        rows.push(LeaseRow {
+            subnet: lease.subnet.to_string(),
+            public_ip: lease.attrs.public_ip.to_string(),
+            backend: lease.attrs.backend_type.clone(),
+            vni,
+            vtep_mac,
+            expires_in_secs,
+            reserved: lease.is_reservation(),
+        });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let table: Vec<[String; 5]> = rows
+        .iter()
+        .map(|row| {
+            [
+                row.subnet.clone(),
+                row.public_ip.clone(),
+                match row.vni {
+                    Some(vni) => format!("{} (VNI {vni})", row.backend),
+                    None => row.backend.clone(),
+                },
+                row.vtep_mac.clone().unwrap_or_else(|| "-".into()),
+                match row.expires_in_secs {
+                    None => "reserved".into(),
+                    Some(secs) => human_duration(secs),
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES IN"],
+        &table,
+    );
+    Ok(())
+}
+
+/// `1d02h`, `3h04m`, `5m06s`, `7s`.
+fn human_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h:02}h"),
+    }
+}
+
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let text: Vec<String> = cells
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+}
+
+async fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
+    let body = http_get(addr, "/v1/status")
+        .await
+        .with_context(|| format!("cannot reach weftd at {addr} (is it running? --healthz-addr)"))?;
+    if json {
+        print!("{body}");
+        return Ok(());
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&body).context("weftd's /v1/status is not JSON")?;
+    let lease = &status["lease"];
+    let ready = status["ready"].as_bool().unwrap_or(false);
+    println!(
+        "ready:   {}{}",
+        ready,
+        status["not_ready_reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "lease:   {} {} (PublicIP {})",
+        lease["state"].as_str().unwrap_or("?"),
+        lease["subnet"].as_str().unwrap_or("-"),
+        lease["public_ip"].as_str().unwrap_or("-"),
+    );
+    println!(
+        "etcd:    {}",
+        status["etcd"]["state"].as_str().unwrap_or("?")
+    );
+    let peers: Vec<[String; 4]> = status["peers"]
+        .as_array()
+        .map(|peers| {
+            peers
+                .iter()
+                .map(|p| {
+                    let field = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
+                    [
+                        field("subnet"),
+                        field("public_ip"),
+                        field("backend"),
+                        field("vtep_mac"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("peers:   {}", peers.len());
+    if !peers.is_empty() {
+        println!();
+        print_table(["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC"], &peers);
+    }
+    Ok(())
+}
+
+/// A plain HTTP/1.1 GET against weftd's local endpoint.
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .context("connect timed out")??;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let code = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if !code.is_success() {
+        anyhow::bail!("{path} answered {code}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(7), "7s");
+        assert_eq!(human_duration(306), "5m06s");
+        assert_eq!(human_duration(3 * 3600 + 240), "3h04m");
+        assert_eq!(human_duration(86400 + 7200), "1d02h");
+        assert_eq!(human_duration(-5), "0s");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
