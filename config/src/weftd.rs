@@ -112,7 +112,7 @@ pub enum SettingsError {
     #[error("config file {}: invalid TOML: {message}", path.display())]
     Toml { path: PathBuf, message: String },
     #[error("config file {}{}: unknown key `{key}`{hint}; known keys: {}",
-            path.display(), at_line(*line), file_keys().join(", "))]
+            path.display(), at_line(*line), documented_file_keys().join(", "))]
     UnknownKey {
         path: PathBuf,
         key: String,
@@ -475,6 +475,17 @@ fn file_keys() -> Vec<String> {
     let mut names = setting_names();
     names.retain(|n| n != "config");
     names
+}
+
+/// The keys an error message lists: test-only (hidden) settings stay unadvertised.
+fn documented_file_keys() -> Vec<String> {
+    Flags::command()
+        .get_arguments()
+        .filter(|arg| !arg.is_hide_set())
+        .filter_map(|arg| arg.get_long())
+        .filter(|long| !matches!(*long, "help" | "version" | "config"))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn at_line(line: Option<usize>) -> String {

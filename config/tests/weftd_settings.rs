@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use proptest::prelude::*;
 use weft_config::weftd::{LogFormat, SettingsError};
 use weft_config::Settings;
 
@@ -517,4 +518,60 @@ fn tls_and_auth_rules() {
         ),
         "{err}"
     );
+}
+
+#[test]
+fn hidden_test_only_key_is_accepted_but_not_advertised() {
+    let fx = Fixture::new();
+    let s = settings(&fx.config("lease-ttl-secs = 30\n"), &[], &[]).unwrap();
+    assert_eq!(s.lease_ttl_secs, 30);
+    let err = error(&fx.config("bogus = 1\n"), &[], &[]);
+    assert!(err.contains("known keys: etcd-endpoints"), "{err}");
+    assert!(!err.contains("lease-ttl-secs"), "{err}");
+}
+
+const NAMES: &[&str] = &[
+    "etcd-endpoints",
+    "etcd-prefix",
+    "etcd-cafile",
+    "etcd-certfile",
+    "etcd-keyfile",
+    "etcd-username",
+    "etcd-password",
+    "etcd-dial-timeout",
+    "iface",
+    "public-ip",
+    "subnet-file",
+    "state-dir",
+    "ip-masq",
+    "healthz-addr",
+    "cleanup-on-exit",
+    "log-format",
+    "log-level",
+    "lease-ttl-secs",
+    "bogus",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Arbitrary values in every layer give settings or an error, never a panic.
+    #[test]
+    fn arbitrary_values_never_panic(
+        flags in prop::collection::vec((prop::sample::select(NAMES), ".{0,24}"), 0..4),
+        env in prop::collection::vec((prop::sample::select(NAMES), ".{0,24}"), 0..4),
+        file in prop::collection::vec((prop::sample::select(NAMES), "[ -~]{0,24}"), 0..4),
+    ) {
+        let fx = Fixture::new();
+        let toml: String = file.iter().map(|(k, v)| format!("{k} = {v:?}\n")).collect();
+        let config = fx.config(&toml);
+        let flags: Vec<String> = flags.iter().map(|(k, v)| format!("--{k}={v}")).collect();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (format!("WEFTD_{}", k.replace('-', "_").to_uppercase()), v.to_string()))
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let _ = settings(&config, &flags, &env);
+    }
 }
