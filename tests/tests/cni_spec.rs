@@ -1,0 +1,603 @@
+//! Spec tests of the `weft` CNI plugin: the binary driven through CNI environment
+//! variables and stdin, inside a node namespace with cni0 and pod namespaces the test
+//! creates. Every operation, every supported cniVersion's result shape, error codes,
+//! DEL idempotence, CHECK detecting a removed route, chaining, IPAM delegation.
+
+mod cni_support;
+
+use cni_support::*;
+use serde_json::{json, Value};
+
+#[test]
+fn add_check_del_in_every_version() {
+    if !weft_tests::require_root("add_check_del_in_every_version") {
+        return;
+    }
+    let node = CniNode::standard("v").unwrap();
+    for (i, version) in VERSIONS.iter().enumerate() {
+        let pod = node.pod(&format!("p{i}")).unwrap();
+        let path = netns_path(&pod);
+        let id = format!("ctr-{i}");
+        let conf = node.conf(version, json!({}));
+        let call = |command| Call {
+            command,
+            container_id: &id,
+            netns: &path,
+            ifname: "eth0",
+        };
+        let result = node.weft(&call("ADD"), &conf).ok(&format!("ADD {version}"));
+
+        // Result shape of the version asked for.
+        assert_eq!(result["cniVersion"], *version);
+        let ifaces = result["interfaces"].as_array().expect("interfaces");
+        assert_eq!(ifaces.len(), 3, "{result}");
+        assert_eq!(ifaces[0]["name"], "cni0");
+        assert!(ifaces[1]["name"].as_str().unwrap().starts_with("wf"));
+        assert_eq!(ifaces[2]["name"], "eth0");
+        assert_eq!(ifaces[2]["sandbox"], path.as_str());
+        let ip = &result["ips"][0];
+        assert_eq!(ip["interface"], 2);
+        assert_eq!(ip["gateway"], "10.244.1.1");
+        let addr = ip["address"].as_str().unwrap();
+        assert!(
+            addr.starts_with("10.244.1.") && addr.ends_with("/24"),
+            "{addr}"
+        );
+        if version.starts_with("0.") {
+            assert_eq!(ip["version"], "4", "{version}: {result}");
+        } else {
+            assert!(ip.get("version").is_none(), "{version}: {result}");
+        }
+        assert_eq!(
+            ifaces[2].get("mtu").is_some(),
+            *version == "1.1.0",
+            "{result}"
+        );
+        assert_eq!(
+            result["routes"],
+            json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}])
+        );
+
+        // What is really there.
+        assert_eq!(pod_addr(&pod, "eth0").as_deref(), Some(addr));
+        let routes = pod.ip(&["-4", "route"]).unwrap();
+        assert!(
+            routes.contains("default via 10.244.1.1 dev eth0"),
+            "{routes}"
+        );
+        let link = pod.ip(&["-d", "link", "show", "eth0"]).unwrap();
+        assert!(
+            link.contains("mtu 1450") && link.contains("state UP"),
+            "{link}"
+        );
+        let host_veth = ifaces[1]["name"].as_str().unwrap();
+        let host = node.ns.ip(&["-d", "link", "show", host_veth]).unwrap();
+        assert!(
+            host.contains("master cni0") && host.contains("mtu 1450"),
+            "{host}"
+        );
+        assert!(
+            host.contains("state UP"),
+            "ADD returned before the host end was up: {host}"
+        );
+        let bridge = node.ns.ip(&["-4", "addr", "show", "cni0"]).unwrap();
+        assert!(bridge.contains("10.244.1.1/24"), "{bridge}");
+        let ip_only = addr.split('/').next().unwrap();
+        assert!(node.allocations().contains(&ip_only.to_string()));
+        pod.run("ping", &["-c1", "-W2", "10.244.1.1"])
+            .expect("pod reaches its gateway");
+
+        // CHECK: from 0.4.0 on it passes; 0.3.x does not allow it (code 1).
+        let check = node.weft(&call("CHECK"), &with_prev(&conf, &result));
+        if version.starts_with("0.3") {
+            check.err(&format!("CHECK {version}"), 1);
+        } else {
+            check.ok(&format!("CHECK {version}"));
+        }
+
+        // DEL (with prevResult, as runtimes send it), twice.
+        node.weft(&call("DEL"), &with_prev(&conf, &result))
+            .ok(&format!("DEL {version}"));
+        assert!(!node.allocations().contains(&ip_only.to_string()));
+        assert!(!node.host_veths().contains(&host_veth.to_string()));
+        assert!(!weft_tests::link::exists(&pod, "eth0"));
+        node.weft(&call("DEL"), &conf)
+            .ok(&format!("second DEL {version}"));
+    }
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+}
+
+#[test]
+fn version_status_and_gc() {
+    if !weft_tests::require_root("version_status_and_gc") {
+        return;
+    }
+    let node = CniNode::standard("s").unwrap();
+    let none = Call {
+        command: "VERSION",
+        container_id: "",
+        netns: "",
+        ifname: "",
+    };
+    let v = node
+        .weft(&none, &json!({"cniVersion": "1.1.0"}))
+        .ok("VERSION");
+    assert_eq!(v["supportedVersions"], json!(VERSIONS));
+
+    let conf = node.conf("1.1.0", json!({}));
+    node.weft(
+        &Call {
+            command: "STATUS",
+            ..none.clone()
+        },
+        &conf,
+    )
+    .ok("STATUS");
+
+    // Three attachments; GC keeps the two listed as valid.
+    let pods: Vec<_> = (0..3)
+        .map(|i| node.pod(&format!("g{i}")).unwrap())
+        .collect();
+    let paths: Vec<String> = pods.iter().map(netns_path).collect();
+    let ids = ["keep-a", "keep-b", "stale-c"];
+    for (id, path) in ids.iter().zip(&paths) {
+        let call = Call {
+            command: "ADD",
+            container_id: id,
+            netns: path,
+            ifname: "eth0",
+        };
+        node.weft(&call, &conf).ok("ADD");
+    }
+    assert_eq!(node.allocations().len(), 3);
+    assert_eq!(node.host_veths().len(), 3);
+    let mut gc_conf = conf.clone();
+    gc_conf["cni.dev/valid-attachments"] = json!([
+        {"containerID": "keep-a", "ifname": "eth0"},
+        {"containerID": "keep-b", "ifname": "eth0"},
+    ]);
+    node.weft(
+        &Call {
+            command: "GC",
+            ..none.clone()
+        },
+        &gc_conf,
+    )
+    .ok("GC");
+    assert_eq!(node.allocations().len(), 2);
+    assert_eq!(node.host_veths().len(), 2);
+    assert!(
+        !weft_tests::link::exists(&pods[2], "eth0"),
+        "GC left the stale pod's veth"
+    );
+    assert!(weft_tests::link::exists(&pods[0], "eth0"));
+
+    // GC below 1.1.0 and STATUS below 1.1.0 are refused with code 1.
+    node.weft(
+        &Call {
+            command: "GC",
+            ..none.clone()
+        },
+        &node.conf("1.0.0", json!({})),
+    )
+    .err("GC 1.0.0", 1);
+    node.weft(
+        &Call {
+            command: "STATUS",
+            ..none.clone()
+        },
+        &node.conf("1.0.0", json!({})),
+    )
+    .err("STATUS 1.0.0", 1);
+}
+
+#[test]
+fn errors_have_spec_codes() {
+    if !weft_tests::require_root("errors_have_spec_codes") {
+        return;
+    }
+    let node = CniNode::standard("e").unwrap();
+    let pod = node.pod("p").unwrap();
+    let path = netns_path(&pod);
+    let add = Call {
+        command: "ADD",
+        container_id: "err-1",
+        netns: &path,
+        ifname: "eth0",
+    };
+    let conf = node.conf("1.0.0", json!({}));
+    let run = |call: &Call<'_>, stdin: &str| node.invoke("weft", call, stdin.as_bytes()).unwrap();
+
+    run(&add, &node.conf("0.2.0", json!({})).to_string()).err("old cniVersion", 1);
+    run(&add, &node.conf("2.0.0", json!({})).to_string()).err("future cniVersion", 1);
+    run(
+        &add,
+        &node.conf("1.0.0", json!({"ipMasq": true})).to_string(),
+    )
+    .err("ipMasq", 2);
+    run(
+        &Call {
+            container_id: "",
+            ..add.clone()
+        },
+        &conf.to_string(),
+    )
+    .err("no CNI_CONTAINERID", 4);
+    run(
+        &Call {
+            container_id: "a/b",
+            ..add.clone()
+        },
+        &conf.to_string(),
+    )
+    .err("bad container id", 4);
+    run(
+        &Call {
+            ifname: "",
+            ..add.clone()
+        },
+        &conf.to_string(),
+    )
+    .err("no CNI_IFNAME", 4);
+    run(
+        &Call {
+            netns: "",
+            ..add.clone()
+        },
+        &conf.to_string(),
+    )
+    .err("no CNI_NETNS", 4);
+    run(
+        &Call {
+            command: "FROB",
+            ..add.clone()
+        },
+        &conf.to_string(),
+    )
+    .err("unknown command", 4);
+    run(&add, "{not json").err("garbage config", 6);
+    let bad_mtu =
+        run(&add, &node.conf("1.0.0", json!({"mtu": "big"})).to_string()).err("bad mtu", 7);
+    assert!(
+        bad_mtu["msg"].as_str().unwrap().contains("mtu"),
+        "{bad_mtu}"
+    );
+    run(
+        &add,
+        &node.conf("1.0.0", json!({"name": "no spaces"})).to_string(),
+    )
+    .err("bad name", 7);
+
+    // subnet.env not there yet: ADD says "try again later", STATUS "not available".
+    let missing = node.conf(
+        "1.1.0",
+        json!({"subnetFile": node.dir.path().join("absent.env")}),
+    );
+    let e = run(&add, &missing.to_string()).err("ADD without subnet.env", 11);
+    assert!(e["msg"].as_str().unwrap().contains("absent.env"), "{e}");
+    run(
+        &Call {
+            command: "STATUS",
+            ..add.clone()
+        },
+        &missing.to_string(),
+    )
+    .err("STATUS without subnet.env", 50);
+
+    // Garbage subnet.env: a clear invalid-config error naming the file.
+    let garbage = node.dir.path().join("garbage.env");
+    std::fs::write(&garbage, "FLANNEL_SUBNET=banana\n").unwrap();
+    let e = run(
+        &add,
+        &node
+            .conf("1.0.0", json!({"subnetFile": garbage}))
+            .to_string(),
+    )
+    .err("garbage subnet.env", 7);
+    assert!(e["msg"].as_str().unwrap().contains("garbage.env"), "{e}");
+
+    // None of the failed ADDs left anything behind.
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    assert!(!weft_tests::link::exists(&pod, "eth0"));
+}
+
+#[test]
+fn failed_add_leaves_nothing_behind() {
+    if !weft_tests::require_root("failed_add_leaves_nothing_behind") {
+        return;
+    }
+    let node = CniNode::standard("f").unwrap();
+    let pod = node.pod("p").unwrap();
+    // The pod already has an eth0: ADD must fail after the IP was reserved, and undo it.
+    pod.ip(&["link", "add", "eth0", "type", "bridge"]).unwrap();
+    let path = netns_path(&pod);
+    let call = Call {
+        command: "ADD",
+        container_id: "dup",
+        netns: &path,
+        ifname: "eth0",
+    };
+    node.weft(&call, &node.conf("1.0.0", json!({})))
+        .err("ADD onto an existing eth0", 102);
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    // A namespace path that is not a namespace.
+    let not_ns = node.dir.path().join("subnet.env");
+    let call = Call {
+        netns: not_ns.to_str().unwrap(),
+        ..call
+    };
+    let out = node.weft(&call, &node.conf("1.0.0", json!({})));
+    assert!(!out.success);
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+}
+
+#[test]
+fn del_is_idempotent() {
+    if !weft_tests::require_root("del_is_idempotent") {
+        return;
+    }
+    let node = CniNode::standard("d").unwrap();
+    let conf = node.conf("1.0.0", json!({}));
+    // Unknown container, empty CNI_NETNS, before anything exists (no IPAM dir yet).
+    let del = Call {
+        command: "DEL",
+        container_id: "never-added",
+        netns: "",
+        ifname: "eth0",
+    };
+    node.weft(&del, &conf).ok("DEL of an unknown container");
+    node.weft(&del, &conf)
+        .ok("DEL of an unknown container, again");
+
+    // DEL after the pod namespace is gone: releases the address, no veth left.
+    let pod = node.pod("p").unwrap();
+    let path = netns_path(&pod);
+    let add = Call {
+        command: "ADD",
+        container_id: "gone",
+        netns: &path,
+        ifname: "eth0",
+    };
+    node.weft(&add, &conf).ok("ADD");
+    assert_eq!(node.allocations().len(), 1);
+    drop(pod);
+    let del = Call {
+        command: "DEL",
+        ..add.clone()
+    };
+    node.weft(&del, &conf).ok("DEL with a vanished CNI_NETNS");
+    node.weft(
+        &Call {
+            netns: "",
+            ..del.clone()
+        },
+        &conf,
+    )
+    .ok("DEL with an empty CNI_NETNS");
+    assert!(node.allocations().is_empty());
+    assert!(node.host_veths().is_empty());
+}
+
+#[test]
+fn check_detects_removed_route_and_other_drift() {
+    if !weft_tests::require_root("check_detects_removed_route_and_other_drift") {
+        return;
+    }
+    let node = CniNode::standard("c").unwrap();
+    let pod = node.pod("p").unwrap();
+    let path = netns_path(&pod);
+    let conf = node.conf("1.0.0", json!({}));
+    let call = |command| Call {
+        command,
+        container_id: "chk",
+        netns: &path,
+        ifname: "eth0",
+    };
+    let result = node.weft(&call("ADD"), &conf).ok("ADD");
+    let check_conf = with_prev(&conf, &result);
+    node.weft(&call("CHECK"), &check_conf)
+        .ok("CHECK of a fresh pod");
+
+    pod.ip(&["route", "del", "default"]).unwrap();
+    let e = node
+        .weft(&call("CHECK"), &check_conf)
+        .err("CHECK without the default route", 100);
+    let msg = e["msg"].as_str().unwrap();
+    assert!(msg.contains("0.0.0.0/0 via 10.244.1.1"), "{msg}");
+
+    pod.ip(&["link", "set", "eth0", "mtu", "1400"]).unwrap();
+    let host_veth = result["interfaces"][1]["name"].as_str().unwrap();
+    node.ns.ip(&["link", "set", host_veth, "nomaster"]).unwrap();
+    let e = node
+        .weft(&call("CHECK"), &check_conf)
+        .err("CHECK after drift", 100);
+    let msg = e["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("MTU") && msg.contains("not a port of cni0"),
+        "{msg}"
+    );
+
+    node.weft(&call("CHECK"), &conf)
+        .err("CHECK without prevResult", 7);
+    node.weft(&call("DEL"), &conf).ok("DEL");
+}
+
+#[test]
+fn options_gateway_hairpin_and_stale_bridge_address() {
+    if !weft_tests::require_root("options_gateway_hairpin_and_stale_bridge_address") {
+        return;
+    }
+    let node = CniNode::new("o", &subnet_env("10.244.5.1/24", 1400)).unwrap();
+    // A cni0 left from an earlier lease with another subnet and MTU.
+    node.ns
+        .ip(&["link", "add", "cni0", "mtu", "1500", "type", "bridge"])
+        .unwrap();
+    node.ns
+        .ip(&["addr", "add", "10.244.9.1/24", "dev", "cni0"])
+        .unwrap();
+
+    let pod = node.pod("p").unwrap();
+    let path = netns_path(&pod);
+    let conf = node.conf(
+        "1.1.0",
+        json!({"isDefaultGateway": false, "hairpinMode": true}),
+    );
+    let call = Call {
+        command: "ADD",
+        container_id: "opt",
+        netns: &path,
+        ifname: "net1",
+    };
+    let result = node.weft(&call, &conf).ok("ADD");
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "10.244.0.0/16", "gw": "10.244.5.1"}])
+    );
+    let routes = pod.ip(&["-4", "route"]).unwrap();
+    assert!(!routes.contains("default"), "{routes}");
+    assert!(
+        routes.contains("10.244.0.0/16 via 10.244.5.1 dev net1"),
+        "{routes}"
+    );
+    let bridge = node.ns.ip(&["-4", "-o", "addr", "show", "cni0"]).unwrap();
+    assert!(
+        bridge.contains("10.244.5.1/24") && !bridge.contains("10.244.9.1"),
+        "{bridge}"
+    );
+    let bridge_link = node.ns.ip(&["link", "show", "cni0"]).unwrap();
+    assert!(bridge_link.contains("mtu 1400"), "{bridge_link}");
+    let host_veth = result["interfaces"][1]["name"].as_str().unwrap();
+    let port = node.ns.ip(&["-d", "link", "show", host_veth]).unwrap();
+    assert!(port.contains("hairpin on"), "{port}");
+    assert_eq!(result["interfaces"][2]["mtu"], 1400);
+    node.weft(
+        &Call {
+            command: "DEL",
+            ..call.clone()
+        },
+        &conf,
+    )
+    .ok("DEL");
+}
+
+#[test]
+fn chaining_in_both_positions() {
+    if !weft_tests::require_root("chaining_in_both_positions") {
+        return;
+    }
+    let node = CniNode::standard("h").unwrap();
+    let pod = node.pod("p").unwrap();
+    let path = netns_path(&pod);
+    let call = |command, ifname| Call {
+        command,
+        container_id: "chain",
+        netns: &path,
+        ifname,
+    };
+
+    // weft first, then the reference portmap with weft's result as its prevResult.
+    let conf = node.conf("1.0.0", json!({}));
+    let ours = node.weft(&call("ADD", "eth0"), &conf).ok("weft ADD");
+    let portmap = json!({"cniVersion": "1.0.0", "name": node.network, "type": "portmap",
+        "capabilities": {"portMappings": true}, "prevResult": ours});
+    let out = node
+        .invoke(
+            "portmap",
+            &call("ADD", "eth0"),
+            portmap.to_string().as_bytes(),
+        )
+        .unwrap()
+        .ok("portmap ADD after weft");
+    assert_eq!(
+        out["ips"], ours["ips"],
+        "portmap must pass weft's result through"
+    );
+
+    // weft second: an earlier plugin's result comes in as prevResult (0.4.0 format),
+    // weft appends its own attachment and re-bases the interface index.
+    let prev = json!({"cniVersion": "0.4.0",
+        "interfaces": [{"name": "lo", "sandbox": path}],
+        "ips": [{"version": "4", "address": "127.0.0.1/8", "interface": 0}],
+        "dns": {"nameservers": ["192.0.2.53"]}});
+    let conf2 = with_prev(&node.conf("0.4.0", json!({})), &prev);
+    let merged = node
+        .weft(&call("ADD", "eth1"), &conf2)
+        .ok("weft ADD with prevResult");
+    assert_eq!(
+        merged["interfaces"].as_array().unwrap().len(),
+        4,
+        "{merged}"
+    );
+    assert_eq!(merged["interfaces"][0]["name"], "lo");
+    assert_eq!(merged["ips"][0]["address"], "127.0.0.1/8");
+    assert_eq!(merged["ips"][1]["interface"], 3, "{merged}");
+    assert_eq!(merged["ips"][1]["version"], "4");
+    assert_eq!(merged["dns"]["nameservers"][0], "192.0.2.53");
+    // CHECK finds eth1 among the merged interfaces.
+    node.weft(
+        &call("CHECK", "eth1"),
+        &with_prev(&node.conf("0.4.0", json!({})), &merged),
+    )
+    .ok("CHECK of the chained attachment");
+
+    for ifname in ["eth0", "eth1"] {
+        node.weft(&call("DEL", ifname), &conf).ok("DEL");
+    }
+    assert!(node.allocations().is_empty());
+}
+
+#[test]
+fn ipam_section_is_delegated() {
+    if !weft_tests::require_root("ipam_section_is_delegated") {
+        return;
+    }
+    let node = CniNode::standard("i").unwrap();
+    let pod = node.pod("p").unwrap();
+    let path = netns_path(&pod);
+    let hl_dir = node.dir.path().join("host-local");
+    let conf = node.conf(
+        "1.0.0",
+        json!({"ipam": {"type": "host-local", "dataDir": hl_dir,
+            "ranges": [[{"subnet": "10.244.1.0/24", "rangeStart": "10.244.1.100",
+                         "gateway": "10.244.1.1"}]],
+            "routes": [{"dst": "10.244.0.0/16"}]}}),
+    );
+    let call = |command| Call {
+        command,
+        container_id: "delegated",
+        netns: &path,
+        ifname: "eth0",
+    };
+    let result = node.weft(&call("ADD"), &conf).ok("ADD with host-local");
+    assert_eq!(result["ips"][0]["address"], "10.244.1.100/24", "{result}");
+    let routes: Vec<Value> = result["routes"].as_array().unwrap().clone();
+    assert!(
+        routes.contains(&json!({"dst": "10.244.0.0/16", "gw": "10.244.1.1"})),
+        "{result}"
+    );
+    assert!(
+        routes.contains(&json!({"dst": "0.0.0.0/0", "gw": "10.244.1.1"})),
+        "{result}"
+    );
+    assert_eq!(pod_addr(&pod, "eth0").as_deref(), Some("10.244.1.100/24"));
+    assert_eq!(list_ips(&hl_dir.join(&node.network)), vec!["10.244.1.100"]);
+    assert!(
+        node.allocations().is_empty(),
+        "built-in IPAM must not be used"
+    );
+    node.weft(&call("CHECK"), &with_prev(&conf, &result))
+        .ok("CHECK");
+    node.weft(&call("DEL"), &conf).ok("DEL");
+    assert!(list_ips(&hl_dir.join(&node.network)).is_empty());
+
+    // An IPAM plugin that does not exist: a clear error, nothing left behind.
+    let missing = node.conf("1.0.0", json!({"ipam": {"type": "no-such-ipam"}}));
+    let e = node
+        .weft(&call("ADD"), &missing)
+        .err("missing IPAM plugin", 7);
+    assert!(e["msg"].as_str().unwrap().contains("no-such-ipam"), "{e}");
+    assert!(node.host_veths().is_empty());
+}
