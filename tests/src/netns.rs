@@ -94,6 +94,53 @@ impl Netns {
         run_cmd(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
+    /// Runs `f` on a new thread that has entered this namespace (only that thread
+    /// switches; sockets it opens belong to the namespace), and returns its result.
+    pub fn in_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {path}"))?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
+    }
+
+    /// `GET http://<addr><path>` from inside the namespace (HTTP/1.0, 2 s timeouts);
+    /// returns the status code and the body.
+    pub fn http_get(&self, addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        use std::io::{Read as _, Write as _};
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .with_context(|| format!("{addr:?} is not IP:port"))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        let response = self.in_thread(move || {
+            let timeout = Duration::from_secs(2);
+            let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            s.write_all(request.as_bytes())?;
+            let mut response = String::new();
+            s.read_to_string(&mut response)?;
+            Ok(response)
+        })?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("not an HTTP response: {response:?}"))?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
     /// Spawns a long-running child (typically from [`Netns::command`]); it is killed by
     /// PID when the returned guard drops. stdin is closed; stdout/stderr are left as the
     /// caller configured them.

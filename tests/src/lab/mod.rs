@@ -693,20 +693,7 @@ impl Lab {
             anyhow::bail!("weftd on node {n} is not running");
         }
         let ns = Netns::existing(&node.netns);
-        let readyz = ns
-            .run(
-                "busybox",
-                &[
-                    "wget",
-                    "-q",
-                    "-T",
-                    "1",
-                    "-O",
-                    "/dev/null",
-                    &format!("http://{HEALTHZ_ADDR}/readyz"),
-                ],
-            )
-            .is_ok();
+        let readyz = matches!(ns.http_get(HEALTHZ_ADDR, "/readyz"), Ok((200, _)));
         if !readyz || !node.subnet_file().exists() {
             return Ok(false);
         }
@@ -845,18 +832,32 @@ impl Lab {
         crate::wait_until(&format!("cni0 in node {n}"), timeout, || {
             link::exists(&node_ns, "cni0")
         })?;
-        let used: Vec<Ipv4Addr> = self
+        // Addresses taken by pods we know of and by the CNI plugins' IPAM (host-local's
+        // layout: one file per address); ours is reserved there too, so a later `ctr`
+        // pod on this node does not get it.
+        let ipam_dir = node.dir.join("cni-ipam").join("weft");
+        let mut used: Vec<Ipv4Addr> = self
             .info
             .pods
             .iter()
             .filter(|p| p.node == n)
             .map(|p| p.ip)
             .collect();
+        if let Ok(entries) = std::fs::read_dir(&ipam_dir) {
+            used.extend(
+                entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Ipv4Addr>().ok()),
+            );
+        }
         let ip = subnet
             .hosts()
             .skip(1) // .1 is the gateway on cni0
             .find(|ip| !used.contains(ip))
             .with_context(|| format!("no free address left in {subnet}"))?;
+        std::fs::create_dir_all(&ipam_dir)?;
+        std::fs::write(
+            ipam_dir.join(ip.to_string()),
+            format!("{}-{name}\neth0", self.info.prefix),
+        )?;
         let host_if = self.next_host_if();
         let pod_ns_name = format!("{}-{name}", self.info.prefix);
         self.state.namespaces.push(pod_ns_name.clone());
