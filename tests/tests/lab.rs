@@ -102,3 +102,170 @@ fn containerd_pods_with_the_reference_bridge_reach_each_other() {
     );
     assert!(!std::path::Path::new(&format!("/etc/netns/{prefix}-n1")).exists());
 }
+
+/// `weft-lab <args>`; panics with its stderr if it fails.
+fn weft_lab(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-lab"))
+        .args(args)
+        .output()
+        .expect("running weft-lab");
+    assert!(
+        out.status.success(),
+        "weft-lab {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn lab_info(prefix: &str) -> serde_json::Value {
+    serde_json::from_str(&weft_lab(&["status", "--prefix", prefix, "--json"])).unwrap()
+}
+
+fn pod_ip(info: &serde_json::Value, pod: &str) -> String {
+    info["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pod)
+        .unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Removes a lab of the binary even when the test fails half-way.
+struct DownOnDrop(String);
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_weft-lab"))
+            .args(["down", "--prefix", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn two_weft_lab_ups_side_by_side_do_not_collide() {
+    if !require_root("two_weft_lab_ups_side_by_side_do_not_collide") {
+        return;
+    }
+    let prefixes = [weft_tests::run_prefix(), weft_tests::run_prefix()];
+    let _guards: Vec<DownOnDrop> = prefixes.iter().map(|p| DownOnDrop(p.clone())).collect();
+    // Both come up at the same time, with the same addresses inside.
+    std::thread::scope(|s| {
+        for p in &prefixes {
+            s.spawn(move || {
+                weft_lab(&["up", "--nodes", "2", "--kernel-nodes", "1", "--prefix", p]);
+                weft_lab(&["pod", "add", "--fast", "--prefix", p, "n1", "a"]);
+                weft_lab(&["pod", "add", "--fast", "--prefix", p, "n2", "b"]);
+            });
+        }
+    });
+    for p in &prefixes {
+        let info = lab_info(p);
+        assert_eq!(info["prefix"], p.as_str());
+        let b = pod_ip(&info, "b");
+        // weft node -> kernel-flannel node, inside each lab.
+        weft_lab(&[
+            "exec", "--prefix", p, "a", "--", "ping", "-c1", "-w5", "-q", &b,
+        ]);
+        let leases = weft_lab(&[
+            "exec",
+            "--prefix",
+            p,
+            "ul",
+            "--",
+            "env",
+            "ETCDCTL_API=3",
+            "etcdctl",
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/coreos.com/network/subnets/",
+        ]);
+        assert_eq!(
+            leases.lines().filter(|l| !l.is_empty()).count(),
+            2,
+            "{p}: {leases}"
+        );
+        assert_eq!(namespaces_with(p).len(), 5, "{p}: {:?}", namespaces_with(p));
+        // ul, n1, n2, a, b
+    }
+    // One lab going down leaves the other intact.
+    weft_lab(&["down", "--prefix", &prefixes[0]]);
+    assert!(namespaces_with(&prefixes[0]).is_empty());
+    let info = lab_info(&prefixes[1]);
+    weft_lab(&[
+        "exec",
+        "--prefix",
+        &prefixes[1],
+        "a",
+        "--",
+        "ping",
+        "-c1",
+        "-w5",
+        "-q",
+        &pod_ip(&info, "b"),
+    ]);
+}
+
+#[test]
+fn weft_lab_down_after_kill9_of_everything_cleans_up() {
+    if !require_root("weft_lab_down_after_kill9_of_everything_cleans_up") {
+        return;
+    }
+    let prefix = weft_tests::run_prefix();
+    let _guard = DownOnDrop(prefix.clone());
+    weft_lab(&[
+        "up",
+        "--nodes",
+        "2",
+        "--kernel-nodes",
+        "1",
+        "--prefix",
+        &prefix,
+        "--cni",
+        "bridge",
+    ]);
+    weft_lab(&["pod", "add", "--prefix", &prefix, "n1", "c1"]);
+    weft_lab(&["pod", "add", "--prefix", &prefix, "n2", "c2"]);
+    weft_lab(&["pod", "add", "--fast", "--prefix", &prefix, "n2", "f2"]);
+
+    let state = weft_tests::lab::state::LabState::load(&prefix).unwrap();
+    let whats: Vec<&str> = state.processes.iter().map(|p| p.what.as_str()).collect();
+    for expected in ["etcd", "weftd n1", "containerd", "pod c1", "pod c2"] {
+        assert!(
+            whats.contains(&expected),
+            "{expected} not recorded: {whats:?}"
+        );
+    }
+    let sock = state.containerd_sockets[0].to_string_lossy().into_owned();
+    let shims = weft_tests::proc::pids_with_arg(&sock);
+    assert!(!shims.is_empty(), "no containerd shims found");
+    // A crash of everything: weft-lab is long gone (up returned); kill -9 each daemon.
+    for p in &state.processes {
+        let pid = nix::unistd::Pid::from_raw(p.proc.pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    weft_lab(&["down", "--prefix", &prefix]);
+
+    assert!(
+        namespaces_with(&prefix).is_empty(),
+        "{:?}",
+        namespaces_with(&prefix)
+    );
+    for p in &state.processes {
+        assert!(
+            !p.proc.is_alive(),
+            "{} (pid {}) still alive",
+            p.what,
+            p.proc.pid
+        );
+    }
+    let left = weft_tests::proc::pids_with_arg(&sock);
+    assert!(left.is_empty(), "shims {left:?} (of {shims:?}) still alive");
+    assert!(!state.dir.exists(), "{} left", state.dir.display());
+    for etc in &state.etc_netns {
+        assert!(!etc.exists(), "{} left", etc.display());
+    }
+    assert!(!weft_tests::lab::state::state_file(&prefix).exists());
+}
