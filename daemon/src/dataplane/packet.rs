@@ -14,6 +14,7 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use weft_proto::checksum;
 
 use super::peers::PeerTable;
 use crate::lease::MacAddr;
@@ -58,6 +59,110 @@ pub fn parse_inner_ipv4(packet: &[u8]) -> Option<InnerIpv4> {
         dst: Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]),
         len: total_len,
     })
+}
+
+/// The `virtio_net_hdr` (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset;
+/// native byte order) to put in front of a received inner packet written to TUN.
+///
+/// Normally all zero. But a peer whose kernel encapsulated a locally generated TCP/UDP
+/// packet (the kernel vxlan device; later weft with checksum offload) may send it with
+/// the transport checksum still *partial*: over veth the checksum offload is never
+/// completed, so the field holds only the pseudo-header sum. The kernel vxlan receiver
+/// keeps that state as skb metadata; we only see bytes, so we recognise it (the field
+/// equals the pseudo-header sum and the full checksum does not verify) and hand the
+/// packet to the kernel with `NEEDS_CSUM` pointing at the field, so it is finished
+/// exactly as the kernel would have. A complete checksum is left alone, and a corrupt one
+/// is left for the receiving stack to reject.
+///
+/// Over veth, a peer kernel's vxlan device also hands whole GSO super-packets (up to
+/// 64 KB of TCP, one VXLAN header) to our UDP socket: the segmentation it deferred never
+/// happens on that path. Such an inner packet, longer than the overlay MTU, is written
+/// to TUN as what it is, a GSO packet (`gso_size` = MTU minus the packet's headers) with
+/// its checksum made partial, and the kernel segments it only if it must.
+#[inline]
+pub fn rx_vnet_header(inner: &mut [u8], mtu: usize) -> [u8; super::tun::VNET_HDR_LEN] {
+    let mut header = [0u8; super::tun::VNET_HDR_LEN];
+    let csum = if inner.len() > mtu {
+        super_packet(inner, mtu, &mut header)
+    } else {
+        partial_checksum(inner)
+    };
+    if let Some((csum_start, csum_offset)) = csum {
+        header[0] = super::tun::VNET_F_NEEDS_CSUM;
+        header[6..8].copy_from_slice(&csum_start.to_ne_bytes());
+        header[8..10].copy_from_slice(&csum_offset.to_ne_bytes());
+    }
+    header
+}
+
+/// Fills the GSO fields of `header` for a TCP/UDP super-packet, rewrites its transport
+/// checksum to the partial (pseudo-header) value, and returns where the checksum is.
+fn super_packet(
+    inner: &mut [u8],
+    mtu: usize,
+    header: &mut [u8; super::tun::VNET_HDR_LEN],
+) -> Option<(u16, u16)> {
+    let ip_header_len = usize::from(inner.first()? & 0x0f) * 4;
+    if inner.len() < ip_header_len + 8 || u16::from_be_bytes([inner[6], inner[7]]) & 0x3fff != 0 {
+        return None;
+    }
+    let protocol = inner[9];
+    let (gso_type, transport_header_len, field_offset) = match protocol {
+        6 => {
+            let data_offset = usize::from(inner.get(ip_header_len + 12)? >> 4) * 4;
+            (super::tun::VNET_GSO_TCPV4, data_offset, 16)
+        }
+        17 => (super::tun::VNET_GSO_UDP_L4, 8, 6),
+        _ => return None,
+    };
+    let headers_len = ip_header_len + transport_header_len;
+    if transport_header_len < 8 || inner.len() < headers_len || mtu <= headers_len {
+        return None;
+    }
+    let src = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
+    let dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
+    let segment_len = u16::try_from(inner.len() - ip_header_len).ok()?;
+    let partial = checksum::pseudo_header_partial(src, dst, protocol, segment_len);
+    let field = ip_header_len + field_offset;
+    inner[field..field + 2].copy_from_slice(&partial.to_be_bytes());
+    header[1] = gso_type;
+    header[2..4].copy_from_slice(&(headers_len as u16).to_ne_bytes());
+    header[4..6].copy_from_slice(&((mtu - headers_len) as u16).to_ne_bytes());
+    Some((ip_header_len as u16, field_offset as u16))
+}
+
+/// `Some((csum_start, csum_offset))` when `inner` (a well-formed IPv4 packet of exactly
+/// its total length) is TCP/UDP with a partial checksum; see [`rx_vnet_header`].
+pub fn partial_checksum(inner: &[u8]) -> Option<(u16, u16)> {
+    if inner.len() < IPV4_MIN_HEADER_LEN {
+        return None;
+    }
+    let header_len = usize::from(inner[0] & 0x0f) * 4;
+    let fragmented = u16::from_be_bytes([inner[6], inner[7]]) & 0x3fff != 0;
+    let protocol = inner[9];
+    let field_offset: usize = match protocol {
+        6 => 16,
+        17 => 6,
+        _ => return None,
+    };
+    let segment = inner.get(header_len..)?;
+    if fragmented || segment.len() < field_offset + 2 {
+        return None;
+    }
+    let field = u16::from_be_bytes([segment[field_offset], segment[field_offset + 1]]);
+    if protocol == 17 && field == 0 {
+        return None; // UDP without checksum
+    }
+    let src = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
+    let dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
+    let len = u16::try_from(segment.len()).ok()?;
+    if field != checksum::pseudo_header_partial(src, dst, protocol, len) {
+        return None;
+    }
+    if checksum::verify_transport(src, dst, protocol, segment) {
+        return None;
+    }
+    Some((header_len as u16, field_offset as u16))
 }
 
 /// Writes the VXLAN header and inner Ethernet header into `headers`, the 22 bytes
@@ -331,6 +436,59 @@ mod tests {
             accept_ipip(&outer[..30], &own, &t),
             Err(DropReason::RxMalformed)
         );
+    }
+
+    fn tcp(payload: &[u8]) -> Vec<u8> {
+        let mut p = ipv4([10, 244, 2, 5], [10, 244, 1, 7], 20 + payload.len());
+        p[9] = 6;
+        p[20 + 12] = 0x50; // data offset 5
+        p[40..].copy_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn partial_checksums_are_handed_to_the_kernel_to_finish() {
+        let src = Ipv4Addr::new(10, 244, 2, 5);
+        let dst = Ipv4Addr::new(10, 244, 1, 7);
+        let mut packet = tcp(b"hello, partial world");
+        let partial = checksum::pseudo_header_partial(src, dst, 6, 40);
+        packet[36..38].copy_from_slice(&partial.to_be_bytes());
+        assert_eq!(partial_checksum(&packet), Some((20, 16)));
+        let header = rx_vnet_header(&mut packet, 1450);
+        assert_eq!(header[0], super::super::tun::VNET_F_NEEDS_CSUM);
+        assert_eq!(u16::from_ne_bytes([header[6], header[7]]), 20);
+        assert_eq!(u16::from_ne_bytes([header[8], header[9]]), 16);
+
+        // A complete checksum is left alone.
+        packet[36..38].fill(0);
+        let full = checksum::transport_checksum(src, dst, 6, &packet[20..]);
+        packet[36..38].copy_from_slice(&full.to_be_bytes());
+        assert_eq!(partial_checksum(&packet), None);
+        assert_eq!(rx_vnet_header(&mut packet, 1450), [0; 10]);
+        // So is a corrupt one, and ICMP.
+        packet[36] ^= 0xff;
+        assert_eq!(partial_checksum(&packet), None);
+        assert_eq!(partial_checksum(&ipv4([1, 1, 1, 1], [2, 2, 2, 2], 8)), None);
+    }
+
+    #[test]
+    fn super_packets_become_gso_writes() {
+        let mut packet = tcp(&[7u8; 3000]);
+        let header = rx_vnet_header(&mut packet, 1450);
+        assert_eq!(header[0], super::super::tun::VNET_F_NEEDS_CSUM);
+        assert_eq!(header[1], super::super::tun::VNET_GSO_TCPV4);
+        assert_eq!(u16::from_ne_bytes([header[2], header[3]]), 40, "hdr_len");
+        assert_eq!(u16::from_ne_bytes([header[4], header[5]]), 1410, "gso_size");
+        let partial = checksum::pseudo_header_partial(
+            Ipv4Addr::new(10, 244, 2, 5),
+            Ipv4Addr::new(10, 244, 1, 7),
+            6,
+            3020,
+        );
+        assert_eq!(&packet[36..38], &partial.to_be_bytes());
+        // Not TCP/UDP: nothing to offload.
+        let mut icmp = ipv4([1, 1, 1, 1], [2, 2, 2, 2], 3000);
+        assert_eq!(rx_vnet_header(&mut icmp, 1450), [0; 10]);
     }
 
     #[test]

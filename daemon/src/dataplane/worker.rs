@@ -23,8 +23,8 @@ use ipnet::Ipv4Net;
 
 use super::io::{read_nonblocking, set_nonblocking, wait_readable, write_packet, StopSignal};
 use super::packet::{
-    accept_ipip, accept_vxlan, parse_inner_ipv4, write_vxlan_headers, Accepted, HEADROOM,
-    VXLAN_OVERHEAD,
+    accept_ipip, accept_vxlan, parse_inner_ipv4, rx_vnet_header, write_vxlan_headers, Accepted,
+    HEADROOM, VXLAN_OVERHEAD,
 };
 use super::peers::{Encap, PeerTable};
 use super::tun::VNET_HDR_LEN;
@@ -32,6 +32,9 @@ use crate::metrics::{DropReason, Metrics};
 
 /// Packets per `sendmmsg`/`recvmmsg`.
 pub const BATCH: usize = 64;
+
+/// Largest IPv4 packet.
+const MAX_INNER_PACKET: usize = 65_535;
 
 /// Everything a worker pair needs; cloned per thread.
 #[derive(Debug, Clone)]
@@ -212,9 +215,10 @@ fn inner_len(iovec: &libc::iovec, encap: &Encap) -> u64 {
 /// The receive loop: underlay socket → TUN queue. Returns when the stop signal is
 /// raised.
 pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Result<()> {
-    // Largest datagram: a full underlay packet (inner MTU + encapsulation) with room for
-    // an outer IPv4 header with options on the raw IPIP socket.
-    let slot_len = ctx.mtu + VXLAN_OVERHEAD + 128;
+    // Largest datagram: a 64 KB inner super-packet (a peer kernel's GSO packet that
+    // crossed veth whole, see `rx_vnet_header`) plus encapsulation, with room for an
+    // outer IPv4 header with options on the raw IPIP socket.
+    let slot_len = MAX_INNER_PACKET + VXLAN_OVERHEAD + 128;
     let mut buffers = vec![0u8; slot_len * BATCH];
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut addresses: Vec<libc::sockaddr_in> = vec![unsafe { std::mem::zeroed() }; BATCH];
@@ -302,7 +306,8 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
             // Both encapsulations leave ≥ 20 bytes before the inner packet; the vnet
             // header goes in the last 10 of them.
             let start = offset - VNET_HDR_LEN;
-            slot[start..offset].fill(0);
+            let vnet = rx_vnet_header(&mut slot[offset..offset + len], ctx.mtu);
+            slot[start..offset].copy_from_slice(&vnet);
             match write_packet(tun.as_fd(), &slot[start..offset + len]) {
                 Ok(()) => {
                     packets += 1;

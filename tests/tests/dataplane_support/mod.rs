@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use weft_config::{NetConf, Settings};
 use weft_daemon::lease::{LocalLease, Peer, PeerBackend, PeerEvent};
 use weft_daemon::metrics::Metrics;
+use weft_tests::lab::kernel::FlannelLease;
 use weft_tests::link::{Bridge, End, Veth};
 use weft_tests::netns::Netns;
 use weft_tests::{run_prefix, wait_until};
@@ -199,6 +200,26 @@ pub struct Cluster {
     pub prefix: String,
 }
 
+/// `02:77:00:00:00:01`
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `02:77:00:00:00:01`.
+pub fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|part| u8::from_str_radix(part, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bad MAC {text:?}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("bad MAC {text:?}"))
+}
+
 /// `{"Network":"10.244.0.0/16","Backend":{...}}` with the given backend JSON.
 pub fn netconf(backend_json: &str) -> NetConf {
     NetConf::parse(&format!(
@@ -262,15 +283,72 @@ impl Cluster {
 
     /// `count` weft nodes, started, each with a pod, each told about all others.
     pub fn weft(count: u8, netconf: &NetConf) -> anyhow::Result<Cluster> {
+        Cluster::weft_with(count, netconf, |_| {})
+    }
+
+    /// [`Cluster::weft`], with `configure` applied to each node's settings first.
+    pub fn weft_with(
+        count: u8,
+        netconf: &NetConf,
+        configure: impl Fn(&mut Settings),
+    ) -> anyhow::Result<Cluster> {
         let mut cluster = Cluster::new()?;
         for n in 1..=count {
             let i = cluster.add_node(n, netconf)?;
+            configure(&mut cluster.nodes[i].settings);
             cluster.nodes[i].start()?;
             let prefix = cluster.prefix.clone();
             cluster.nodes[i].add_pod(&prefix)?;
         }
         cluster.announce_all()?;
         Ok(cluster)
+    }
+
+    /// Adds node `n` as a kernel-flannel node (the kernel's vxlan device programmed like
+    /// flanneld, by the lab's `kernel` module) with a pod; returns its index and the
+    /// VtepMAC. Its peers are programmed with [`Cluster::sync_kernel_node`].
+    pub fn add_kernel_node(&mut self, n: u8, netconf: &NetConf) -> anyhow::Result<(usize, String)> {
+        let weft_config::Backend::Vxlan { vni, port, .. } = netconf.backend else {
+            anyhow::bail!("kernel-flannel nodes are vxlan only");
+        };
+        let i = self.add_node(n, netconf)?;
+        let node = &self.nodes[i];
+        let mac = weft_tests::lab::kernel::setup_node(
+            &node.ns,
+            node.lease.public_ip,
+            node.lease.subnet,
+            vni,
+            port,
+            node.lease.mtu,
+        )?;
+        let prefix = self.prefix.clone();
+        self.nodes[i].add_pod(&prefix)?;
+        Ok((i, mac))
+    }
+
+    /// Programs kernel node `i` with every other node's lease, as flanneld would.
+    pub fn sync_kernel_node(&self, i: usize, macs: &[(usize, String)]) -> anyhow::Result<()> {
+        let node = &self.nodes[i];
+        let weft_config::Backend::Vxlan { vni, .. } = node.lease.netconf.backend else {
+            anyhow::bail!("kernel-flannel nodes are vxlan only");
+        };
+        let leases: Vec<FlannelLease> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(j, other)| FlannelLease {
+                subnet: other.lease.subnet,
+                public_ip: other.lease.public_ip,
+                backend_type: "vxlan".to_owned(),
+                vtep_mac: Some(
+                    macs.iter()
+                        .find(|(k, _)| *k == j)
+                        .map(|(_, mac)| mac.clone())
+                        .unwrap_or_else(|| format_mac(&other.lease.vtep_mac)),
+                ),
+            })
+            .collect();
+        weft_tests::lab::kernel::sync_node(&node.ns, node.lease.subnet, vni, &leases)
     }
 
     /// Sends every running node a snapshot of all nodes' leases.
@@ -311,7 +389,7 @@ pub fn tcp_transfer(
         let listener = TcpListener::bind(SocketAddrV4::new(to_ip, 0))?;
         ready_tx.send(listener.local_addr()?.port())?;
         let (mut stream, _) = listener.accept()?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        stream.set_read_timeout(Some(Duration::from_secs(read_timeout())))?;
         let mut hasher = Sha256::new();
         let mut buffer = vec![0u8; 256 * 1024];
         let mut total = 0usize;
@@ -333,7 +411,7 @@ pub fn tcp_transfer(
             &SocketAddrV4::new(to_ip, port).into(),
             Duration::from_secs(10),
         )?;
-        stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(read_timeout())))?;
         let mut hasher = Sha256::new();
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut chunk = vec![0u8; 64 * 1024];
@@ -360,4 +438,11 @@ pub fn tcp_transfer(
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     Ok((sent, received, length))
+}
+
+fn read_timeout() -> u64 {
+    std::env::var("WEFT_TEST_IO_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
 }

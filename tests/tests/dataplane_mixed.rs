@@ -1,0 +1,87 @@
+//! Mixed cluster: a weft node and a node whose overlay is the kernel's vxlan device
+//! programmed exactly as flanneld programs it (flannel.<VNI>, `.0/32`, onlink route,
+//! permanent neighbour, fdb). Ping and TCP both ways, on ports 8472 and 4789.
+
+mod dataplane_support;
+
+use std::time::Duration;
+
+use dataplane_support::{netconf, parse_mac, tcp_transfer, wait_ping, Cluster};
+use weft_daemon::lease::{Peer, PeerBackend, PeerEvent};
+use weft_tests::require_root;
+
+fn weft_and_kernel_interoperate(port: u16) {
+    let conf = netconf(&format!(r#"{{"Type":"vxlan","VNI":1,"Port":{port}}}"#));
+    let mut cluster = Cluster::new().unwrap();
+    let weft = cluster.add_node(1, &conf).unwrap();
+    cluster.nodes[weft].start().unwrap();
+    let prefix = cluster.prefix.clone();
+    cluster.nodes[weft].add_pod(&prefix).unwrap();
+    let (kernel, kernel_mac) = cluster.add_kernel_node(2, &conf).unwrap();
+    cluster
+        .sync_kernel_node(kernel, &[(kernel, kernel_mac.clone())])
+        .unwrap();
+    let kernel_peer = Peer {
+        subnet: cluster.nodes[kernel].lease.subnet,
+        public_ip: cluster.nodes[kernel].lease.public_ip,
+        backend: PeerBackend::Vxlan {
+            vni: 1,
+            vtep_mac: parse_mac(&kernel_mac).unwrap(),
+        },
+    };
+    cluster.nodes[weft]
+        .send(PeerEvent::Snapshot(vec![
+            cluster.nodes[weft].as_peer(),
+            kernel_peer,
+        ]))
+        .unwrap();
+
+    let (w, k) = (&cluster.nodes[weft], &cluster.nodes[kernel]);
+    wait_ping(w.pod(), k.pod_ip(), Duration::from_secs(10)).unwrap();
+    wait_ping(k.pod(), w.pod_ip(), Duration::from_secs(10)).unwrap();
+    // Host-originated traffic uses the VTEP's `.0` address on both kinds of node.
+    wait_ping(&k.ns, w.pod_ip(), Duration::from_secs(10)).unwrap();
+    wait_ping(&w.ns, k.pod_ip(), Duration::from_secs(10)).unwrap();
+
+    for (from, to) in [(w, k), (k, w)] {
+        let (sent, received, length) =
+            tcp_transfer(from.pod(), to.pod(), to.pod_ip(), 20 << 20).unwrap();
+        assert_eq!(length, 20 << 20);
+        assert_eq!(
+            sent, received,
+            "payload hash differs ({} → {})",
+            from.n, to.n
+        );
+    }
+    let counters = w.metrics().snapshot();
+    assert!(
+        counters.rx_packets > 1000 && counters.tx_packets > 1000,
+        "{counters:?}"
+    );
+    let rx_drops: u64 = counters
+        .drops
+        .iter()
+        .filter(|(reason, _)| reason.starts_with("rx_"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        rx_drops, 0,
+        "kernel vxlan's packets all accepted: {counters:?}"
+    );
+}
+
+#[test]
+fn weft_and_kernel_vxlan_interoperate_on_8472() {
+    if !require_root("weft_and_kernel_vxlan_interoperate_on_8472") {
+        return;
+    }
+    weft_and_kernel_interoperate(8472);
+}
+
+#[test]
+fn weft_and_kernel_vxlan_interoperate_on_4789() {
+    if !require_root("weft_and_kernel_vxlan_interoperate_on_4789") {
+        return;
+    }
+    weft_and_kernel_interoperate(4789);
+}
