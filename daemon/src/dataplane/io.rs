@@ -67,9 +67,8 @@ impl StopSignal {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        Ok(StopSignal {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(StopSignal { fd })
     }
 
     /// Wakes all waiters, now and forever after (the counter is never read).
