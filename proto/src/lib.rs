@@ -35,6 +35,7 @@ pub mod checksum;
 pub mod error;
 pub mod ethernet;
 pub mod flow;
+pub mod gso;
 pub mod ipip;
 pub mod ipv4;
 pub mod lease;
