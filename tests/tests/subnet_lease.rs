@@ -571,6 +571,36 @@ async fn missing_config_is_waited_for_and_invalid_config_is_an_error() {
     assert!(err.contains("/coreos.com/network/config"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_auth_with_username_and_password() {
+    let etcd = start_etcd(VXLAN_CONF);
+    etcd.etcdctl(&["user", "add", "root:weft-test-pw"]).unwrap();
+    etcd.etcdctl(&["auth", "enable"]).unwrap();
+    let with_user = |password: &str| EtcdOptions {
+        username: Some("root".into()),
+        password: Some(password.into()),
+        ..options(&etcd)
+    };
+
+    let registry = Registry::connect(&with_user("weft-test-pw")).await.unwrap();
+    let m = SubnetManager::new(
+        registry,
+        ManagerConfig::new(node_ip(14), mac(14), Duration::from_secs(60)),
+        ControlStatus::new(),
+    );
+    let held = acquire(&m).await;
+    assert!(net("10.244.0.0/16").contains(&held.subnet));
+
+    // A wrong password or none at all is refused, as an error that retrying cannot fix
+    // (weftd exits with it instead of retrying forever).
+    let err = Registry::connect(&with_user("wrong")).await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    let anonymous = Registry::connect(&options(&etcd)).await.unwrap();
+    let err = anonymous.get_config().await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert!(err.to_string().contains(&etcd.endpoint()), "{err}");
+}
+
 #[test]
 fn default_renew_interval_is_well_before_expiry() {
     assert_eq!(

@@ -50,12 +50,21 @@ impl RegistryError {
     /// A configuration problem that retrying cannot fix (bad TLS files, bad endpoint
     /// URLs), as opposed to etcd being unreachable.
     pub fn is_permanent(&self) -> bool {
+        // gRPC status codes: wrong or missing credentials do not fix themselves (etcd
+        // answers a bad password or a missing user with INVALID_ARGUMENT).
+        const INVALID_ARGUMENT: i32 = 3;
+        const PERMISSION_DENIED: i32 = 7;
+        const UNAUTHENTICATED: i32 = 16;
         match self {
             RegistryError::TlsFile { .. } | RegistryError::BadOptions(_) => true,
-            RegistryError::Etcd { source, .. } => matches!(
-                source,
-                etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)
-            ),
+            RegistryError::Etcd { source, .. } => match source {
+                etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => true,
+                etcd_client::Error::GRpcStatus(status) => matches!(
+                    i32::from(status.code()),
+                    INVALID_ARGUMENT | PERMISSION_DENIED | UNAUTHENTICATED
+                ),
+                _ => false,
+            },
             RegistryError::Timeout { .. } => false,
         }
     }
