@@ -190,6 +190,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn preferred_subnets_are_last_lease_then_subnet_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            subnet_file: dir.path().join("subnet.env"),
+            ..Settings::default()
+        };
+        let mut identity = NodeState::new_random(&mut rand::rng());
+        assert!(preferred_subnets(&identity, &settings).is_empty());
+
+        std::fs::write(
+            &settings.subnet_file,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.8.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            preferred_subnets(&identity, &settings),
+            vec!["10.244.8.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        identity.last_lease = Some(LastLease {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.9.0/24".parse().unwrap(),
+            public_ip: Ipv4Addr::new(192, 0, 2, 9),
+        });
+        assert_eq!(
+            preferred_subnets(&identity, &settings),
+            vec![
+                "10.244.9.0/24".parse::<Ipv4Net>().unwrap(),
+                "10.244.8.0/24".parse().unwrap()
+            ]
+        );
+        // A garbled subnet.env is ignored (logged), not fatal.
+        std::fs::write(&settings.subnet_file, "garbage").unwrap();
+        assert_eq!(preferred_subnets(&identity, &settings).len(), 1);
+    }
+
+    #[test]
     fn gateway_is_first_host() {
         assert_eq!(
             gateway("10.244.7.0/24".parse().unwrap()),
