@@ -43,8 +43,10 @@ done
 mkdir -p /opt/cni/bin
 if [ -d /usr/lib/cni ]; then
   for plugin in /usr/lib/cni/*; do
-    name=$(basename "$plugin")
-    [ -e "/opt/cni/bin/$name" ] || ln -s "$plugin" "/opt/cni/bin/$name"
+    link="/opt/cni/bin/$(basename "$plugin")"
+    # A dangling link (e.g. after a package change) is replaced; a real file is kept.
+    if [ -L "$link" ] && [ ! -e "$link" ]; then rm -f "$link"; fi
+    [ -e "$link" ] || ln -s "$plugin" "$link"
   done
 fi
 
