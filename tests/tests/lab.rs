@@ -269,3 +269,42 @@ fn weft_lab_down_after_kill9_of_everything_cleans_up() {
     }
     assert!(!weft_tests::lab::state::state_file(&prefix).exists());
 }
+
+#[test]
+fn weftd_crash_and_restart_through_the_lab() {
+    if !require_root("weftd_crash_and_restart_through_the_lab") {
+        return;
+    }
+    if !weft_tests::bin_path("weftd").is_file() {
+        panic!(
+            "{} missing: cargo build --workspace --bins",
+            weft_tests::bin_path("weftd").display()
+        );
+    }
+    let mut lab = Lab::start(LabSpec {
+        kernel_nodes: 1,
+        ..LabSpec::weft(2)
+    })
+    .unwrap();
+    assert_eq!(lab.weft_nodes(), vec![1]);
+    let a = lab.add_pod(1, "a").unwrap();
+    let k = lab.add_pod(2, "k").unwrap();
+    assert!(lab.ping("a", k), "weft pod {a} -> kernel-flannel pod {k}");
+    let before = lab.weftd_pid(1).unwrap();
+    lab.kill9_weftd(1).unwrap();
+    assert!(!before.is_alive());
+    assert!(lab.weftd_pid(1).is_none());
+    assert!(!lab.weftd_ready(1).unwrap_or(false));
+    lab.start_weftd(1).unwrap();
+    lab.wait_weftd_ready(1).unwrap();
+    let after = lab.weftd_pid(1).unwrap();
+    assert_ne!(before, after);
+    assert!(
+        lab.ping("a", k),
+        "after restart: weft pod {a} -> kernel-flannel pod {k}"
+    );
+    assert!(
+        lab.ping("k", a),
+        "after restart: kernel-flannel pod {k} -> weft pod {a}"
+    );
+}

@@ -703,7 +703,8 @@ impl Lab {
             .unwrap_or(false))
     }
 
-    /// Waits (up to the spec's ready timeout) for [`Lab::weftd_ready`].
+    /// Waits (up to the spec's ready timeout) for [`Lab::weftd_ready`], then
+    /// reprograms the kernel-flannel nodes ([`Lab::sync_kernel_nodes`]).
     pub fn wait_weftd_ready(&mut self, n: usize) -> anyhow::Result<()> {
         let timeout = Duration::from_millis(self.info.ready_timeout_ms);
         let log = self.node(n)?.weftd_log();
@@ -729,7 +730,9 @@ impl Lab {
                 log.display(),
                 crate::etcd::tail(&log, 15)
             )
-        })
+        })?;
+        // Its lease may be new: kernel-flannel nodes learn leases from etcd like flanneld.
+        self.sync_kernel_nodes()
     }
 
     // ---- kernel-flannel nodes ----------------------------------------------------
