@@ -609,3 +609,59 @@ fn default_renew_interval_is_well_before_expiry() {
     );
     assert!(default_renew_interval(Duration::from_secs(86400)) <= Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftctl_leases_shows_ttl_and_reservations() {
+    let etcd = start_etcd(VXLAN_CONF);
+    etcd.put(
+        &format!("{PREFIX}/subnets/10.244.201.0-24"),
+        r#"{"PublicIP":"192.0.2.201","PublicIPv6":null,"BackendType":"ipip"}"#,
+    )
+    .unwrap();
+    let held = acquire(&manager(&etcd, 15, Duration::from_secs(3600)).await).await;
+    let out = std::process::Command::new(weft_tests::bin_path("weftctl"))
+        .args(["leases", "--etcd-endpoints", &etcd.endpoint()])
+        .output()
+        .expect("run weftctl (cargo build --bins first)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    let line_of = |needle: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle} in\n{table}"))
+            .to_owned()
+    };
+    assert!(table.starts_with("SUBNET"), "{table}");
+    let reserved = line_of("10.244.201.0/24");
+    assert!(
+        reserved.contains("192.0.2.201") && reserved.contains("ipip"),
+        "{reserved}"
+    );
+    assert!(reserved.trim_end().ends_with("reserved"), "{reserved}");
+    let ours = line_of(&held.subnet.to_string());
+    assert!(
+        ours.contains("vxlan (VNI 1)") && ours.contains("02:00:00:00:00:0f"),
+        "{ours}"
+    );
+    // An hour's TTL, a moment after it was granted.
+    let expiry = ours.split_whitespace().last().unwrap_or_default();
+    assert!(expiry.starts_with("59m") || expiry == "1h00m", "{ours}");
+
+    // Unreachable etcd: one clear line and a non-zero exit.
+    let out = std::process::Command::new(weft_tests::bin_path("weftctl"))
+        .args(["leases", "--etcd-endpoints", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("weftctl: etcd at http://127.0.0.1:1"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
