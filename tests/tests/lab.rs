@@ -308,3 +308,41 @@ fn weftd_crash_and_restart_through_the_lab() {
         "after restart: kernel-flannel pod {k} -> weft pod {a}"
     );
 }
+
+#[test]
+fn a_panicking_test_leaves_no_lab_behind() {
+    if !require_root("a_panicking_test_leaves_no_lab_behind") {
+        return;
+    }
+    let mut seen = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut lab = Lab::start(LabSpec {
+            cni: CniKind::Bridge,
+            ..LabSpec::kernel(1)
+        })
+        .unwrap();
+        lab.ctr_pod(1, "c").unwrap();
+        lab.add_pod(1, "f").unwrap();
+        let state = weft_tests::lab::state::LabState::load(lab.prefix()).unwrap();
+        seen = Some(state);
+        panic!("deliberate panic with a lab running");
+    }));
+    assert!(result.is_err());
+    let state = seen.expect("the lab came up");
+    assert!(
+        namespaces_with(&state.prefix).is_empty(),
+        "{:?}",
+        namespaces_with(&state.prefix)
+    );
+    for p in &state.processes {
+        assert!(
+            !p.proc.is_alive(),
+            "{} (pid {}) survived",
+            p.what,
+            p.proc.pid
+        );
+    }
+    assert!(!state.dir.exists());
+    assert!(state.etc_netns.iter().all(|d| !d.exists()));
+    assert!(!weft_tests::lab::state::state_file(&state.prefix).exists());
+}
