@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::subnet::registry::EtcdHealth;
 use crate::subnet::status::{ControlStatus, LeaseState, PeerView, Readiness};
 
@@ -43,6 +44,17 @@ pub struct StatusReport {
     pub etcd: EtcdReport,
     pub peers: Vec<PeerView>,
     pub counters: CountersReport,
+    /// Data-plane counters (packets, bytes, drops per reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<MetricsSnapshot>,
+}
+
+/// What the endpoint reports on: the control plane's status and the data plane's
+/// counters.
+#[derive(Debug, Clone)]
+pub struct HealthSources {
+    pub control: Arc<ControlStatus>,
+    pub dataplane: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +77,12 @@ pub struct CountersReport {
 }
 
 impl StatusReport {
+    pub fn new(sources: &HealthSources) -> Self {
+        let mut report = StatusReport::from_status(&sources.control);
+        report.dataplane = sources.dataplane.as_ref().map(|m| m.snapshot());
+        report
+    }
+
     pub fn from_status(status: &ControlStatus) -> Self {
         let readiness = status.readiness();
         let etcd = match status.etcd() {
@@ -102,6 +120,7 @@ impl StatusReport {
                 lease_reacquisitions: c.lease_reacquisitions.load(Ordering::Relaxed),
                 peer_events: c.peer_events.load(Ordering::Relaxed),
             },
+            dataplane: None,
         }
     }
 }
@@ -117,7 +136,8 @@ fn text(code: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
 }
 
 /// Answers one request (exposed for tests).
-pub fn respond(status: &ControlStatus, method: &Method, path: &str) -> Response<Full<Bytes>> {
+pub fn respond(sources: &HealthSources, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let status = &sources.control;
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -131,7 +151,7 @@ pub fn respond(status: &ControlStatus, method: &Method, path: &str) -> Response<
             ),
         },
         "/v1/status" => {
-            let report = StatusReport::from_status(status);
+            let report = StatusReport::new(sources);
             // Plain data (strings, numbers, addresses) always serializes.
             let json = serde_json::to_string_pretty(&report).unwrap_or_default();
             let mut response = text(StatusCode::OK, json + "\n");
@@ -151,7 +171,7 @@ pub fn respond(status: &ControlStatus, method: &Method, path: &str) -> Response<
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
-    status: Arc<ControlStatus>,
+    sources: HealthSources,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -169,10 +189,10 @@ pub async fn serve(
                 continue;
             }
         };
-        let status = status.clone();
+        let sources = sources.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let response = respond(&status, request.method(), request.uri().path());
+                let response = respond(&sources, request.method(), request.uri().path());
                 async move { Ok::<_, Infallible>(response) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -194,13 +214,18 @@ mod tests {
     #[test]
     fn readyz_flips_with_the_lease() {
         let status = ControlStatus::new();
+        let sources = HealthSources {
+            control: status.clone(),
+            dataplane: Some(Arc::new(Metrics::default())),
+        };
+        let status = &sources;
         let get = Method::GET;
         assert_eq!(respond(&status, &get, "/healthz").status(), StatusCode::OK);
         assert_eq!(
             respond(&status, &get, "/readyz").status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        status.set_lease(LeaseState::Held {
+        status.control.set_lease(LeaseState::Held {
             subnet: "10.244.3.0/24".parse().unwrap(),
             public_ip: Ipv4Addr::new(192, 0, 2, 3),
             reservation: false,
@@ -212,9 +237,10 @@ mod tests {
             respond(&status, &get, "/nope").status(),
             StatusCode::NOT_FOUND
         );
-        let report = serde_json::to_value(StatusReport::from_status(&status)).unwrap();
+        let report = serde_json::to_value(StatusReport::new(status)).unwrap();
         assert_eq!(report["lease"]["state"], "held");
         assert_eq!(report["lease"]["subnet"], "10.244.3.0/24");
         assert_eq!(report["ready"], true);
+        assert_eq!(report["dataplane"]["tx_packets"], 0);
     }
 }

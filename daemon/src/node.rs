@@ -11,7 +11,9 @@ use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, watch, Notify};
 use weft_config::{NetConf, Settings, SubnetEnv};
 
+use crate::health::HealthSources;
 use crate::lease::{overlay_mtu, LocalLease};
+use crate::metrics::Metrics;
 use crate::subnet::manager::{sleep_or_shutdown, Backoff};
 use crate::subnet::state::LastLease;
 use crate::subnet::{
@@ -52,9 +54,14 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
     let mut identity = NodeState::load_or_create(&settings.state_dir)?;
 
     let status = ControlStatus::new();
+    let metrics = Arc::new(Metrics::default());
     let listener = crate::health::bind(settings.healthz_addr).await?;
     tracing::info!(addr = %settings.healthz_addr, "health endpoint listening");
-    tokio::spawn(crate::health::serve(listener, status.clone(), stop.clone()));
+    let sources = HealthSources {
+        control: status.clone(),
+        dataplane: Some(metrics.clone()),
+    };
+    tokio::spawn(crate::health::serve(listener, sources, stop.clone()));
 
     let Some(registry) =
         connect(&EtcdOptions::from_settings(&settings), &status, &mut stop).await?
@@ -104,7 +111,7 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
         stop.clone(),
     ));
 
-    crate::dataplane::run(settings, lease, events_rx, stop)
+    crate::dataplane::run_with_metrics(settings, lease, events_rx, stop, metrics)
         .await
         .context("data plane")
 }
