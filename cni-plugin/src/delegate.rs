@@ -96,3 +96,14 @@ pub fn exec(
     }
     Ok(parsed)
 }
+
+/// Whether IPAM plugin `plugin` speaks spec version `version` (asked with VERSION). Used
+/// before STATUS and GC, which plugins older than 1.1.0 do not know.
+pub fn supports(cni_path: &str, plugin: &str, version: &str) -> Result<bool, CniError> {
+    let out = exec(cni_path, plugin, "VERSION", br#"{"cniVersion":"0.4.0"}"#)?;
+    Ok(out
+        .as_ref()
+        .and_then(|v| v.get("supportedVersions"))
+        .and_then(Value::as_array)
+        .is_some_and(|versions| versions.iter().any(|v| v.as_str() == Some(version))))
+}

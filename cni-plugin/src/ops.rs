@@ -847,7 +847,10 @@ pub async fn gc(inv: &Invocation<'_>) -> Result<(), CniError> {
                     delete_link_named(&host, &name).await?;
                 }
             }
-            delegate::exec(&inv.env.cni_path, plugin, "GC", inv.stdin).map(drop)
+            if delegate::supports(&inv.env.cni_path, plugin, "1.1.0")? {
+                delegate::exec(&inv.env.cni_path, plugin, "GC", inv.stdin)?;
+            }
+            Ok(())
         }
     }
 }
@@ -862,7 +865,11 @@ pub fn status(inv: &Invocation<'_>) -> Result<(), CniError> {
         )
     })?;
     if let Some(plugin) = inv.conf.ipam_type() {
-        delegate::exec(&inv.env.cni_path, plugin, "STATUS", inv.stdin)?;
+        // An IPAM plugin from before CNI 1.1 has no STATUS; being runnable is all it
+        // can tell.
+        if delegate::supports(&inv.env.cni_path, plugin, "1.1.0")? {
+            delegate::exec(&inv.env.cni_path, plugin, "STATUS", inv.stdin)?;
+        }
     }
     Ok(())
 }

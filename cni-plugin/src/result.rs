@@ -197,4 +197,58 @@ mod tests {
         assert!(CniResult::from_value(&json!({"ips":[{"address":"nope"}]}), "x").is_err());
         assert!(CniResult::from_value(&json!({"ips":"x"}), "x").is_err());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                prop::sample::select(vec!["10.244.1.5/24", "fd00::5/64", "x", "", "4"])
+                    .prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(
+                        prop::sample::select(vec![
+                            "interfaces",
+                            "ips",
+                            "routes",
+                            "dns",
+                            "address",
+                            "gateway",
+                            "interface",
+                            "version",
+                            "name",
+                            "mtu",
+                            "dst",
+                        ]),
+                        inner,
+                        0..5
+                    )
+                    .prop_map(|m| Value::Object(
+                        m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                    )),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_result_parses_or_errors_and_renders_in_every_version(v in value()) {
+                if let Ok(r) = CniResult::from_value(&v, "prop") {
+                    for version in weft_config::cni::SUPPORTED_VERSIONS {
+                        let out = r.render(version);
+                        prop_assert_eq!(&out["cniVersion"], version);
+                        // A rendered result reads back as the same result.
+                        prop_assert_eq!(CniResult::from_value(&out, "again").map(|x| x.ips.len()).ok(), Some(r.ips.len()));
+                    }
+                }
+            }
+        }
+    }
 }

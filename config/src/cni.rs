@@ -516,6 +516,87 @@ mod tests {
         }
     }
 
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                ".{0,20}".prop_map(Value::String),
+                prop::sample::select(vec![
+                    "1.0.0",
+                    "0.3.1",
+                    "10.244.1.0/24",
+                    "/tmp/x",
+                    "cni0",
+                    "weft"
+                ])
+                .prop_map(Value::from),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,8}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        const FIELDS: [&str; 18] = [
+            "cniVersion",
+            "name",
+            "type",
+            "subnetFile",
+            "bridge",
+            "mtu",
+            "subnet",
+            "network",
+            "isDefaultGateway",
+            "hairpinMode",
+            "dataDir",
+            "ipam",
+            "dns",
+            "prevResult",
+            "cni.dev/valid-attachments",
+            "ipMasq",
+            "vlan",
+            "runtimeConfig",
+        ];
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = CniNetConf::parse(&bytes);
+            }
+
+            #[test]
+            fn arbitrary_field_values_never_panic_and_errors_have_codes(
+                fields in prop::collection::btree_map(prop::sample::select(FIELDS.to_vec()), value(), 0..10)
+            ) {
+                let mut obj: Map<String, Value> =
+                    fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                obj.entry("cniVersion").or_insert_with(|| Value::from("1.0.0"));
+                let text = Value::Object(obj).to_string();
+                match CniNetConf::parse(text.as_bytes()) {
+                    Ok(conf) => prop_assert!(SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str())),
+                    Err(e) => {
+                        prop_assert!([1, 2, 6, 7].contains(&e.code()));
+                        prop_assert!(!e.to_string().is_empty());
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn versions_compare_numerically() {
         assert!(version_at_least("1.1.0", "1.0.0"));

@@ -590,6 +590,21 @@ fn ipam_section_is_delegated() {
     );
     node.weft(&call("CHECK"), &with_prev(&conf, &result))
         .ok("CHECK");
+
+    // STATUS and GC at 1.1.0 with a host-local that predates them: weft asks the
+    // plugin's VERSION first and does its own part (stale veths found on the bridge).
+    let mut conf11 = conf.clone();
+    conf11["cniVersion"] = json!("1.1.0");
+    node.weft(&call("STATUS"), &conf11)
+        .ok("STATUS with delegated IPAM");
+    let mut gc = conf11.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "delegated", "ifname": "eth0"}]);
+    node.weft(&call("GC"), &gc).ok("GC keeping the attachment");
+    assert_eq!(node.host_veths().len(), 1);
+    gc["cni.dev/valid-attachments"] = json!([]);
+    node.weft(&call("GC"), &gc).ok("GC of everything");
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+
     node.weft(&call("DEL"), &conf).ok("DEL");
     assert!(list_ips(&hl_dir.join(&node.network)).is_empty());
 
