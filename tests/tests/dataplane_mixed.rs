@@ -54,8 +54,10 @@ fn weft_and_kernel_interoperate(port: u16) {
         );
     }
     let counters = w.metrics().snapshot();
+    // Both directions went through weft (bytes, not packets: a kernel peer's GSO
+    // super-packets arrive whole).
     assert!(
-        counters.rx_packets > 1000 && counters.tx_packets > 1000,
+        counters.rx_bytes >= 20 << 20 && counters.tx_bytes >= 20 << 20,
         "{counters:?}"
     );
     let rx_drops: u64 = counters

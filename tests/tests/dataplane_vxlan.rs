@@ -37,6 +37,8 @@ fn three_weft_nodes_all_pods_reach_each_other_and_tcp_is_intact() {
     let (sent, received, length) = tcp_transfer(a.pod(), b.pod(), b.pod_ip(), 100 << 20).unwrap();
     assert_eq!(length, 100 << 20);
     assert_eq!(sent, received, "payload hash differs");
+    eprintln!("sender: {:?}", a.metrics().snapshot());
+    eprintln!("receiver: {:?}", b.metrics().snapshot());
     assert!(a.metrics().snapshot().tx_packets > 10_000);
     assert!(b.metrics().snapshot().rx_packets > 10_000);
 }

@@ -17,6 +17,7 @@ pub fn vxlan_socket(port: u16) -> io::Result<OwnedFd> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
     size_buffers(&socket);
+    enable_gro(&socket);
     Ok(socket.into())
 }
 
@@ -31,6 +32,26 @@ pub fn ipip_socket() -> io::Result<OwnedFd> {
     )?;
     size_buffers(&socket);
     Ok(socket.into())
+}
+
+/// Asks for `UDP_GRO`: trains of equal datagrams (a peer's `UDP_SEGMENT` send) arrive
+/// as one buffer plus their size. Older kernels refuse; receiving then works datagram
+/// by datagram.
+fn enable_gro(socket: &Socket) {
+    let on: libc::c_int = 1;
+    // SAFETY: valid socket fd; the option value is a live c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "UDP_GRO unavailable; receiving datagram by datagram");
+    }
 }
 
 fn size_buffers(socket: &Socket) {

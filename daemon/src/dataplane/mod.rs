@@ -35,6 +35,14 @@ use peers::{compatible, Encap, PeerTable};
 use tun::{Offloads, Tun};
 use worker::WorkerContext;
 
+/// What the kernel may hand us from TUN: partial checksums and TCPv4 super-packets
+/// (segmented by the transmit workers, see `worker::transmit`).
+const TUN_OFFLOADS: Offloads = Offloads {
+    csum: true,
+    tso4: true,
+    uso4: false,
+};
+
 /// The pod bridge.
 pub const BRIDGE: &str = "cni0";
 /// How often routes are re-read and repaired even without events.
@@ -85,8 +93,8 @@ pub async fn run_with_metrics(
 
     // The TUN VTEP: persistent, so it (and its routes) survive a restart.
     let name = device_name(&backend);
-    let tun = Tun::open(&name, 1, Offloads::default())
-        .with_context(|| format!("opening TUN device {name}"))?;
+    let tun =
+        Tun::open(&name, 1, TUN_OFFLOADS).with_context(|| format!("opening TUN device {name}"))?;
     let tun_link = netlink.ensure_link_up(&name, Some(lease.mtu)).await?;
     // Like flannel's `.0/32` on flannel.<VNI>: traffic this host originates towards
     // other nodes' pods gets a source inside our subnet, which peers accept.

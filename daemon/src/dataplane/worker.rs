@@ -26,9 +26,11 @@ use super::packet::{
     accept_ipip, accept_vxlan, parse_inner_ipv4, rx_vnet_header, write_vxlan_headers, Accepted,
     HEADROOM, VXLAN_OVERHEAD,
 };
-use super::peers::{Encap, PeerTable};
+use super::peers::{Encap, PeerEntry, PeerTable};
 use super::tun::VNET_HDR_LEN;
 use crate::metrics::{DropReason, Metrics};
+use weft_proto::gso;
+use weft_proto::vnet::{GsoType, VirtioNetHdr, VirtioNetRepr};
 
 /// Packets per `sendmmsg`/`recvmmsg`.
 pub const BATCH: usize = 64;
@@ -79,105 +81,76 @@ impl LogLimiter {
     }
 }
 
-/// The transmit loop: TUN queue → peers. Returns when the stop signal is raised.
-pub fn transmit(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Result<()> {
-    set_nonblocking(tun.as_fd())?;
-    let slot_len = HEADROOM + ctx.mtu + 64;
-    let mut buffers = vec![0u8; slot_len * BATCH];
-    // SAFETY: all-zero is a valid value for these plain C structs.
-    let mut addresses: Vec<libc::sockaddr_in> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    let mut iovecs: Vec<libc::iovec> = vec![
-        libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0
-        };
-        BATCH
-    ];
-    // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
-    let mut messages: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    let mut log = LogLimiter::new();
+/// Outgoing datagrams waiting for one `sendmmsg`: pointers into buffers owned by the
+/// transmit loop, rebuilt per batch, never reallocated.
+struct SendBatch {
+    addresses: Vec<libc::sockaddr_in>,
+    iovecs: Vec<libc::iovec>,
+    messages: Vec<libc::mmsghdr>,
+    /// Inner bytes per queued datagram (for the counters).
+    inner_bytes: Vec<u64>,
+    len: usize,
+}
 
-    loop {
-        let peers = ctx.peers.load();
-        let mut count = 0;
-        let mut bytes = 0u64;
-        while count < BATCH {
-            let slot = &mut buffers[count * slot_len..(count + 1) * slot_len];
-            let read = match read_nonblocking(tun.as_fd(), &mut slot[HEADROOM - VNET_HDR_LEN..]) {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
-                Err(error) => {
-                    if let Some(suppressed) = log.allow() {
-                        tracing::warn!(%error, suppressed, "TUN read failed");
-                    }
-                    break;
-                }
-            };
-            if read < VNET_HDR_LEN {
-                ctx.metrics.drop_packet(DropReason::TxMalformed);
-                continue;
-            }
-            // Offloads are off, so the kernel hands over complete packets with a zero
-            // vnet header; anything else cannot be forwarded by this path.
-            let vnet = &slot[HEADROOM - VNET_HDR_LEN..HEADROOM];
-            if vnet[0] != 0 || vnet[1] != 0 {
-                ctx.metrics.drop_packet(DropReason::TxTooBig);
-                continue;
-            }
-            let packet = &slot[HEADROOM..HEADROOM - VNET_HDR_LEN + read];
-            let Some(inner) = parse_inner_ipv4(packet) else {
-                ctx.metrics.drop_packet(DropReason::TxMalformed);
-                continue;
-            };
-            let Some(peer) = peers.route(inner.dst) else {
-                ctx.metrics.drop_packet(DropReason::TxNoPeer);
-                continue;
-            };
-            let start = match &ctx.encap {
-                Encap::Vxlan { vni, local_mac, .. } => {
-                    let start = HEADROOM - VXLAN_OVERHEAD;
-                    let headers: &mut [u8; VXLAN_OVERHEAD] = (&mut slot[start..HEADROOM])
-                        .try_into()
-                        .expect("headroom holds the VXLAN headers");
-                    write_vxlan_headers(headers, *vni, local_mac, &peer.vtep_mac);
-                    start
-                }
-                Encap::Ipip => HEADROOM,
-            };
-            addresses[count] = peer.sockaddr;
-            iovecs[count] = libc::iovec {
-                iov_base: slot[start..].as_mut_ptr().cast(),
-                iov_len: HEADROOM - start + inner.len,
-            };
-            bytes += inner.len as u64;
-            count += 1;
+impl SendBatch {
+    fn new() -> SendBatch {
+        SendBatch {
+            // SAFETY: all-zero is a valid sockaddr_in.
+            addresses: vec![unsafe { std::mem::zeroed() }; BATCH],
+            iovecs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                BATCH
+            ],
+            // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+            messages: vec![unsafe { std::mem::zeroed() }; BATCH],
+            inner_bytes: vec![0; BATCH],
+            len: 0,
         }
-        drop(peers);
+    }
 
+    fn is_full(&self) -> bool {
+        self.len == BATCH
+    }
+
+    /// Queues `datagram` (which must stay untouched until [`SendBatch::flush`]).
+    fn push(&mut self, datagram: &mut [u8], to: libc::sockaddr_in, inner_bytes: usize) {
+        let n = self.len;
+        self.addresses[n] = to;
+        self.iovecs[n] = libc::iovec {
+            iov_base: datagram.as_mut_ptr().cast(),
+            iov_len: datagram.len(),
+        };
+        self.inner_bytes[n] = inner_bytes as u64;
+        self.len += 1;
+    }
+
+    /// Sends everything queued, skipping (and counting) datagrams the kernel refuses.
+    fn flush(&mut self, socket: &OwnedFd, ctx: &WorkerContext, log: &mut LogLimiter) {
+        let count = self.len;
         if count == 0 {
-            if !wait_readable(tun.as_fd(), &ctx.stop)? {
-                return Ok(());
-            }
-            continue;
+            return;
         }
         for n in 0..count {
-            let header = &mut messages[n].msg_hdr;
-            header.msg_name = (&mut addresses[n] as *mut libc::sockaddr_in).cast();
+            let header = &mut self.messages[n].msg_hdr;
+            header.msg_name = (&mut self.addresses[n] as *mut libc::sockaddr_in).cast();
             header.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            header.msg_iov = &mut iovecs[n];
+            header.msg_iov = &mut self.iovecs[n];
             header.msg_iovlen = 1;
             header.msg_control = std::ptr::null_mut();
             header.msg_controllen = 0;
         }
         let mut sent = 0;
-        let mut failed = 0u64;
+        let (mut packets, mut bytes) = (0u64, 0u64);
         while sent < count {
-            // SAFETY: messages[sent..count] point at live iovecs/addresses/buffers owned
-            // by this thread, unchanged until the call returns.
+            // SAFETY: messages[sent..count] point at live iovecs, addresses and buffers
+            // that the caller keeps untouched until this call returns.
             let rc = unsafe {
                 libc::sendmmsg(
                     socket.as_raw_fd(),
-                    messages[sent..].as_mut_ptr(),
+                    self.messages[sent..].as_mut_ptr(),
                     (count - sent) as libc::c_uint,
                     0,
                 )
@@ -190,38 +163,284 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::R
                 }
                 // The first message failed (e.g. no route to that peer): skip it.
                 ctx.metrics.drop_packet(DropReason::TxSendError);
-                failed += 1;
-                bytes = bytes.saturating_sub(inner_len(&iovecs[sent], &ctx.encap));
                 if let Some(suppressed) = log.allow() {
                     tracing::warn!(%error, suppressed, "underlay send failed");
                 }
                 sent += 1;
                 continue;
             }
+            for n in sent..sent + rc as usize {
+                packets += 1;
+                bytes += self.inner_bytes[n];
+            }
             sent += rc as usize;
         }
-        ctx.metrics.tx.add(count as u64 - failed, bytes);
+        ctx.metrics.tx.add(packets, bytes);
+        self.len = 0;
     }
 }
 
-fn inner_len(iovec: &libc::iovec, encap: &Encap) -> u64 {
-    let overhead = match encap {
+/// The `UDP_SEGMENT` control message, laid out as `CMSG_SPACE(2)` bytes: the header,
+/// the 16-bit segment size at `CMSG_DATA` (the header is already 8-byte aligned), and
+/// padding to the next alignment boundary.
+#[repr(C)]
+struct SegmentControl {
+    header: libc::cmsghdr,
+    size: u16,
+    _pad: [u8; 6],
+}
+
+/// One `sendmsg` with `UDP_SEGMENT`: `datagrams` holds `count` datagrams of `stride`
+/// bytes each (the last may be shorter), all to `to`. The kernel (or the NIC) cuts them;
+/// over veth the whole train stays one packet up to a receiver with `UDP_GRO`.
+fn send_segmented(
+    socket: &OwnedFd,
+    datagrams: &mut [u8],
+    stride: usize,
+    to: &libc::sockaddr_in,
+) -> io::Result<()> {
+    let mut control = SegmentControl {
+        header: libc::cmsghdr {
+            cmsg_len: std::mem::offset_of!(SegmentControl, size) + 2,
+            cmsg_level: libc::SOL_UDP,
+            cmsg_type: libc::UDP_SEGMENT,
+        },
+        size: stride as u16,
+        _pad: [0; 6],
+    };
+    let mut iovec = libc::iovec {
+        iov_base: datagrams.as_mut_ptr().cast(),
+        iov_len: datagrams.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_name = (to as *const libc::sockaddr_in).cast_mut().cast();
+    message.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    message.msg_iov = &mut iovec;
+    message.msg_iovlen = 1;
+    if datagrams.len() > stride {
+        message.msg_control = (&mut control as *mut SegmentControl).cast();
+        message.msg_controllen = std::mem::size_of::<SegmentControl>();
+    }
+    loop {
+        // SAFETY: `message` points at live buffers (iovec, address, control).
+        let rc = unsafe { libc::sendmsg(socket.as_raw_fd(), &message, 0) };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Most datagrams one `UDP_SEGMENT` send may carry (the kernel's `UDP_MAX_SEGMENTS`).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// Largest UDP payload of one send (65535 - IPv4 header - UDP header).
+const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// The transmit loop: TUN queue → peers. Returns when the stop signal is raised.
+///
+/// With TUN offloads on, a read returns either one ordinary packet (queued for the next
+/// `sendmmsg`, its partial checksum completed if the kernel left one) or a TCP/UDP
+/// super-packet of up to 64 KB: that one is cut into MTU-sized segments by
+/// `weft_proto::gso::segment` straight into a buffer with VXLAN headroom before each,
+/// and leaves in one `UDP_SEGMENT` send per 64 KB of datagrams (IPIP: one `sendmmsg`,
+/// as a raw socket has no UDP GSO).
+pub fn transmit(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Result<()> {
+    set_nonblocking(tun.as_fd())?;
+    let slot_len = HEADROOM + MAX_INNER_PACKET + VNET_HDR_LEN;
+    let mut buffers = vec![0u8; slot_len * BATCH];
+    let encap_overhead = match ctx.encap {
         Encap::Vxlan { .. } => VXLAN_OVERHEAD,
         Encap::Ipip => 0,
     };
-    iovec.iov_len.saturating_sub(overhead) as u64
+    // Segments of one super-packet: at most 64 KB of payload, each with its headers
+    // and the encapsulation headroom.
+    let mut segments = vec![0u8; 2 * (MAX_INNER_PACKET + 64 * (encap_overhead + 128))];
+    let mut batch = SendBatch::new();
+    let mut log = LogLimiter::new();
+    let mut slot_index = 0;
+
+    loop {
+        let peers = ctx.peers.load();
+        let mut idle = true;
+        while !batch.is_full() {
+            let slot = &mut buffers[slot_index * slot_len..(slot_index + 1) * slot_len];
+            let read = match read_nonblocking(tun.as_fd(), &mut slot[HEADROOM - VNET_HDR_LEN..]) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(error) => {
+                    if let Some(suppressed) = log.allow() {
+                        tracing::warn!(%error, suppressed, "TUN read failed");
+                    }
+                    break;
+                }
+            };
+            idle = false;
+            if read < VNET_HDR_LEN {
+                ctx.metrics.drop_packet(DropReason::TxMalformed);
+                continue;
+            }
+            let (vnet_bytes, packet) = slot
+                [HEADROOM - VNET_HDR_LEN..HEADROOM - VNET_HDR_LEN + read]
+                .split_at_mut(VNET_HDR_LEN);
+            let Ok(vnet) = VirtioNetRepr::parse(&VirtioNetHdr::new_unchecked(&*vnet_bytes)) else {
+                ctx.metrics.drop_packet(DropReason::TxMalformed);
+                continue;
+            };
+            let Some(inner) = parse_inner_ipv4(packet) else {
+                ctx.metrics.drop_packet(DropReason::TxMalformed);
+                continue;
+            };
+            let Some(peer) = peers.route(inner.dst) else {
+                ctx.metrics.drop_packet(DropReason::TxNoPeer);
+                continue;
+            };
+            if vnet.gso_type != GsoType::None {
+                // Keep packet order: whatever is queued goes first.
+                batch.flush(&socket, &ctx, &mut log);
+                send_super_packet(
+                    &ctx,
+                    &socket,
+                    &packet[..inner.len],
+                    &vnet,
+                    peer,
+                    &mut segments,
+                    &mut batch,
+                    &mut log,
+                );
+                continue;
+            }
+            if vnet.needs_csum() && gso::complete_checksum(&mut packet[..inner.len], &vnet).is_err()
+            {
+                ctx.metrics.drop_packet(DropReason::TxMalformed);
+                continue;
+            }
+            let start = match &ctx.encap {
+                Encap::Vxlan { vni, local_mac, .. } => {
+                    let start = HEADROOM - VXLAN_OVERHEAD;
+                    let headers: &mut [u8; VXLAN_OVERHEAD] = (&mut slot[start..HEADROOM])
+                        .try_into()
+                        .expect("headroom holds the VXLAN headers");
+                    write_vxlan_headers(headers, *vni, local_mac, &peer.vtep_mac);
+                    start
+                }
+                Encap::Ipip => HEADROOM,
+            };
+            batch.push(
+                &mut slot[start..HEADROOM + inner.len],
+                peer.sockaddr,
+                inner.len,
+            );
+            slot_index = (slot_index + 1) % BATCH;
+        }
+        drop(peers);
+        batch.flush(&socket, &ctx, &mut log);
+        slot_index = 0;
+        if idle && !wait_readable(tun.as_fd(), &ctx.stop)? {
+            return Ok(());
+        }
+    }
 }
+
+/// Segments one TCP/UDP super-packet read from TUN and sends the segments to `peer`.
+#[allow(clippy::too_many_arguments)]
+fn send_super_packet(
+    ctx: &WorkerContext,
+    socket: &OwnedFd,
+    packet: &[u8],
+    vnet: &VirtioNetRepr,
+    peer: &PeerEntry,
+    segments: &mut [u8],
+    batch: &mut SendBatch,
+    log: &mut LogLimiter,
+) {
+    let headroom = match ctx.encap {
+        Encap::Vxlan { .. } => VXLAN_OVERHEAD,
+        Encap::Ipip => 0,
+    };
+    let layout = match gso::segment(packet, vnet, segments, headroom) {
+        Ok(layout) => layout,
+        Err(error) => {
+            ctx.metrics.drop_packet(DropReason::TxTooBig);
+            if let Some(suppressed) = log.allow() {
+                tracing::warn!(%error, suppressed, "cannot segment a TUN super-packet");
+            }
+            return;
+        }
+    };
+    match &ctx.encap {
+        Encap::Vxlan { vni, local_mac, .. } => {
+            for i in 0..layout.count {
+                let start = i * layout.stride;
+                let headers: &mut [u8; VXLAN_OVERHEAD] = (&mut segments
+                    [start..start + VXLAN_OVERHEAD])
+                    .try_into()
+                    .expect("segment headroom holds the VXLAN headers");
+                write_vxlan_headers(headers, *vni, local_mac, &peer.vtep_mac);
+            }
+            let per_send = (MAX_UDP_PAYLOAD / layout.stride).clamp(1, MAX_GSO_SEGMENTS);
+            let total = layout.total();
+            let mut first = 0;
+            while first < layout.count {
+                let last = (first + per_send).min(layout.count);
+                let range = first * layout.stride..if last == layout.count {
+                    total.end
+                } else {
+                    last * layout.stride
+                };
+                let inner_bytes = (range.len() - (last - first) * VXLAN_OVERHEAD) as u64;
+                ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
+                match send_segmented(socket, &mut segments[range], layout.stride, &peer.sockaddr) {
+                    Ok(()) => ctx.metrics.tx.add((last - first) as u64, inner_bytes),
+                    Err(error) => {
+                        ctx.metrics.drop_packet(DropReason::TxSendError);
+                        if let Some(suppressed) = log.allow() {
+                            tracing::warn!(%error, suppressed, "underlay GSO send failed");
+                        }
+                    }
+                }
+                first = last;
+            }
+        }
+        Encap::Ipip => {
+            for i in 0..layout.count {
+                let range = layout.segment(i);
+                let len = range.len();
+                batch.push(&mut segments[range], peer.sockaddr, len);
+                if batch.is_full() {
+                    batch.flush(socket, ctx, log);
+                }
+            }
+            batch.flush(socket, ctx, log);
+        }
+    }
+}
+
+/// Control-message space per received datagram (one `UDP_GRO` int: CMSG_SPACE(4) = 24).
+const RX_CONTROL_LEN: usize = 64;
 
 /// The receive loop: underlay socket → TUN queue. Returns when the stop signal is
 /// raised.
+///
+/// With `UDP_GRO` on the VXLAN socket, one received buffer may hold a train of
+/// datagrams of `gso_size` bytes each (a peer's `UDP_SEGMENT` send that crossed veth
+/// whole). Each datagram is validated on its own; consecutive TCP segments of one flow
+/// are coalesced (`weft_proto::gso::TcpCoalescer`) into one super-packet and written to
+/// TUN with a GSO virtio-net header, so the kernel sees what it would have built with
+/// GRO: one write per 64 KB instead of one per segment.
 pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Result<()> {
     // Largest datagram: a 64 KB inner super-packet (a peer kernel's GSO packet that
-    // crossed veth whole, see `rx_vnet_header`) plus encapsulation, with room for an
-    // outer IPv4 header with options on the raw IPIP socket.
+    // crossed veth whole, see `rx_vnet_header`, or a UDP_GRO train) plus encapsulation,
+    // with room for an outer IPv4 header with options on the raw IPIP socket.
     let slot_len = MAX_INNER_PACKET + VXLAN_OVERHEAD + 128;
     let mut buffers = vec![0u8; slot_len * BATCH];
+    let mut coalesced = vec![0u8; VNET_HDR_LEN + MAX_INNER_PACKET];
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut addresses: Vec<libc::sockaddr_in> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    let mut control = vec![0u8; BATCH * RX_CONTROL_LEN];
     let mut iovecs: Vec<libc::iovec> = (0..BATCH)
         .map(|n| libc::iovec {
             iov_base: buffers[n * slot_len..].as_mut_ptr().cast(),
@@ -239,13 +458,15 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
     let mut log = LogLimiter::new();
 
     loop {
-        for message in messages.iter_mut() {
+        for (n, message) in messages.iter_mut().enumerate() {
             message.msg_hdr.msg_namelen =
                 std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            message.msg_hdr.msg_control = control[n * RX_CONTROL_LEN..].as_mut_ptr().cast();
+            message.msg_hdr.msg_controllen = RX_CONTROL_LEN;
             message.msg_len = 0;
         }
-        // SAFETY: every message points at a live iovec/buffer/address owned by this
-        // thread; the kernel writes at most iov_len bytes into each buffer.
+        // SAFETY: every message points at a live iovec/buffer/address/control area
+        // owned by this thread; the kernel writes at most the given lengths.
         let rc = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
@@ -277,50 +498,188 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
         }
         ctx.metrics.rx_syscalls.fetch_add(1, Ordering::Relaxed);
         let peers = ctx.peers.load();
-        let mut packets = 0u64;
-        let mut bytes = 0u64;
+        let mut out = RxOutput {
+            tun: &tun,
+            ctx: &ctx,
+            log: &mut log,
+            coalesced: &mut coalesced,
+            coalescer: None,
+            packets: 0,
+            bytes: 0,
+        };
         for n in 0..rc as usize {
             let len = messages[n].msg_len as usize;
+            let control_len = messages[n].msg_hdr.msg_controllen.min(RX_CONTROL_LEN);
+            let gso_size = gro_size(&control[n * RX_CONTROL_LEN..n * RX_CONTROL_LEN + control_len]);
+            let source = Ipv4Addr::from(u32::from_be(addresses[n].sin_addr.s_addr));
             let slot = &mut buffers[n * slot_len..n * slot_len + len.min(slot_len)];
-            let verdict = match &ctx.encap {
-                Encap::Vxlan { vni, .. } => {
-                    let source = Ipv4Addr::from(u32::from_be(addresses[n].sin_addr.s_addr));
-                    accept_vxlan(slot, source, *vni, &ctx.own_subnet, &peers)
-                }
-                Encap::Ipip => accept_ipip(slot, &ctx.own_subnet, &peers),
+            let stride = if gso_size == 0 {
+                slot.len().max(1)
+            } else {
+                gso_size
             };
-            let Accepted { offset, len } = match verdict {
-                Ok(accepted) => accepted,
-                Err(reason) => {
-                    ctx.metrics.drop_packet(reason);
-                    if let Some(suppressed) = log.allow() {
-                        tracing::debug!(
-                            reason = reason.name(),
-                            suppressed,
-                            "dropped received packet"
-                        );
+            for datagram in slot.chunks_mut(stride) {
+                let verdict = match &ctx.encap {
+                    Encap::Vxlan { vni, .. } => {
+                        accept_vxlan(datagram, source, *vni, &ctx.own_subnet, &peers)
                     }
-                    continue;
-                }
-            };
-            // Both encapsulations leave ≥ 20 bytes before the inner packet; the vnet
-            // header goes in the last 10 of them.
-            let start = offset - VNET_HDR_LEN;
-            let vnet = rx_vnet_header(&mut slot[offset..offset + len], ctx.mtu);
-            slot[start..offset].copy_from_slice(&vnet);
-            match write_packet(tun.as_fd(), &slot[start..offset + len]) {
-                Ok(()) => {
-                    packets += 1;
-                    bytes += len as u64;
-                }
-                Err(error) => {
-                    ctx.metrics.drop_packet(DropReason::RxTunWrite);
-                    if let Some(suppressed) = log.allow() {
-                        tracing::warn!(%error, suppressed, "TUN write failed");
+                    Encap::Ipip => accept_ipip(datagram, &ctx.own_subnet, &peers),
+                };
+                match verdict {
+                    Ok(accepted) => out.deliver(datagram, accepted),
+                    Err(reason) => {
+                        ctx.metrics.drop_packet(reason);
+                        if let Some(suppressed) = out.log.allow() {
+                            tracing::debug!(
+                                reason = reason.name(),
+                                suppressed,
+                                "dropped received packet"
+                            );
+                        }
                     }
                 }
             }
         }
-        ctx.metrics.rx.add(packets, bytes);
+        out.flush();
+        ctx.metrics.rx.add(out.packets, out.bytes);
+    }
+}
+
+/// The `UDP_GRO` segment size from a received message's control data (0 = none).
+fn gro_size(control: &[u8]) -> usize {
+    // Walk the cmsghdr records by hand (no pointer arithmetic): each is
+    // `{ len: usize, level: i32, type: i32 }` followed by its data at the next 8-byte
+    // boundary, the next record at CMSG_ALIGN(len).
+    const HEADER: usize = std::mem::size_of::<libc::cmsghdr>();
+    const WORD: usize = std::mem::size_of::<usize>();
+    let mut at = 0;
+    while at + HEADER <= control.len() {
+        let field = |offset: usize, len: usize| &control[at + offset..at + offset + len];
+        let len = usize::from_ne_bytes(field(0, WORD).try_into().expect("word"));
+        let level = i32::from_ne_bytes(field(WORD, 4).try_into().expect("i32"));
+        let kind = i32::from_ne_bytes(field(WORD + 4, 4).try_into().expect("i32"));
+        if len < HEADER || at + len > control.len() {
+            break;
+        }
+        if level == libc::SOL_UDP && kind == libc::UDP_GRO && len >= HEADER + 4 {
+            let size = i32::from_ne_bytes(field(HEADER, 4).try_into().expect("i32"));
+            return usize::try_from(size).unwrap_or(0);
+        }
+        at += len.next_multiple_of(WORD);
+    }
+    0
+}
+
+/// Where accepted inner packets go: coalesced into the pending super-packet, or written
+/// to TUN one by one.
+struct RxOutput<'a> {
+    tun: &'a OwnedFd,
+    ctx: &'a WorkerContext,
+    log: &'a mut LogLimiter,
+    coalesced: &'a mut [u8],
+    coalescer: Option<gso::TcpCoalescer>,
+    packets: u64,
+    bytes: u64,
+}
+
+impl RxOutput<'_> {
+    fn deliver(&mut self, datagram: &mut [u8], accepted: Accepted) {
+        let Accepted { offset, len } = accepted;
+        let inner = &datagram[offset..offset + len];
+        if let Some(coalescer) = self.coalescer.as_mut() {
+            if coalescer.try_append(self.coalesced, inner).is_ok() {
+                self.packets += 1;
+                self.bytes += len as u64;
+                return;
+            }
+            self.flush();
+        }
+        if len <= self.ctx.mtu {
+            if let Ok(coalescer) = gso::TcpCoalescer::start(self.coalesced, inner, true) {
+                self.coalescer = Some(coalescer);
+                self.packets += 1;
+                self.bytes += len as u64;
+                return;
+            }
+        }
+        // Not coalescable (not TCP with payload, a partial checksum, a peer kernel's
+        // super-packet): write it alone, in place, behind its own vnet header.
+        let start = offset - VNET_HDR_LEN;
+        let vnet = rx_vnet_header(&mut datagram[offset..offset + len], self.ctx.mtu);
+        datagram[start..offset].copy_from_slice(&vnet);
+        self.write(start..offset + len, Some(datagram));
+    }
+
+    /// Writes the pending super-packet, if any.
+    fn flush(&mut self) {
+        if let Some(coalescer) = self.coalescer.take() {
+            let range = coalescer.finish(self.coalesced);
+            self.write(range, None);
+        }
+    }
+
+    /// Writes `range` of `buffer` (or of the coalescing buffer) to TUN.
+    fn write(&mut self, range: std::ops::Range<usize>, buffer: Option<&[u8]>) {
+        let len = range.len() - VNET_HDR_LEN;
+        let bytes = match buffer {
+            Some(buffer) => &buffer[range],
+            None => &self.coalesced[range],
+        };
+        match write_packet(self.tun.as_fd(), bytes) {
+            Ok(()) => {
+                if buffer.is_some() {
+                    self.packets += 1;
+                    self.bytes += len as u64;
+                }
+            }
+            Err(error) => {
+                self.ctx.metrics.drop_packet(DropReason::RxTunWrite);
+                if let Some(suppressed) = self.log.allow() {
+                    tracing::warn!(%error, suppressed, "TUN write failed");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+        let header = std::mem::size_of::<libc::cmsghdr>();
+        let len = header + data.len();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&len.to_ne_bytes());
+        bytes.extend_from_slice(&level.to_ne_bytes());
+        bytes.extend_from_slice(&kind.to_ne_bytes());
+        bytes.extend_from_slice(data);
+        bytes.resize(len.next_multiple_of(8), 0);
+        bytes
+    }
+
+    #[test]
+    fn gro_size_is_found_among_control_messages() {
+        assert_eq!(gro_size(&[]), 0);
+        let gro = cmsg(libc::SOL_UDP, libc::UDP_GRO, &1472i32.to_ne_bytes());
+        assert_eq!(gro_size(&gro), 1472);
+        let mut two = cmsg(libc::SOL_IP, libc::IP_TOS, &[0; 4]);
+        two.extend_from_slice(&gro);
+        assert_eq!(gro_size(&two), 1472);
+        // Truncated or lying lengths end the walk without panicking.
+        assert_eq!(gro_size(&gro[..10]), 0);
+        let mut lying = gro.clone();
+        lying[..8].copy_from_slice(&999usize.to_ne_bytes());
+        assert_eq!(gro_size(&lying), 0);
+    }
+
+    #[test]
+    fn segment_control_matches_cmsg_macros() {
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(2) } as usize;
+        // SAFETY: CMSG_LEN only computes a size.
+        let len = unsafe { libc::CMSG_LEN(2) } as usize;
+        assert_eq!(std::mem::size_of::<SegmentControl>(), space);
+        assert_eq!(std::mem::offset_of!(SegmentControl, size) + 2, len);
     }
 }
