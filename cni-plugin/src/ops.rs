@@ -23,7 +23,7 @@ use weft_config::cni::CniNetConf;
 use weft_config::subnet_env::SubnetEnvError;
 use weft_config::SubnetEnv;
 use weft_daemon::netlink::bridge::{
-    ensure_bridge, ipv4_addresses, link_by_name, link_mtu, netlink_errno,
+    ensure_bridge, ipv4_addresses, link_by_name, link_kind, link_mtu, netlink_errno,
 };
 
 use crate::delegate;
@@ -103,16 +103,22 @@ pub fn node_net(conf: &CniNetConf) -> Result<NodeNet, CniError> {
             ))
         }
     };
+    // Both prefixes come from parsed networks (≤ 32), so Ipv4Net::new cannot fail.
     let gateway = match (conf.subnet, &env) {
         (Some(subnet), _) => {
             let net = subnet.trunc();
-            let gw = Ipv4Addr::from(u32::from(net.network()) + 1);
-            Ipv4Net::new(gw, net.prefix_len()).expect("prefix of a valid net")
+            let gw = Ipv4Addr::from(u32::from(net.network()).saturating_add(1));
+            Ipv4Net::new(gw, net.prefix_len()).unwrap_or(net)
         }
         (None, Some(env)) => {
-            Ipv4Net::new(env.gateway(), env.subnet.prefix_len()).expect("prefix of a valid net")
+            Ipv4Net::new(env.gateway(), env.subnet.prefix_len()).unwrap_or(env.subnet)
         }
-        (None, None) => unreachable!("handled above"),
+        (None, None) => {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "no pod subnet: neither subnet.env nor the config's \"subnet\" gives one",
+            ))
+        }
     };
     let network = conf
         .network
@@ -563,7 +569,20 @@ pub async fn del(inv: &Invocation<'_>) -> Result<(), CniError> {
     // Deleting the host end removes the pod end too, so DEL needs neither the pod
     // namespace nor subnet.env: it works after the namespace is gone.
     let host_name = host_veth_name(&inv.env.container_id, &inv.env.ifname);
-    delete_link_named(&host, &host_name).await?;
+    let deleted = delete_link_named(&host, &host_name).await?;
+    if !deleted {
+        // No host end (renamed, or a crash between creating and naming it): a veth
+        // still named CNI_IFNAME in a pod namespace that still exists is ours to remove.
+        if let Some(ns) = inv.env.netns.as_ref().and_then(|p| File::open(p).ok()) {
+            if let Ok(pod) = netlink_socket_in(&ns).and_then(connect) {
+                if let Ok(Some(link)) = link_by_name(&pod, &inv.env.ifname).await {
+                    if link_kind(&link).as_deref() == Some("veth") {
+                        let _ = pod.link().del(link.header.index).execute().await;
+                    }
+                }
+            }
+        }
+    }
     release(inv)
 }
 

@@ -379,6 +379,33 @@ fn del_is_idempotent() {
     .ok("DEL with an empty CNI_NETNS");
     assert!(node.allocations().is_empty());
     assert!(node.host_veths().is_empty());
+
+    // The host end is gone under another name: DEL still removes the pod's veth.
+    let pod = node.pod("q").unwrap();
+    let path = netns_path(&pod);
+    let add = Call {
+        command: "ADD",
+        container_id: "renamed",
+        netns: &path,
+        ifname: "eth0",
+    };
+    let result = node.weft(&add, &conf).ok("ADD");
+    let host_veth = result["interfaces"][1]["name"].as_str().unwrap();
+    node.ns.ip(&["link", "set", host_veth, "down"]).unwrap();
+    node.ns
+        .ip(&["link", "set", host_veth, "name", "renamed0"])
+        .unwrap();
+    node.weft(
+        &Call {
+            command: "DEL",
+            ..add.clone()
+        },
+        &conf,
+    )
+    .ok("DEL with the host end renamed");
+    assert!(!weft_tests::link::exists(&pod, "eth0"));
+    assert!(!weft_tests::link::exists(&node.ns, "renamed0"));
+    assert!(node.allocations().is_empty());
 }
 
 #[test]
