@@ -130,3 +130,26 @@ fn restart_keeps_device_and_routes_and_resumes() {
     cluster.announce_all().unwrap();
     wait_ping(cluster.nodes[0].pod(), target, Duration::from_secs(10)).unwrap();
 }
+
+#[test]
+fn cleanup_on_exit_removes_device_and_routes() {
+    if !require_root("cleanup_on_exit_removes_device_and_routes") {
+        return;
+    }
+    let mut cluster = Cluster::weft_with(2, &netconf(VXLAN), |settings| {
+        settings.cleanup_on_exit = true;
+    })
+    .unwrap();
+    wait_ping(
+        cluster.nodes[0].pod(),
+        cluster.nodes[1].pod_ip(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let running = cluster.nodes[0].running.take().unwrap();
+    running.stop().unwrap();
+    let node1 = &cluster.nodes[0].ns;
+    assert!(node1.ip(&["link", "show", "weft.1"]).is_err(), "device removed");
+    let routes = node1.ip(&["route", "show", "proto", "87"]).unwrap();
+    assert!(routes.trim().is_empty(), "routes removed: {routes}");
+}
