@@ -665,3 +665,62 @@ async fn weftctl_leases_shows_ttl_and_reservations() {
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_degrades_readiness_but_keeps_the_lease() {
+    let mut etcd = start_etcd(VXLAN_CONF);
+    // Time scaled down: a 500 ms grace instead of 10 s, keep-alives every 200 ms.
+    let status = ControlStatus::with_etcd_grace(Duration::from_millis(500));
+    let registry = Registry::connect(&options(&etcd)).await.unwrap();
+    let mut config = ManagerConfig::new(node_ip(16), mac(16), Duration::from_secs(60));
+    config.renew_interval = Duration::from_millis(200);
+    let m = Arc::new(SubnetManager::new(registry, config, status.clone()));
+    let held = acquire(&m).await;
+    let (subnet, lease_id) = (held.subnet, held.lease_id);
+    let (_stop_tx, stop) = watch::channel(false);
+    keep_and_watch(m.clone(), held, stop);
+    let readiness = |status: &Arc<ControlStatus>| status.readiness();
+
+    etcd.stop();
+    let reason = eventually("readiness to degrade", Duration::from_secs(20), || {
+        let r = readiness(&status);
+        async move {
+            match r {
+                weft_daemon::subnet::Readiness::NotReady(reason) => Some(reason),
+                weft_daemon::subnet::Readiness::Ready => None,
+            }
+        }
+    })
+    .await;
+    assert!(reason.contains("etcd unreachable"), "{reason}");
+    // The lease is not given up while etcd is away: the data plane keeps routing.
+    assert!(
+        matches!(status.lease(), weft_daemon::subnet::LeaseState::Held { subnet: s, .. } if s == subnet),
+        "{:?}",
+        status.lease()
+    );
+
+    etcd.restart().unwrap();
+    let renewals = status.counters.lease_renewals.load(Ordering::Relaxed);
+    eventually(
+        "readiness to recover and renewals to resume",
+        Duration::from_secs(20),
+        || {
+            let ready = readiness(&status) == weft_daemon::subnet::Readiness::Ready;
+            let renewed = status.counters.lease_renewals.load(Ordering::Relaxed) > renewals;
+            async move { (ready && renewed).then_some(()) }
+        },
+    )
+    .await;
+    let stored = m
+        .registry()
+        .get_subnet(subnet)
+        .await
+        .unwrap()
+        .expect("key kept");
+    assert_eq!(
+        stored.lease_id, lease_id,
+        "same etcd lease, no re-acquisition"
+    );
+    assert_eq!(status.counters.lease_losses.load(Ordering::Relaxed), 0);
+}

@@ -106,12 +106,25 @@ impl From<&Peer> for PeerView {
 }
 
 /// Shared control-plane status.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ControlStatus {
     lease: Mutex<Option<LeaseState>>,
     peers: Mutex<Vec<PeerView>>,
     etcd: Mutex<Option<Arc<Reachability>>>,
+    etcd_grace: Duration,
     pub counters: Counters,
+}
+
+impl Default for ControlStatus {
+    fn default() -> Self {
+        ControlStatus {
+            lease: Mutex::default(),
+            peers: Mutex::default(),
+            etcd: Mutex::default(),
+            etcd_grace: ETCD_GRACE,
+            counters: Counters::default(),
+        }
+    }
 }
 
 /// What `/readyz` decides.
@@ -133,6 +146,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl ControlStatus {
     pub fn new() -> Arc<Self> {
         Arc::new(ControlStatus::default())
+    }
+
+    /// With a grace period other than [`ETCD_GRACE`] (tests scale time with it).
+    pub fn with_etcd_grace(grace: Duration) -> Arc<Self> {
+        Arc::new(ControlStatus {
+            etcd_grace: grace,
+            ..ControlStatus::default()
+        })
     }
 
     pub fn set_lease(&self, state: LeaseState) {
@@ -162,8 +183,8 @@ impl ControlStatus {
             .unwrap_or(EtcdHealth::Unknown)
     }
 
-    /// Ready when a lease is held and etcd answers (or has been away less than
-    /// [`ETCD_GRACE`]).
+    /// Ready when a lease is held and etcd answers (or has been away less than the
+    /// grace period, [`ETCD_GRACE`] by default).
     pub fn readiness(&self) -> Readiness {
         match self.lease() {
             LeaseState::Held { .. } => {}
@@ -182,7 +203,7 @@ impl ControlStatus {
             }
         }
         match self.etcd() {
-            EtcdHealth::Unreachable { for_, error } if for_ > ETCD_GRACE => {
+            EtcdHealth::Unreachable { for_, error } if for_ > self.etcd_grace => {
                 Readiness::NotReady(format!("etcd unreachable for {}s: {error}", for_.as_secs()))
             }
             _ => Readiness::Ready,
