@@ -342,17 +342,19 @@ impl Lab {
         st.namespaces.extend(nodes.iter().map(|n| n.netns.clone()));
         st.save()?;
 
-        // From here on, a failure drops the partial lab, which tears it down.
-        let ul = Netns::new(&underlay_ns)?.detach();
-        let ul = Netns::existing(&ul);
-        link::Bridge::create(&ul, "br0", Some(&format!("{ETCD_IP}/24")))?.detach();
-        ul.ip(&["link", "set", "br0", "mtu", &UNDERLAY_MTU.to_string()])?;
-        let etcd = Etcd::start_in_dir(&ul, &ETCD_IP.to_string(), &dir.join("etcd"))?;
+        // Until the Lab exists (whose Drop tears down), undo by hand on failure.
+        let etcd = match Lab::start_underlay(&underlay_ns, &dir) {
+            Ok(etcd) => etcd,
+            Err(e) => {
+                let _ = st.teardown();
+                return Err(e);
+            }
+        };
         st.processes.push(RecordedProcess {
             what: "etcd".into(),
             proc: etcd.proc_id().context("etcd has no PID")?,
         });
-        st.save()?;
+        // From here on, a failure drops the partial lab, which tears it down.
 
         let info = LabInfo {
             prefix: prefix.clone(),
@@ -402,6 +404,15 @@ impl Lab {
         }
         lab.sync_kernel_nodes()?;
         Ok(lab)
+    }
+
+    /// The underlay namespace with its bridge, and etcd in it.
+    fn start_underlay(underlay_ns: &str, dir: &Path) -> anyhow::Result<Etcd> {
+        let ul = Netns::new(underlay_ns)?.detach();
+        let ul = Netns::existing(&ul);
+        link::Bridge::create(&ul, "br0", Some(&format!("{ETCD_IP}/24")))?.detach();
+        ul.ip(&["link", "set", "br0", "mtu", &UNDERLAY_MTU.to_string()])?;
+        Etcd::start_in_dir(&ul, &ETCD_IP.to_string(), &dir.join("etcd"))
     }
 
     /// A handle on a lab recorded by another process (e.g. `weft-lab up`). Dropping it
