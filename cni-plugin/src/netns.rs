@@ -13,6 +13,7 @@ use std::path::Path;
 
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
+use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
 use rtnetlink::sys::TokioSocket;
 use rtnetlink::Handle;
 
@@ -20,7 +21,7 @@ use crate::error::{code, CniError};
 
 /// Open a network namespace handle (`/var/run/netns/x`, `/proc/PID/ns/net`).
 pub fn open_netns(path: &Path) -> Result<File, CniError> {
-    File::open(path).map_err(|e| {
+    let file = File::open(path).map_err(|e| {
         CniError::new(
             code::INVALID_ENV,
             format!(
@@ -28,7 +29,17 @@ pub fn open_netns(path: &Path) -> Result<File, CniError> {
                 path.display()
             ),
         )
-    })
+    })?;
+    match fstatfs(&file) {
+        Ok(fs) if fs.filesystem_type() == NSFS_MAGIC => Ok(file),
+        _ => Err(CniError::new(
+            code::INVALID_ENV,
+            format!(
+                "CNI_NETNS {} is not a network namespace (expected a path like /var/run/netns/NAME or /proc/PID/ns/net)",
+                path.display()
+            ),
+        )),
+    }
 }
 
 /// This process's own network namespace (the host/node namespace).

@@ -296,6 +296,13 @@ fn errors_have_spec_codes() {
     .err("garbage subnet.env", 7);
     assert!(e["msg"].as_str().unwrap().contains("garbage.env"), "{e}");
 
+    // A subnet.env that cannot be read (a directory): invalid config, naming the path.
+    let unreadable = node.dir.path().join("dir.env");
+    std::fs::create_dir(&unreadable).unwrap();
+    let conf_unreadable = node.conf("1.0.0", json!({ "subnetFile": unreadable }));
+    let e = run(&add, &conf_unreadable.to_string()).err("unreadable subnet.env", 7);
+    assert!(e["msg"].as_str().unwrap().contains("dir.env"), "{e}");
+
     // None of the failed ADDs left anything behind.
     assert!(node.allocations().is_empty(), "{:?}", node.allocations());
     assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
@@ -328,8 +335,16 @@ fn failed_add_leaves_nothing_behind() {
         netns: not_ns.to_str().unwrap(),
         ..call
     };
-    let out = node.weft(&call, &node.conf("1.0.0", json!({})));
-    assert!(!out.success);
+    let e = node
+        .weft(&call, &node.conf("1.0.0", json!({})))
+        .err("ADD into a file that is not a netns", 4);
+    assert!(
+        e["msg"]
+            .as_str()
+            .unwrap()
+            .contains("is not a network namespace"),
+        "{e}"
+    );
     assert!(node.allocations().is_empty(), "{:?}", node.allocations());
     assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
 }
