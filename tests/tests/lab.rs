@@ -264,6 +264,11 @@ fn weft_lab_down_after_kill9_of_everything_cleans_up() {
     let left = weft_tests::proc::pids_with_arg(&sock);
     assert!(left.is_empty(), "shims {left:?} (of {shims:?}) still alive");
     assert!(!state.dir.exists(), "{} left", state.dir.display());
+    for id in [format!("{prefix}-c1"), format!("{prefix}-c2")] {
+        let shim_sock =
+            weft_tests::lab::containerd::shim_socket(&state.containerd_sockets[0], "default", &id);
+        assert!(!shim_sock.exists(), "{} left", shim_sock.display());
+    }
     for etc in &state.etc_netns {
         assert!(!etc.exists(), "{} left", etc.display());
     }
