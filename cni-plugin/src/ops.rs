@@ -202,6 +202,11 @@ pub async fn add(inv: &Invocation<'_>) -> Result<CniResult, CniError> {
         .netns
         .clone()
         .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required for ADD"))?;
+    // Everything that can be refused is checked before anything is changed.
+    let mut result = match &conf.prev_result {
+        Some(prev) => CniResult::from_value(prev, "prevResult")?,
+        None => CniResult::default(),
+    };
     let pod_ns = open_netns(&netns_path)?;
     let host_ns = current_netns()?;
     let node = node_net(conf)?;
@@ -256,10 +261,6 @@ pub async fn add(inv: &Invocation<'_>) -> Result<CniResult, CniError> {
     }
     ours.dns = addressing.dns.clone();
 
-    let mut result = match &conf.prev_result {
-        Some(prev) => CniResult::from_value(prev, "prevResult")?,
-        None => CniResult::default(),
-    };
     result.append(ours);
     Ok(result)
 }

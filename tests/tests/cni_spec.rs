@@ -296,6 +296,13 @@ fn errors_have_spec_codes() {
     .err("garbage subnet.env", 7);
     assert!(e["msg"].as_str().unwrap().contains("garbage.env"), "{e}");
 
+    // A broken prevResult is refused before anything is set up.
+    let bad_prev = node.conf(
+        "1.0.0",
+        json!({"prevResult": {"ips": [{"address": "nope"}]}}),
+    );
+    run(&add, &bad_prev.to_string()).err("broken prevResult", 7);
+
     // A subnet.env that cannot be read (a directory): invalid config, naming the path.
     let unreadable = node.dir.path().join("dir.env");
     std::fs::create_dir(&unreadable).unwrap();
