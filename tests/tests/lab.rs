@@ -241,6 +241,17 @@ fn weft_lab_down_after_kill9_of_everything_cleans_up() {
     let sock = state.containerd_sockets[0].to_string_lossy().into_owned();
     let shims = weft_tests::proc::pids_with_arg(&sock);
     assert!(!shims.is_empty(), "no containerd shims found");
+    let shim_sockets: Vec<std::path::PathBuf> = ["c1", "c2"]
+        .iter()
+        .map(|pod| {
+            weft_tests::lab::containerd::shim_socket(
+                &state.containerd_sockets[0],
+                "default",
+                &format!("{prefix}-{pod}"),
+            )
+        })
+        .collect();
+    assert!(shim_sockets.iter().all(|s| s.exists()), "{shim_sockets:?}");
     // A crash of everything: weft-lab is long gone (up returned); kill -9 each daemon.
     for p in &state.processes {
         let pid = nix::unistd::Pid::from_raw(p.proc.pid as i32);
@@ -264,10 +275,8 @@ fn weft_lab_down_after_kill9_of_everything_cleans_up() {
     let left = weft_tests::proc::pids_with_arg(&sock);
     assert!(left.is_empty(), "shims {left:?} (of {shims:?}) still alive");
     assert!(!state.dir.exists(), "{} left", state.dir.display());
-    for id in [format!("{prefix}-c1"), format!("{prefix}-c2")] {
-        let shim_sock =
-            weft_tests::lab::containerd::shim_socket(&state.containerd_sockets[0], "default", &id);
-        assert!(!shim_sock.exists(), "{} left", shim_sock.display());
+    for s in &shim_sockets {
+        assert!(!s.exists(), "{} left", s.display());
     }
     for etc in &state.etc_netns {
         assert!(!etc.exists(), "{} left", etc.display());
