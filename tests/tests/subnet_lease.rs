@@ -724,3 +724,64 @@ async fn etcd_outage_degrades_readiness_but_keeps_the_lease() {
     );
     assert_eq!(status.counters.lease_losses.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subnet_taken_by_another_node_is_reported_then_taken_back_when_freed() {
+    let etcd = start_etcd(VXLAN_CONF);
+    let mut config = ManagerConfig::new(node_ip(17), mac(17), Duration::from_secs(60));
+    config.renew_interval = Duration::from_millis(200);
+    let m = Arc::new(manager_with(&etcd, config).await);
+    let held = acquire(&m).await;
+    let subnet = held.subnet;
+    let (_stop_tx, stop) = watch::channel(false);
+    keep_and_watch(m.clone(), held, stop);
+
+    // Someone overwrites our key with another node's record.
+    let key = format!("{PREFIX}/subnets/{}-24", subnet.network());
+    etcd.put(
+        &key,
+        r#"{"PublicIP":"192.0.2.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:77"}}"#,
+    )
+    .unwrap();
+    let status = m.status().clone();
+    eventually(
+        "the conflict to be reported",
+        Duration::from_secs(10),
+        || {
+            let state = status.lease();
+            async move {
+                (state
+                    == weft_daemon::subnet::LeaseState::Conflict {
+                        subnet,
+                        holder: Ipv4Addr::new(192, 0, 2, 77),
+                    })
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    let weft_daemon::subnet::Readiness::NotReady(reason) = status.readiness() else {
+        panic!("a node whose subnet is taken must not be ready");
+    };
+    assert!(reason.contains("192.0.2.77"), "{reason}");
+    // It does not fight over the key.
+    let current = m.registry().get_subnet(subnet).await.unwrap().unwrap();
+    assert_eq!(current.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 77));
+
+    // The other node gives it up: the subnet comes back to us.
+    etcd.etcdctl(&["del", &key]).unwrap();
+    let registry = m.registry().clone();
+    eventually(
+        "the subnet to be taken back",
+        Duration::from_secs(10),
+        || {
+            let registry = registry.clone();
+            let ready = status.readiness() == weft_daemon::subnet::Readiness::Ready;
+            async move {
+                let current = registry.get_subnet(subnet).await.ok()??;
+                (ready && current.attrs.public_ip == node_ip(17)).then_some(())
+            }
+        },
+    )
+    .await;
+}

@@ -95,6 +95,16 @@ pub enum AcquiredHow {
     New,
 }
 
+/// What one check of the lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyCheck {
+    Alive,
+    /// Gone (expired, revoked, deleted): re-acquire.
+    Lost,
+    /// Another node's record is at our key now.
+    TakenBy(Ipv4Addr),
+}
+
 /// A held lease.
 #[derive(Debug, Clone)]
 pub struct HeldLease {
@@ -441,8 +451,14 @@ impl SubnetManager {
             }
             let check = std::mem::take(&mut verify_key);
             match self.check_once(&mut held, &attrs, &mut stream, check).await {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(KeyCheck::Alive) => {}
+                Ok(KeyCheck::TakenBy(holder)) => {
+                    // Nothing to renew or re-create while another node holds the key;
+                    // keep checking, it may give the subnet up.
+                    stream = None;
+                    self.report_conflict(held.subnet, holder);
+                }
+                Ok(KeyCheck::Lost) => {
                     // Lost: try to get the same subnet back right away.
                     stream = None;
                     Counters::bump(&self.status.counters.lease_losses);
@@ -460,24 +476,23 @@ impl SubnetManager {
         }
     }
 
-    /// One keep-alive (or, for a reservation or when asked, a read of our key).
-    /// Ok(false) when the lease is gone.
+    /// One keep-alive (or, for a reservation, when asked, or while in trouble, a read
+    /// of our key first).
     async fn check_once(
         &self,
         held: &mut HeldLease,
         attrs: &LeaseAttrs,
         stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
         verify_key: bool,
-    ) -> Result<bool, ManagerError> {
+    ) -> Result<KeyCheck, ManagerError> {
         if held.lease_id == 0 || verify_key || self.in_trouble() {
             match self.registry.get_subnet(held.subnet).await? {
                 None => {
                     tracing::error!(subnet = %held.subnet, "this node's subnet key is gone (revoked, expired or deleted)");
-                    return Ok(false);
+                    return Ok(KeyCheck::Lost);
                 }
                 Some(current) if current.attrs.public_ip != self.config.public_ip => {
-                    self.report_conflict(held.subnet, current.attrs.public_ip);
-                    return Ok(false);
+                    return Ok(KeyCheck::TakenBy(current.attrs.public_ip));
                 }
                 Some(current) => {
                     if current.lease_id != held.lease_id {
@@ -495,7 +510,7 @@ impl SubnetManager {
             }
             if held.lease_id == 0 {
                 self.set_held(held, None);
-                return Ok(true);
+                return Ok(KeyCheck::Alive);
             }
         }
         if stream.is_none() {
@@ -504,22 +519,22 @@ impl SubnetManager {
                 None => {
                     tracing::error!(subnet = %held.subnet, lease_id = held.lease_id,
                         "this node's etcd lease expired or was revoked");
-                    return Ok(false);
+                    return Ok(KeyCheck::Lost);
                 }
             }
         }
         let Some((keeper, responses)) = stream.as_mut() else {
-            return Ok(true);
+            return Ok(KeyCheck::Alive);
         };
         let ttl = self.registry.keep_alive_once(keeper, responses).await?;
         if ttl <= 0 {
             tracing::error!(subnet = %held.subnet, lease_id = held.lease_id,
                 "this node's etcd lease expired or was revoked");
-            return Ok(false);
+            return Ok(KeyCheck::Lost);
         }
         Counters::bump(&self.status.counters.lease_renewals);
         self.set_held(held, Some(ttl));
-        Ok(true)
+        Ok(KeyCheck::Alive)
     }
 
     fn in_trouble(&self) -> bool {
