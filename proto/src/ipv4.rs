@@ -239,11 +239,10 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// The header checksum the field should hold, whatever it holds now.
     pub fn compute_checksum(&self) -> u16 {
         let h = self.header();
-        checksum::Sum16BitWords::new()
+        checksum::Sum::new()
             .add_slice(&h[..field::CHECKSUM.start])
             .add_slice(&h[field::CHECKSUM.end..])
-            .ones_complement()
-            .to_be()
+            .checksum()
     }
 
     /// True when the header checksum is correct.

@@ -146,8 +146,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         checksum::pseudo_header(src, dst, protocol::TCP, len)
             .add_slice(&b[..field::CHECKSUM.start])
             .add_slice(&b[field::CHECKSUM.end..])
-            .ones_complement()
-            .to_be()
+            .checksum()
     }
 
     /// True when the checksum over the whole buffer and the pseudo-header is correct.

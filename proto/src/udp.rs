@@ -94,8 +94,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         checksum::pseudo_header(src, dst, protocol::UDP, self.len())
             .add_slice(&b[..field::CHECKSUM.start])
             .add_slice(self.payload())
-            .to_ones_complement_with_no_zero()
-            .to_be()
+            .checksum_nonzero()
     }
 
     /// True when the checksum is zero ("none", allowed on IPv4) or correct.
