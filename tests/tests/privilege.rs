@@ -1,18 +1,22 @@
 //! Least privilege (issue 9, item 9): the real weftd, run as an unprivileged user with
-//! only CAP_NET_ADMIN + CAP_NET_RAW — what `deploy/systemd/weftd.service` grants —
-//! becomes ready, carries pod traffic between two nodes and installs its masquerade
-//! rules; without CAP_NET_ADMIN it stops with a clear error (not a panic), and the
-//! `ipip` backend without CAP_NET_RAW does too.
+//! only the capabilities `deploy/systemd/weftd.service` grants (CAP_NET_ADMIN +
+//! CAP_NET_RAW, read from the unit file), becomes ready, carries pod traffic between two
+//! nodes and installs and removes its masquerade rules; without CAP_NET_ADMIN it stops
+//! with one clear error line (not a panic). The `ipip` backend without CAP_NET_RAW fails
+//! the same way, and with it works as UID 0 limited to the two capabilities — the
+//! DaemonSet's securityContext.
 //!
 //! How weftd is started, inside a lab node's namespace (`ip netns exec`, which gives the
 //! command a private mount namespace):
 //!
-//! * `/dev/net/tun` is replaced, in that private mount namespace only, by a node of mode
-//!   0666 — what udev's default rule gives it on a normal host (here it may be 0600);
-//!   the host's device node is not touched;
-//! * `setpriv` switches to UID/GID 65534 and sets the bounding, inheritable and ambient
-//!   capability sets to exactly the capabilities under test, like the unit's
-//!   `User=`, `CapabilityBoundingSet=` and `AmbientCapabilities=`.
+//! * as the unit runs it ([`Identity::Unit`]): `/dev/net/tun` is replaced, in that
+//!   private mount namespace only, by a node of mode 0666 — what udev's default rule
+//!   gives it on a normal host (here it may be 0600; the host's node is not touched) —
+//!   and `setpriv` switches to UID/GID 65534 with the bounding, inheritable and ambient
+//!   sets exactly the capabilities under test, like `User=`,
+//!   `CapabilityBoundingSet=` and `AmbientCapabilities=`;
+//! * as the DaemonSet runs it ([`Identity::Container`]): UID 0, every capability but
+//!   the ones under test dropped from all sets.
 
 use std::os::unix::fs::chown;
 use std::path::PathBuf;
@@ -29,20 +33,48 @@ const CAP_NET_ADMIN_BIT: u64 = 1 << 12;
 const CAP_NET_RAW_BIT: u64 = 1 << 13;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Mounts a 0666 TUN node over /dev/net/tun (private mount namespace), then runs the
-/// rest as UID 65534 with exactly the capabilities in $2 (setpriv syntax, e.g.
-/// `+net_admin,+net_raw`, or empty for none).
+/// `sh -c LAUNCHER launcher <identity> <dev dir> <caps> <program> <args>...`: with
+/// identity `unit`, mounts a 0666 TUN node over /dev/net/tun (private mount namespace)
+/// and switches to UID/GID 65534; then runs the program with exactly the capabilities
+/// in <caps> (setpriv syntax, e.g. `+net_admin,+net_raw`, or empty for none).
 const LAUNCHER: &str = r#"set -eu
-dev="$1"; caps="$2"; shift 2
-mount -t tmpfs -o mode=0755,size=64k weft-dev "$dev"
-mknod -m 0666 "$dev/tun" c 10 200
-mount --bind "$dev/tun" /dev/net/tun
-exec setpriv --reuid=65534 --regid=65534 --clear-groups \
+identity="$1"; dev="$2"; caps="$3"; shift 3
+user=""
+if [ "$identity" = unit ]; then
+  mount -t tmpfs -o mode=0755,size=64k weft-dev "$dev"
+  mknod -m 0666 "$dev/tun" c 10 200
+  mount --bind "$dev/tun" /dev/net/tun
+  user="--reuid=65534 --regid=65534 --clear-groups"
+fi
+exec setpriv $user \
   --bounding-set="-all${caps:+,$caps}" \
   --inh-caps="-all${caps:+,$caps}" \
   --ambient-caps="-all${caps:+,$caps}" \
   -- "$@"
 "#;
+
+/// Who weftd runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// UID 65534, like the systemd unit's dedicated user.
+    Unit,
+    /// UID 0 with every other capability dropped, like the DaemonSet's container.
+    Container,
+}
+
+/// The capabilities the shipped unit grants, in setpriv's spelling (`net_admin`).
+fn unit_capabilities() -> Vec<String> {
+    let path = weft_tests::workspace_root().join("deploy/systemd/weftd.service");
+    let unit = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let line = unit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit sets CapabilityBoundingSet=");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
 
 /// weftd started in node `n` with the given capabilities (`["net_admin", "net_raw"]`).
 struct LimitedWeftd {
@@ -52,7 +84,13 @@ struct LimitedWeftd {
 }
 
 impl LimitedWeftd {
-    fn start(lab: &Lab, n: usize, caps: &[&str], extra_args: &[&str]) -> anyhow::Result<Self> {
+    fn start(
+        lab: &Lab,
+        n: usize,
+        identity: Identity,
+        caps: &[&str],
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let node = lab.node(n)?.clone();
         let weftd = weft_tests::bin_path("weftd");
         anyhow::ensure!(
@@ -61,12 +99,18 @@ impl LimitedWeftd {
             weftd.display()
         );
         // weftd's directories belong to its user, as StateDirectory=/RuntimeDirectory=
-        // arrange under systemd: the node dir (subnet.env is replaced atomically in it)
-        // and the state dir.
+        // arrange under systemd (and hostPath directories are root's for the
+        // container): the node dir (subnet.env is replaced atomically in it) and the
+        // state dir. Without CAP_DAC_OVERRIDE even UID 0 needs this.
+        let owner = match identity {
+            Identity::Unit => UID,
+            Identity::Container => 0,
+        };
         let state = node.state_dir();
         std::fs::create_dir_all(&state)?;
         for dir in [&node.dir, &state] {
-            chown(dir, Some(UID), Some(UID)).with_context(|| format!("chown {}", dir.display()))?;
+            chown(dir, Some(owner), Some(owner))
+                .with_context(|| format!("chown {}", dir.display()))?;
         }
         let dev = node.dir.join("dev");
         std::fs::create_dir_all(&dev)?;
@@ -86,6 +130,10 @@ impl LimitedWeftd {
         cmd.arg("-c")
             .arg(LAUNCHER)
             .arg("weft-launcher")
+            .arg(match identity {
+                Identity::Unit => "unit",
+                Identity::Container => "container",
+            })
             .arg(&dev)
             .arg(&caps)
             .arg(&weftd)
@@ -247,21 +295,23 @@ fn weftd_runs_unprivileged_with_only_net_admin_and_net_raw() {
         tools_present(),
         "setpriv, mknod and nft are needed (scripts/setup.sh)"
     );
+    let granted = unit_capabilities();
+    assert_eq!(granted, ["net_admin", "net_raw"], "what the unit grants");
+    let granted: Vec<&str> = granted.iter().map(String::as_str).collect();
     let mut lab = lab(3, Backend::Vxlan);
-    let both = ["net_admin", "net_raw"];
 
-    // Nodes 1 and 2: the unit's privileges, masquerading on.
-    let mut n1 = LimitedWeftd::start(&lab, 1, &both, &["--ip-masq"]).unwrap();
-    let mut n2 = LimitedWeftd::start(&lab, 2, &both, &["--ip-masq"]).unwrap();
+    // Nodes 1 and 2: the unit's user and capabilities, masquerading on.
+    let mut n1 = LimitedWeftd::start(&lab, 1, Identity::Unit, &granted, &["--ip-masq"]).unwrap();
+    let mut n2 = LimitedWeftd::start(&lab, 2, Identity::Unit, &granted, &["--ip-masq"]).unwrap();
     n1.wait_ready().unwrap();
     n2.wait_ready().unwrap();
 
     let (uid, eff, bnd, amb) = n1.credentials().unwrap();
-    let granted = CAP_NET_ADMIN_BIT | CAP_NET_RAW_BIT;
+    let bits = CAP_NET_ADMIN_BIT | CAP_NET_RAW_BIT;
     assert_eq!(uid, UID, "weftd must not run as root here");
-    assert_eq!(eff, granted, "effective capabilities {eff:#x}");
-    assert_eq!(bnd, granted, "bounding set {bnd:#x}");
-    assert_eq!(amb, granted, "ambient set {amb:#x} (what nft inherits)");
+    assert_eq!(eff, bits, "effective capabilities {eff:#x}");
+    assert_eq!(bnd, bits, "bounding set {bnd:#x}");
+    assert_eq!(amb, bits, "ambient set {amb:#x} (what nft inherits)");
 
     // Everything weftd is for works: subnet.env, masquerade rules, pod traffic.
     let (subnet, _) = lab.node_subnet(1).unwrap();
@@ -310,7 +360,8 @@ fn weftd_runs_unprivileged_with_only_net_admin_and_net_raw() {
 
     // Node 3, never set up: without CAP_NET_ADMIN weftd cannot create its devices and
     // says so in one line.
-    let mut n3 = LimitedWeftd::start(&lab, 3, &["net_raw"], &["--ip-masq"]).unwrap();
+    let mut n3 =
+        LimitedWeftd::start(&lab, 3, Identity::Unit, &["net_raw"], &["--ip-masq"]).unwrap();
     let status = n3.wait_exit().unwrap();
     assert_clean_failure(
         "without CAP_NET_ADMIN",
@@ -339,7 +390,8 @@ fn ipip_backend_needs_net_raw() {
     );
     let lab = lab(1, Backend::Ipip);
 
-    let mut without_raw = LimitedWeftd::start(&lab, 1, &["net_admin"], &[]).unwrap();
+    let mut without_raw =
+        LimitedWeftd::start(&lab, 1, Identity::Unit, &["net_admin"], &[]).unwrap();
     let status = without_raw.wait_exit().unwrap();
     assert_clean_failure(
         "ipip without CAP_NET_RAW",
@@ -348,9 +400,18 @@ fn ipip_backend_needs_net_raw() {
         &["not permitted"],
     );
 
-    // The same node with CAP_NET_RAW added: ready.
-    let mut with_raw = LimitedWeftd::start(&lab, 1, &["net_admin", "net_raw"], &[]).unwrap();
+    // With CAP_NET_RAW added it works — here as the DaemonSet runs it: UID 0, but with
+    // no capability except the two (so no CAP_DAC_OVERRIDE, no CAP_SYS_ADMIN).
+    let mut with_raw =
+        LimitedWeftd::start(&lab, 1, Identity::Container, &["net_admin", "net_raw"], &[]).unwrap();
     with_raw.wait_ready().unwrap();
+    let (uid, eff, bnd, _) = with_raw.credentials().unwrap();
+    let bits = CAP_NET_ADMIN_BIT | CAP_NET_RAW_BIT;
+    assert_eq!(
+        (uid, eff, bnd),
+        (0, bits, bits),
+        "capabilities {eff:#x} / {bnd:#x}"
+    );
     assert!(
         with_raw.stop().unwrap().success(),
         "{}",
