@@ -82,7 +82,11 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
         Err(e) => return Err(e.into()),
     };
     tracing::info!(network = %netconf.network, backend = netconf.backend.type_name(), "network config");
-    let held = manager.acquire(&netconf).await?;
+    let held = match manager.acquire_retrying(&netconf, &mut stop).await {
+        Ok(held) => held,
+        Err(ManagerError::Shutdown) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
 
     identity.last_lease = Some(LastLease {
         network: netconf.network,

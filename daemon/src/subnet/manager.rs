@@ -278,6 +278,31 @@ impl SubnetManager {
         Ok(held)
     }
 
+    /// [`SubnetManager::acquire`], retried with backoff while etcd is unreachable (it
+    /// may flap between reading the config and writing the lease). Errors that waiting
+    /// cannot fix (exhausted network, bad credentials) are returned.
+    pub async fn acquire_retrying(
+        &self,
+        netconf: &NetConf,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<HeldLease, ManagerError> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.acquire(netconf).await {
+                Err(ManagerError::Registry(e)) if !e.is_permanent() => {
+                    tracing::warn!(error = %e, "cannot acquire a subnet lease yet; retrying");
+                    self.status.set_lease(LeaseState::WaitingForEtcd {
+                        error: e.to_string(),
+                    });
+                }
+                other => return other,
+            }
+            if !sleep_or_shutdown(backoff.next_delay(), shutdown).await {
+                return Err(ManagerError::Shutdown);
+            }
+        }
+    }
+
     async fn lease_id(&self, granted: &mut Option<i64>) -> Result<i64, ManagerError> {
         if let Some(id) = *granted {
             return Ok(id);
