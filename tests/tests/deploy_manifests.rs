@@ -667,3 +667,44 @@ fn systemd_unit_grants_exactly_net_admin_and_net_raw() {
             .unwrap()
     );
 }
+
+/// systemd's own parser, where systemd is installed: an unknown directive or a value it
+/// cannot parse is only a warning at load time, so the unit must load without any.
+#[test]
+fn systemd_accepts_the_unit_without_warnings() {
+    let available = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        eprintln!(
+            "SKIPPED (systemd-analyze not installed): systemd_accepts_the_unit_without_warnings"
+        );
+        return;
+    }
+    // `verify` wants ExecStart's program to exist: point it at the built weftd.
+    let weftd = weft_tests::bin_path("weftd");
+    assert!(
+        weftd.is_file(),
+        "{} missing: cargo build -p weft-daemon --bins",
+        weftd.display()
+    );
+    let unit = read("systemd/weftd.service").replace(
+        "ExecStart=/usr/local/bin/weftd ",
+        &format!("ExecStart={} ", weftd.display()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weftd.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("running systemd-analyze verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify weftd.service ({}):\n{stderr}",
+        out.status
+    );
+}
