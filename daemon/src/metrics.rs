@@ -4,7 +4,8 @@
 //! One counter per drop reason, so an operator can tell "a peer is misconfigured" from
 //! "someone is spraying packets at the VXLAN port" without a capture.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// Packets and bytes moved in one direction.
 #[derive(Debug, Default)]
@@ -90,7 +91,64 @@ pub struct Metrics {
     pub tx_syscalls: AtomicU64,
     /// Underlay receive syscalls (`recvmmsg`).
     pub rx_syscalls: AtomicU64,
+    /// Route changes the periodic reconcile had to make (a route deleted or altered by
+    /// someone else and put back); changes caused by peer events are not counted.
+    pub route_reconcile_fixes: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    /// What the data plane set up, published once it is up (see [`Metrics::set_up`]).
+    dataplane: OnceLock<DataplaneInfo>,
+    /// True between [`Metrics::set_up`] and [`Metrics::set_down`].
+    up: AtomicBool,
+}
+
+/// The devices and offload path of a running data plane, for `/readyz` (which checks
+/// that the devices are really there) and `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DataplaneInfo {
+    /// The TUN device (`weft.<VNI>` or `weft.ipip`).
+    pub device: String,
+    /// The pod bridge (`cni0`).
+    pub bridge: String,
+    /// `vxlan` or `ipip`.
+    pub backend: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    pub offloads: ActiveOffloads,
+}
+
+impl ActiveOffloads {
+    /// Whether `UDP_GRO` is on for `socket` (asked of the kernel, so a kernel that
+    /// refused it shows as off).
+    pub fn udp_gro_enabled(socket: std::os::fd::BorrowedFd<'_>) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid fd; value and len are live and len is value's size.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_GRO,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        rc == 0 && value != 0
+    }
+}
+
+/// Which offload path the data plane runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ActiveOffloads {
+    /// TUN hands over partial checksums (`TUN_F_CSUM`).
+    pub tun_csum: bool,
+    /// TUN hands over TCPv4 super-packets (`TUN_F_TSO4`), segmented in userspace.
+    pub tun_tso4: bool,
+    /// Segments leave in one `UDP_SEGMENT` send per 64 KB (VXLAN only).
+    pub udp_segment: bool,
+    /// The VXLAN socket receives datagram trains (`UDP_GRO`), coalesced into GSO TUN
+    /// writes.
+    pub udp_gro: bool,
 }
 
 impl Metrics {
@@ -105,6 +163,28 @@ impl Metrics {
         self.drops[reason as usize].load(Ordering::Relaxed)
     }
 
+    /// Publishes what the data plane set up and marks it up (call when devices, sockets
+    /// and workers are in place).
+    pub fn set_up(&self, info: DataplaneInfo) {
+        // Set once per process: a data plane runs once per weftd.
+        let _ = self.dataplane.set(info);
+        self.up.store(true, Ordering::Release);
+    }
+
+    /// Marks the data plane down (shutting down).
+    pub fn set_down(&self) {
+        self.up.store(false, Ordering::Release);
+    }
+
+    /// What the data plane set up, while it is up.
+    pub fn dataplane(&self) -> Option<&DataplaneInfo> {
+        if self.up.load(Ordering::Acquire) {
+            self.dataplane.get()
+        } else {
+            None
+        }
+    }
+
     /// A consistent-enough copy for exporting (each counter read once).
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
@@ -114,6 +194,7 @@ impl Metrics {
             rx_bytes: self.rx.bytes.load(Ordering::Relaxed),
             tx_syscalls: self.tx_syscalls.load(Ordering::Relaxed),
             rx_syscalls: self.rx_syscalls.load(Ordering::Relaxed),
+            route_reconcile_fixes: self.route_reconcile_fixes.load(Ordering::Relaxed),
             drops: DropReason::ALL.map(|reason| (reason.name(), self.drops(reason))),
         }
     }
@@ -128,6 +209,7 @@ pub struct MetricsSnapshot {
     pub rx_bytes: u64,
     pub tx_syscalls: u64,
     pub rx_syscalls: u64,
+    pub route_reconcile_fixes: u64,
     /// `(reason, count)` for every [`DropReason`], in [`DropReason::ALL`] order.
     pub drops: [(&'static str, u64); DropReason::ALL.len()],
 }

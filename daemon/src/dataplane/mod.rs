@@ -18,7 +18,7 @@ pub mod worker;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,9 +162,26 @@ pub async fn run_with_metrics(
         crate::masq::install(lease.netconf.network, lease.subnet)
             .context("installing the masquerade rules")?;
     }
+    let vxlan = matches!(encap, Encap::Vxlan { .. });
+    let offloads = crate::metrics::ActiveOffloads {
+        tun_csum: TUN_OFFLOADS.csum,
+        tun_tso4: TUN_OFFLOADS.tso4,
+        udp_segment: vxlan,
+        udp_gro: vxlan && crate::metrics::ActiveOffloads::udp_gro_enabled(socket.as_fd()),
+    };
+    metrics.set_up(crate::metrics::DataplaneInfo {
+        device: name.clone(),
+        bridge: BRIDGE.to_owned(),
+        backend: lease.netconf.backend.type_name(),
+        vni: match encap {
+            Encap::Vxlan { vni, .. } => Some(vni),
+            Encap::Ipip => None,
+        },
+        offloads,
+    });
     tracing::info!(
         device = %name, subnet = %lease.subnet, public_ip = %lease.public_ip,
-        mtu = lease.mtu, "data plane up"
+        mtu = lease.mtu, ?offloads, "data plane up"
     );
 
     let state = RouteInputs {
@@ -193,8 +210,11 @@ pub async fn run_with_metrics(
             },
             _ = reconcile.tick() => {
                 let (routes, _) = state.desired(&peers);
-                if let Err(error) = sync_routes(&netlink, &routes).await {
-                    tracing::warn!(error = %format!("{error:#}"), "route reconcile failed");
+                match sync_routes(&netlink, &routes).await {
+                    Ok(fixes) => {
+                        metrics.route_reconcile_fixes.fetch_add(fixes as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(error) => tracing::warn!(error = %format!("{error:#}"), "route reconcile failed"),
                 }
             }
             changed = shutdown.changed() => {
@@ -205,6 +225,7 @@ pub async fn run_with_metrics(
         }
     };
 
+    metrics.set_down();
     stop.raise();
     let joined = tokio::task::spawn_blocking(move || {
         for thread in threads {
@@ -305,12 +326,13 @@ fn apply_event(peers: &mut BTreeMap<Ipv4Net, Peer>, event: PeerEvent, own_subnet
     }
 }
 
-async fn sync_routes(netlink: &Netlink, desired: &[Route]) -> anyhow::Result<()> {
+/// Applies the route plan; returns how many changes it made.
+async fn sync_routes(netlink: &Netlink, desired: &[Route]) -> anyhow::Result<usize> {
     let changes = netlink.reconcile_routes(desired).await?;
     for change in &changes {
         tracing::info!(?change, "route");
     }
-    Ok(())
+    Ok(changes.len())
 }
 
 fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
