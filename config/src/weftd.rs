@@ -55,6 +55,8 @@ pub struct Settings {
     pub log_level: String,
     /// How long one attempt to connect to etcd may take before it is retried.
     pub etcd_dial_timeout: Duration,
+    /// Test-only: how long etcd may be unreachable before `/readyz` fails (default 10 s).
+    pub etcd_grace: Duration,
     /// The TOML file the settings were read from, if one was.
     pub config_file: Option<PathBuf>,
 }
@@ -87,6 +89,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
             etcd_dial_timeout: Duration::from_secs(5),
+            etcd_grace: Duration::from_secs(10),
             config_file: None,
         }
     }
@@ -245,6 +248,9 @@ struct Flags {
     /// Test-only: TTL of the etcd lease in seconds [default: 86400]
     #[arg(long, value_name = "SECS", hide = true, value_parser = parse_ttl)]
     lease_ttl_secs: Option<u64>,
+    /// Test-only: seconds etcd may be unreachable before /readyz fails [default: 10]
+    #[arg(long, value_name = "SECS", hide = true, value_parser = parse_ttl)]
+    etcd_grace_secs: Option<u64>,
 }
 
 impl Settings {
@@ -401,6 +407,8 @@ fn merge(
         log_level: value!(log_level, "--log-level").map_or(d.log_level, |v| v.0),
         etcd_dial_timeout: value!(etcd_dial_timeout, "--etcd-dial-timeout")
             .map_or(d.etcd_dial_timeout, |v| v.0),
+        etcd_grace: value!(etcd_grace_secs, "--etcd-grace-secs")
+            .map_or(d.etcd_grace, |v| Duration::from_secs(v.0)),
         config_file,
     })
 }

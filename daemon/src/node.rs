@@ -53,7 +53,7 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
     tracing::info!(iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay");
     let mut identity = NodeState::load_or_create(&settings.state_dir)?;
 
-    let status = ControlStatus::new();
+    let status = ControlStatus::with_etcd_grace(settings.etcd_grace);
     let metrics = Arc::new(Metrics::default());
     let listener = crate::health::bind(settings.healthz_addr).await?;
     tracing::info!(addr = %settings.healthz_addr, "health endpoint listening");
