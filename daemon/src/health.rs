@@ -1,6 +1,13 @@
-//! The node's HTTP endpoint on `--healthz-addr`: `/healthz` (the process answers),
-//! `/readyz` (a lease is held and etcd answers, or has been away less than a grace
-//! period), `/v1/status` (JSON: lease, peers, etcd, counters).
+//! The node's HTTP endpoint on `--healthz-addr`:
+//!
+//! * `/healthz`: the process answers;
+//! * `/readyz`: a lease is held, etcd answers (or has been away less than the grace
+//!   period), and the data plane is in place: it is up, and the bridge, the TUN device
+//!   and a route for every compatible peer exist in the kernel (checked over netlink on
+//!   each request, so a device someone deleted shows at once);
+//! * `/metrics`: Prometheus/OpenMetrics text ([`crate::metrics_export`]);
+//! * `/v1/status`: JSON: readiness, lease, etcd, peers, devices and active offloads,
+//!   counters.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +22,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::{DataplaneInfo, Metrics, MetricsSnapshot};
+use crate::netlink::Netlink;
 use crate::subnet::registry::EtcdHealth;
 use crate::subnet::status::{ControlStatus, LeaseState, PeerView, Readiness};
 
@@ -47,6 +55,9 @@ pub struct StatusReport {
     /// Data-plane counters (packets, bytes, drops per reason).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dataplane: Option<MetricsSnapshot>,
+    /// The data plane's devices and active offload path, once it is up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<DataplaneInfo>,
 }
 
 /// What the endpoint reports on: the control plane's status and the data plane's
@@ -77,9 +88,24 @@ pub struct CountersReport {
 }
 
 impl StatusReport {
+    /// The report without the data plane's kernel checks (see [`StatusReport::collect`]).
     pub fn new(sources: &HealthSources) -> Self {
         let mut report = StatusReport::from_status(&sources.control);
         report.dataplane = sources.dataplane.as_ref().map(|m| m.snapshot());
+        report.devices = sources
+            .dataplane
+            .as_ref()
+            .and_then(|m| m.dataplane().cloned());
+        report
+    }
+
+    /// The full report: readiness includes [`readiness`]'s data-plane checks.
+    pub async fn collect(sources: &HealthSources) -> Self {
+        let mut report = StatusReport::new(sources);
+        if let Readiness::NotReady(reason) = readiness(sources).await {
+            report.ready = false;
+            report.not_ready_reason = Some(reason);
+        }
         report
     }
 
@@ -121,8 +147,59 @@ impl StatusReport {
                 peer_events: c.peer_events.load(Ordering::Relaxed),
             },
             dataplane: None,
+            devices: None,
         }
     }
+}
+
+/// What `/readyz` answers: the control plane's readiness, then the data plane's.
+pub async fn readiness(sources: &HealthSources) -> Readiness {
+    match sources.control.readiness() {
+        Readiness::Ready => {}
+        not_ready => return not_ready,
+    }
+    match dataplane_in_place(sources).await {
+        Ok(()) => Readiness::Ready,
+        Err(reason) => Readiness::NotReady(reason),
+    }
+}
+
+/// The data plane is up and its devices and peer routes exist in the kernel.
+async fn dataplane_in_place(sources: &HealthSources) -> Result<(), String> {
+    let Some(metrics) = &sources.dataplane else {
+        // An endpoint without a data plane (control-plane tests) reports on the rest.
+        return Ok(());
+    };
+    let info = metrics
+        .dataplane()
+        .ok_or_else(|| "the data plane is not up yet".to_owned())?;
+    let netlink = Netlink::connect().map_err(|e| e.to_string())?;
+    for name in [&info.bridge, &info.device] {
+        match netlink.link(name).await {
+            Ok(Some(link)) if link.up => {}
+            Ok(Some(_)) => return Err(format!("device {name} is down")),
+            Ok(None) => return Err(format!("device {name} is missing")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let own = match sources.control.lease() {
+        LeaseState::Held { subnet, .. } => Some(subnet),
+        _ => None,
+    };
+    let routes = netlink.weft_routes().await.map_err(|e| e.to_string())?;
+    for peer in sources.control.peers() {
+        let compatible = peer.backend == info.backend && peer.vni == info.vni;
+        if !compatible || Some(peer.subnet) == own {
+            continue;
+        }
+        if !routes.iter().any(|route| route.dst == peer.subnet) {
+            return Err(format!(
+                "no route to {} (peer {}) yet",
+                peer.subnet, peer.public_ip
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn text(code: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
@@ -136,36 +213,61 @@ fn text(code: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
 }
 
 /// Answers one request (exposed for tests).
-pub fn respond(sources: &HealthSources, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    let status = &sources.control;
+pub async fn respond(
+    sources: &HealthSources,
+    method: &Method,
+    path: &str,
+) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => match status.readiness() {
+        "/readyz" => match readiness(sources).await {
             Readiness::Ready => text(StatusCode::OK, "ready\n"),
             Readiness::NotReady(reason) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {reason}\n"),
             ),
         },
+        "/metrics" => {
+            let collector = crate::metrics_export::NodeCollector {
+                control: sources.control.clone(),
+                dataplane: sources.dataplane.clone(),
+            };
+            match crate::metrics_export::render(collector) {
+                Ok(page) => with_type(
+                    text(StatusCode::OK, page),
+                    crate::metrics_export::CONTENT_TYPE,
+                ),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot encode the metrics\n",
+                ),
+            }
+        }
         "/v1/status" => {
-            let report = StatusReport::new(sources);
+            let report = StatusReport::collect(sources).await;
             // Plain data (strings, numbers, addresses) always serializes.
             let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-            let mut response = text(StatusCode::OK, json + "\n");
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/json"),
-            );
-            response
+            with_type(text(StatusCode::OK, json + "\n"), "application/json")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /v1/status\n",
+            "not found; try /healthz, /readyz, /metrics, /v1/status\n",
         ),
     }
+}
+
+fn with_type(
+    mut response: Response<Full<Bytes>>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 /// Serves until `shutdown` turns true.
@@ -192,8 +294,11 @@ pub async fn serve(
         let sources = sources.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let response = respond(&sources, request.method(), request.uri().path());
-                async move { Ok::<_, Infallible>(response) }
+                let sources = sources.clone();
+                async move {
+                    let response = respond(&sources, request.method(), request.uri().path()).await;
+                    Ok::<_, Infallible>(response)
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -211,18 +316,21 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn readyz_flips_with_the_lease() {
+    #[tokio::test]
+    async fn readyz_flips_with_the_lease() {
         let status = ControlStatus::new();
         let sources = HealthSources {
             control: status.clone(),
-            dataplane: Some(Arc::new(Metrics::default())),
+            dataplane: None,
         };
         let status = &sources;
         let get = Method::GET;
-        assert_eq!(respond(&status, &get, "/healthz").status(), StatusCode::OK);
         assert_eq!(
-            respond(&status, &get, "/readyz").status(),
+            respond(status, &get, "/healthz").await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond(status, &get, "/readyz").await.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         status.control.set_lease(LeaseState::Held {
@@ -232,15 +340,30 @@ mod tests {
             lease_id: 1,
             expires_unix: None,
         });
-        assert_eq!(respond(&status, &get, "/readyz").status(), StatusCode::OK);
         assert_eq!(
-            respond(&status, &get, "/nope").status(),
+            respond(status, &get, "/readyz").await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond(status, &get, "/nope").await.status(),
             StatusCode::NOT_FOUND
         );
         let report = serde_json::to_value(StatusReport::new(status)).unwrap();
         assert_eq!(report["lease"]["state"], "held");
         assert_eq!(report["lease"]["subnet"], "10.244.3.0/24");
         assert_eq!(report["ready"], true);
+        assert!(report.get("dataplane").is_none());
+
+        // With a data plane that is not up yet, the lease alone is not enough.
+        let with_dataplane = HealthSources {
+            control: status.control.clone(),
+            dataplane: Some(Arc::new(Metrics::default())),
+        };
+        let response = respond(&with_dataplane, &get, "/readyz").await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let metrics = respond(&with_dataplane, &get, "/metrics").await;
+        assert_eq!(metrics.status(), StatusCode::OK);
+        let report = serde_json::to_value(StatusReport::new(&with_dataplane)).unwrap();
         assert_eq!(report["dataplane"]["tx_packets"], 0);
     }
 }

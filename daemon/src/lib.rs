@@ -6,6 +6,7 @@ pub mod health;
 pub mod lease;
 pub mod masq;
 pub mod metrics;
+pub mod metrics_export;
 pub mod netlink;
 pub mod node;
 pub mod subnet;
