@@ -10,6 +10,7 @@ use weft_proto::ipv4::{protocol, Ipv4Packet, Ipv4Repr};
 use weft_proto::tcp::{flags, TcpPacket};
 use weft_proto::udp::UdpPacket;
 use weft_proto::vnet::{self, GsoType, VirtioNetHdr, VirtioNetRepr};
+use weft_proto::{vxlan, MacAddr, VxlanEncap};
 
 const HEADROOM: usize = weft_proto::VXLAN_PAYLOAD_HEADROOM;
 
@@ -237,6 +238,49 @@ proptest! {
         }
         let mut copy = bytes.clone();
         let _ = gso::complete_checksum(&mut copy, &VirtioNetRepr { flags: 1, csum_start: gso, csum_offset: 16, ..VirtioNetRepr::default() });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// The whole offload path: TSO super-packet → segments with VXLAN headroom →
+    /// encapsulated in place → one contiguous UDP_SEGMENT buffer → split as UDP_GRO
+    /// delivers it → decapsulated → coalesced → the original super-packet.
+    #[test]
+    fn tso_vxlan_udp_gso_gro_round_trip(s in tcp_super()) {
+        let (mut out, layout) = segment_all(&s);
+        let encap = VxlanEncap { vni: 1, src_mac: MacAddr([2, 0, 0, 0, 1, 0]), dst_mac: MacAddr([2, 0, 0, 0, 2, 0]) };
+        for i in 0..layout.count {
+            let seg = layout.segment(i);
+            let datagram = vxlan::encap_payload(&mut out, seg.start, seg.len(), &encap).unwrap();
+            prop_assert_eq!(datagram.start, i * layout.stride);
+        }
+        let udp_gso_buffer = &out[layout.total()];
+        let mut coalesced = vec![0u8; 70_000];
+        let mut coalescer: Option<TcpCoalescer> = None;
+        let mut datagrams = 0;
+        for datagram in gso::gro_datagrams(udp_gso_buffer, layout.stride as u16) {
+            datagrams += 1;
+            let d = vxlan::decap(datagram).unwrap();
+            let inner = &datagram[d.inner_ip];
+            match coalescer.as_mut() {
+                None => match TcpCoalescer::start(&mut coalesced, inner, true) {
+                    Ok(c) => coalescer = Some(c),
+                    Err(reject) => prop_assert_eq!(reject, CoalesceReject::NotTcp), // no payload
+                },
+                Some(c) => prop_assert_eq!(c.try_append(&mut coalesced, inner), Ok(())),
+            }
+        }
+        prop_assert_eq!(datagrams, layout.count);
+        if let Some(c) = coalescer {
+            let range = c.finish(&mut coalesced);
+            let mut expected = s.packet.clone();
+            if layout.count == 1 {
+                gso::complete_checksum(&mut expected, &s.vnet).unwrap();
+            }
+            prop_assert_eq!(&coalesced[range][vnet::HEADER_LEN..], &expected[..]);
+        }
     }
 }
 
