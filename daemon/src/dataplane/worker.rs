@@ -28,6 +28,7 @@ use super::packet::{
 };
 use super::peers::{Encap, PeerEntry, PeerTable};
 use super::tun::VNET_HDR_LEN;
+use crate::lease::MacAddr;
 use crate::metrics::{DropReason, Metrics};
 use weft_proto::gso;
 use weft_proto::vnet::{GsoType, VirtioNetHdr, VirtioNetRepr};
@@ -252,13 +253,7 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::R
     set_nonblocking(tun.as_fd())?;
     let slot_len = HEADROOM + MAX_INNER_PACKET + VNET_HDR_LEN;
     let mut buffers = vec![0u8; slot_len * BATCH];
-    let encap_overhead = match ctx.encap {
-        Encap::Vxlan { .. } => VXLAN_OVERHEAD,
-        Encap::Ipip => 0,
-    };
-    // Segments of one super-packet: at most 64 KB of payload, each with its headers
-    // and the encapsulation headroom.
-    let mut segments = vec![0u8; 2 * (MAX_INNER_PACKET + 64 * (encap_overhead + 128))];
+    let mut train = Train::new();
     let mut batch = SendBatch::new();
     let mut log = LogLimiter::new();
     let mut slot_index = 0;
@@ -301,18 +296,25 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::R
             if vnet.gso_type != GsoType::None {
                 // Keep packet order: whatever is queued goes first.
                 batch.flush(&socket, &ctx, &mut log);
-                send_super_packet(
-                    &ctx,
-                    &socket,
-                    &packet[..inner.len],
-                    &vnet,
-                    peer,
-                    &mut segments,
-                    &mut batch,
-                    &mut log,
-                );
+                let packet = &packet[..inner.len];
+                match &ctx.encap {
+                    Encap::Vxlan { vni, local_mac, .. } => train.add(
+                        &socket, &ctx, &mut log, packet, &vnet, peer, *vni, local_mac,
+                    ),
+                    Encap::Ipip => send_ipip_segments(
+                        &ctx,
+                        &socket,
+                        packet,
+                        &vnet,
+                        peer,
+                        &mut train.buffer,
+                        &mut batch,
+                        &mut log,
+                    ),
+                }
                 continue;
             }
+            train.flush(&socket, &ctx, &mut log);
             if vnet.needs_csum() && gso::complete_checksum(&mut packet[..inner.len], &vnet).is_err()
             {
                 ctx.metrics.drop_packet(DropReason::TxMalformed);
@@ -337,6 +339,7 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::R
             slot_index = (slot_index + 1) % BATCH;
         }
         drop(peers);
+        train.flush(&socket, &ctx, &mut log);
         batch.flush(&socket, &ctx, &mut log);
         slot_index = 0;
         if idle && !wait_readable(tun.as_fd(), &ctx.stop)? {
@@ -345,9 +348,150 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::R
     }
 }
 
-/// Segments one TCP/UDP super-packet read from TUN and sends the segments to `peer`.
-#[allow(clippy::too_many_arguments)]
-fn send_super_packet(
+/// VXLAN datagrams cut from TUN super-packets, waiting to leave in one `UDP_SEGMENT`
+/// send. A 64 KB super-packet makes ~47 datagrams but one send carries at most ~44
+/// (65,507 bytes): instead of sending the 3 left over as a runt (which costs the kernel
+/// almost as much as the full send, on both nodes), they wait at the front of the
+/// buffer for the next super-packet of the same peer. The train leaves when the TUN
+/// queue runs dry, when another peer or packet comes, or when it ends in a short
+/// datagram (only the last datagram of a send may be short).
+struct Train {
+    buffer: Vec<u8>,
+    /// Datagrams waiting at `buffer[..count * stride]`, all exactly `stride` long.
+    count: usize,
+    stride: usize,
+    to: libc::sockaddr_in,
+}
+
+impl Train {
+    fn new() -> Train {
+        Train {
+            buffer: vec![0u8; 4 * (MAX_INNER_PACKET + 1)],
+            count: 0,
+            stride: 0,
+            // SAFETY: all-zero is a valid sockaddr_in.
+            to: unsafe { std::mem::zeroed() },
+        }
+    }
+
+    fn bound_for(&self, to: &libc::sockaddr_in) -> bool {
+        self.to.sin_addr.s_addr == to.sin_addr.s_addr && self.to.sin_port == to.sin_port
+    }
+
+    /// Sends the waiting datagrams.
+    fn flush(&mut self, socket: &OwnedFd, ctx: &WorkerContext, log: &mut LogLimiter) {
+        if self.count > 0 {
+            let (count, end) = (self.count, self.count * self.stride);
+            send_train(
+                socket,
+                ctx,
+                log,
+                &mut self.buffer[..end],
+                self.stride,
+                count,
+                &self.to,
+            );
+            self.count = 0;
+        }
+    }
+
+    /// Segments `packet` behind the waiting datagrams, sends every full send's worth and
+    /// keeps the rest waiting (or sends it too when it ends short).
+    fn add(
+        &mut self,
+        socket: &OwnedFd,
+        ctx: &WorkerContext,
+        log: &mut LogLimiter,
+        packet: &[u8],
+        vnet: &VirtioNetRepr,
+        peer: &PeerEntry,
+        vni: u32,
+        local_mac: &MacAddr,
+    ) {
+        if self.count > 0 && !self.bound_for(&peer.sockaddr) {
+            self.flush(socket, ctx, log);
+        }
+        let base = self.count * self.stride;
+        let layout = match gso::segment(packet, vnet, &mut self.buffer[base..], VXLAN_OVERHEAD) {
+            Ok(layout) => layout,
+            Err(error) => {
+                ctx.metrics.drop_packet(DropReason::TxTooBig);
+                if let Some(suppressed) = log.allow() {
+                    tracing::warn!(%error, suppressed, "cannot segment a TUN super-packet");
+                }
+                return;
+            }
+        };
+        for i in 0..layout.count {
+            let start = base + i * layout.stride;
+            let headers: &mut [u8; VXLAN_OVERHEAD] = (&mut self.buffer
+                [start..start + VXLAN_OVERHEAD])
+                .try_into()
+                .expect("segment headroom holds the VXLAN headers");
+            write_vxlan_headers(headers, vni, local_mac, &peer.vtep_mac);
+        }
+        let mut start = 0;
+        if self.count > 0 && layout.stride != self.stride {
+            self.flush(socket, ctx, log);
+            start = base;
+        }
+        let stride = layout.stride;
+        let end = base + layout.total().end;
+        let mut count = self.count + layout.count;
+        self.count = 0;
+        let per_send = (MAX_UDP_PAYLOAD / stride).clamp(1, MAX_GSO_SEGMENTS);
+        let ends_short = layout.last_len < layout.segment_len;
+        while count >= per_send || (count > 0 && ends_short) {
+            let n = count.min(per_send);
+            let chunk_end = (start + n * stride).min(end);
+            send_train(
+                socket,
+                ctx,
+                log,
+                &mut self.buffer[start..chunk_end],
+                stride,
+                n,
+                &peer.sockaddr,
+            );
+            start += n * stride;
+            count -= n;
+        }
+        if count > 0 {
+            self.buffer.copy_within(start..start + count * stride, 0);
+            self.count = count;
+            self.stride = stride;
+            self.to = peer.sockaddr;
+        }
+    }
+}
+
+/// Sends `count` datagrams of `stride` bytes (the last may be shorter) in one
+/// `UDP_SEGMENT` send, counting them.
+fn send_train(
+    socket: &OwnedFd,
+    ctx: &WorkerContext,
+    log: &mut LogLimiter,
+    datagrams: &mut [u8],
+    stride: usize,
+    count: usize,
+    to: &libc::sockaddr_in,
+) {
+    let inner_bytes = (datagrams.len() - count * VXLAN_OVERHEAD) as u64;
+    ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
+    match send_segmented(socket, datagrams, stride, to) {
+        Ok(()) => ctx.metrics.tx.add(count as u64, inner_bytes),
+        Err(error) => {
+            ctx.metrics.drop_packet(DropReason::TxSendError);
+            if let Some(suppressed) = log.allow() {
+                tracing::warn!(%error, suppressed, "underlay GSO send failed");
+            }
+        }
+    }
+}
+
+/// IPIP: a raw socket has no UDP GSO, so the segments of a super-packet leave in one
+/// `sendmmsg`.
+fn send_ipip_segments(
     ctx: &WorkerContext,
     socket: &OwnedFd,
     packet: &[u8],
@@ -357,11 +501,7 @@ fn send_super_packet(
     batch: &mut SendBatch,
     log: &mut LogLimiter,
 ) {
-    let headroom = match ctx.encap {
-        Encap::Vxlan { .. } => VXLAN_OVERHEAD,
-        Encap::Ipip => 0,
-    };
-    let layout = match gso::segment(packet, vnet, segments, headroom) {
+    let layout = match gso::segment(packet, vnet, segments, 0) {
         Ok(layout) => layout,
         Err(error) => {
             ctx.metrics.drop_packet(DropReason::TxTooBig);
@@ -371,52 +511,15 @@ fn send_super_packet(
             return;
         }
     };
-    match &ctx.encap {
-        Encap::Vxlan { vni, local_mac, .. } => {
-            for i in 0..layout.count {
-                let start = i * layout.stride;
-                let headers: &mut [u8; VXLAN_OVERHEAD] = (&mut segments
-                    [start..start + VXLAN_OVERHEAD])
-                    .try_into()
-                    .expect("segment headroom holds the VXLAN headers");
-                write_vxlan_headers(headers, *vni, local_mac, &peer.vtep_mac);
-            }
-            let per_send = (MAX_UDP_PAYLOAD / layout.stride).clamp(1, MAX_GSO_SEGMENTS);
-            let total = layout.total();
-            let mut first = 0;
-            while first < layout.count {
-                let last = (first + per_send).min(layout.count);
-                let range = first * layout.stride..if last == layout.count {
-                    total.end
-                } else {
-                    last * layout.stride
-                };
-                let inner_bytes = (range.len() - (last - first) * VXLAN_OVERHEAD) as u64;
-                ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
-                match send_segmented(socket, &mut segments[range], layout.stride, &peer.sockaddr) {
-                    Ok(()) => ctx.metrics.tx.add((last - first) as u64, inner_bytes),
-                    Err(error) => {
-                        ctx.metrics.drop_packet(DropReason::TxSendError);
-                        if let Some(suppressed) = log.allow() {
-                            tracing::warn!(%error, suppressed, "underlay GSO send failed");
-                        }
-                    }
-                }
-                first = last;
-            }
-        }
-        Encap::Ipip => {
-            for i in 0..layout.count {
-                let range = layout.segment(i);
-                let len = range.len();
-                batch.push(&mut segments[range], peer.sockaddr, len);
-                if batch.is_full() {
-                    batch.flush(socket, ctx, log);
-                }
-            }
+    for i in 0..layout.count {
+        let range = layout.segment(i);
+        let len = range.len();
+        batch.push(&mut segments[range], peer.sockaddr, len);
+        if batch.is_full() {
             batch.flush(socket, ctx, log);
         }
     }
+    batch.flush(socket, ctx, log);
 }
 
 /// Control-message space per received datagram (one `UDP_GRO` int: CMSG_SPACE(4) = 24).
