@@ -73,78 +73,78 @@ fn proc_state(pid: u32) -> Option<char> {
     stat.rsplit_once(") ")?.1.chars().next()
 }
 
+/// Stop-then-kill: start ADD with a crash point, wait until it stopped there, SIGKILL.
+fn crash_add(node: &CniNode, call: &Call<'_>, conf: &[u8], point: &str) {
+    let mut child = node
+        .spawn("weft", call, conf, &[("WEFT_CNI_STOP_AT", point)])
+        .unwrap();
+    let pid = child.id();
+    weft_tests::wait_until(
+        &format!("weft ADD to stop {point}"),
+        Duration::from_secs(10),
+        || proc_state(pid) == Some('T'),
+    )
+    .unwrap();
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success());
+}
+
+fn address_of(result: &Value) -> String {
+    result["ips"][0]["address"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn killed_mid_add_then_gc_leaks_nothing() {
     if !weft_tests::require_root("killed_mid_add_then_gc_leaks_nothing") {
         return;
     }
+    const BURST: usize = 50;
     let node = CniNode::standard("ki").unwrap();
     let conf = node.conf("1.1.0", json!({}));
     let conf_bytes = conf.to_string();
-    let pods: Vec<_> = (0..8).map(|i| node.pod(&format!("{i}")).unwrap()).collect();
+    // Pods 0..BURST: the burst; then 2 crashes, 3 new pods, 1 retried crash.
+    let pods: Vec<_> = (0..BURST + 6)
+        .map(|i| node.pod(&format!("{i}")).unwrap())
+        .collect();
     let paths: Vec<String> = pods.iter().map(netns_path).collect();
-    let add = |i: usize, id: &'static str| {
-        let call = Call {
-            command: "ADD",
-            container_id: id,
-            netns: &paths[i],
-            ifname: "eth0",
-        };
-        node.weft(&call, &conf).ok(&format!("ADD {id}"))
+    let ids: Vec<String> = (0..BURST + 6).map(|i| format!("pod-{i}")).collect();
+    let call = |i: usize| Call {
+        command: "ADD",
+        container_id: &ids[i],
+        netns: &paths[i],
+        ifname: "eth0",
     };
 
-    // Three healthy pods.
-    let live = ["live-0", "live-1", "live-2"];
-    let mut live_ips: Vec<String> = live
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            add(i, id)["ips"][0]["address"]
-                .as_str()
+    // 50 concurrent ADDs in flight while the plugin is SIGKILLed in the middle of two
+    // other ADDs (it stops itself at the crash point first, so the kill lands at a
+    // known place rather than at a timer's whim).
+    let burst: Vec<_> = (0..BURST)
+        .map(|i| {
+            node.spawn("weft", &call(i), conf_bytes.as_bytes(), &[])
                 .unwrap()
-                .to_string()
         })
         .collect();
-
-    // SIGKILL the plugin at each crash point of ADD (it stops itself there first, so
-    // the kill lands at a known place rather than at a timer's whim).
-    let crashes = [
-        ("crash-ipam", "after-ipam", 3),
-        ("crash-veth", "after-veth", 4),
-    ];
-    for (id, point, pod) in crashes {
-        let call = Call {
-            command: "ADD",
-            container_id: id,
-            netns: &paths[pod],
-            ifname: "eth0",
-        };
-        let mut child = node
-            .spawn(
-                "weft",
-                &call,
-                conf_bytes.as_bytes(),
-                &[("WEFT_CNI_STOP_AT", point)],
-            )
-            .unwrap();
-        let pid = child.id();
-        weft_tests::wait_until(
-            &format!("weft ADD to stop {point}"),
-            Duration::from_secs(10),
-            || proc_state(pid) == Some('T'),
-        )
-        .unwrap();
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
-        assert!(!status.success());
+    crash_add(&node, &call(BURST), conf_bytes.as_bytes(), "after-ipam");
+    crash_add(&node, &call(BURST + 1), conf_bytes.as_bytes(), "after-veth");
+    let mut live_ips = Vec::new();
+    for (i, child) in burst.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "burst ADD {i}: {stdout}");
+        live_ips.push(address_of(&serde_json::from_str(&stdout).unwrap()));
     }
     // The crashes left their reservations (and one veth) behind, as a crash does.
-    assert_eq!(node.allocations().len(), 5, "{:?}", node.allocations());
-    assert_eq!(node.host_veths().len(), 4, "{:?}", node.host_veths());
+    assert_eq!(
+        node.allocations().len(),
+        BURST + 2,
+        "{:?}",
+        node.allocations()
+    );
+    assert_eq!(node.host_veths().len(), BURST + 1);
 
     // The runtime garbage-collects with the attachments it knows.
     let mut gc = conf.clone();
-    gc["cni.dev/valid-attachments"] = json!(live
+    gc["cni.dev/valid-attachments"] = json!(ids[..BURST]
         .iter()
         .map(|id| json!({"containerID": id, "ifname": "eth0"}))
         .collect::<Vec<_>>());
@@ -155,87 +155,63 @@ fn killed_mid_add_then_gc_leaks_nothing() {
         ifname: "",
     };
     node.weft(&none, &gc).ok("GC");
-    assert_eq!(node.allocations().len(), 3, "{:?}", node.allocations());
-    assert_eq!(node.host_veths().len(), 3, "{:?}", node.host_veths());
+    assert_eq!(node.host_veths().len(), BURST, "{:?}", node.host_veths());
     assert!(
-        !weft_tests::link::exists(&pods[4], "eth0"),
+        !weft_tests::link::exists(&pods[BURST + 1], "eth0"),
         "the crashed pod's veth survived GC"
     );
-    let mut remaining = node.allocations();
-    remaining.sort();
     let mut want: Vec<String> = live_ips
         .iter()
         .map(|a| a.split('/').next().unwrap().to_string())
         .collect();
     want.sort();
-    assert_eq!(remaining, want);
+    assert_eq!(
+        node.allocations(),
+        want,
+        "GC must keep exactly the live pods' addresses"
+    );
 
-    // New pods (reusing the crashed pods' namespaces) get addresses nobody holds.
-    for (i, id) in [(3, "new-3"), (4, "new-4"), (5, "new-5")] {
-        live_ips.push(
-            add(i, id)["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+    // New pods (two of them in the crashed pods' namespaces) get addresses nobody holds.
+    for i in BURST..BURST + 3 {
+        live_ips.push(address_of(&node.weft(&call(i), &conf).ok("ADD after GC")));
     }
     let distinct: HashSet<_> = live_ips.iter().collect();
     assert_eq!(distinct.len(), live_ips.len(), "duplicate IP: {live_ips:?}");
-    assert_eq!(node.allocations().len(), 6);
+    assert_eq!(node.allocations().len(), BURST + 3);
 
     // A retried ADD after a crash (the runtime retries the same attachment) succeeds
     // and reuses the reservation instead of taking a second address.
-    let call = Call {
-        command: "ADD",
-        container_id: "retry",
-        netns: &paths[6],
-        ifname: "eth0",
-    };
-    let mut child = node
-        .spawn(
-            "weft",
-            &call,
-            conf_bytes.as_bytes(),
-            &[("WEFT_CNI_STOP_AT", "after-veth")],
-        )
-        .unwrap();
-    let pid = child.id();
-    weft_tests::wait_until("weft ADD to stop", Duration::from_secs(10), || {
-        proc_state(pid) == Some('T')
-    })
-    .unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let retry = call(BURST + 3);
+    crash_add(&node, &retry, conf_bytes.as_bytes(), "after-veth");
     let reserved = node.allocations().len();
-    let retried = node.weft(&call, &conf).ok("retried ADD");
+    let retried = node.weft(&retry, &conf).ok("retried ADD");
     assert_eq!(
         node.allocations().len(),
         reserved,
         "the retry took a second address"
     );
-    assert!(pod_addr(&pods[6], "eth0").is_some());
-    assert!(!live_ips.contains(&retried["ips"][0]["address"].as_str().unwrap().to_string()));
+    assert!(pod_addr(&pods[BURST + 3], "eth0").is_some());
+    assert!(!live_ips.contains(&address_of(&retried)));
 
     // DEL after the pod's namespace is gone.
     let mut pods = pods;
-    let gone = pods.remove(0);
-    drop(gone);
-    let del = Call {
-        command: "DEL",
-        container_id: "live-0",
-        netns: &paths[0],
-        ifname: "eth0",
-    };
-    node.weft(&del, &conf).ok("DEL after the netns is gone");
+    drop(pods.remove(0));
     node.weft(
         &Call {
-            container_id: "retry",
-            netns: &paths[6],
-            ..del.clone()
+            command: "DEL",
+            ..call(0)
+        },
+        &conf,
+    )
+    .ok("DEL after the netns is gone");
+    node.weft(
+        &Call {
+            command: "DEL",
+            ..retry
         },
         &conf,
     )
     .ok("DEL retry");
-    assert_eq!(node.allocations().len(), 5);
-    assert_eq!(node.host_veths().len(), 5);
+    assert_eq!(node.allocations().len(), BURST + 2);
+    assert_eq!(node.host_veths().len(), BURST + 2);
 }
