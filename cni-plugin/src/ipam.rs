@@ -40,10 +40,10 @@ pub struct Pool {
 
 impl Pool {
     fn first(&self) -> u32 {
-        u32::from(self.subnet.network()) + 1
+        u32::from(self.subnet.network()).saturating_add(1)
     }
     fn last(&self) -> u32 {
-        u32::from(self.subnet.broadcast()) - 1
+        u32::from(self.subnet.broadcast()).saturating_sub(1)
     }
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let n = u32::from(ip);
@@ -52,7 +52,12 @@ impl Pool {
     /// Candidates in host-local's order: after `last`, wrapping around.
     fn candidates(&self, last: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> + '_ {
         let (first, last_host) = (self.first(), self.last());
-        let size = last_host.saturating_sub(first) + 1;
+        // A /31 or /32 has no host addresses besides network and broadcast.
+        let size = if last_host >= first {
+            last_host - first + 1
+        } else {
+            0
+        };
         let start = match last {
             Some(ip) if (first..=last_host).contains(&u32::from(ip)) => u32::from(ip) - first + 1,
             _ => 0,
@@ -270,6 +275,23 @@ mod tests {
             store.allocate(&pool(), "c9", "eth0").unwrap(),
             Ipv4Addr::new(10, 244, 7, 3)
         );
+    }
+
+    #[test]
+    fn tiny_subnets_have_no_addresses_to_hand_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n").unwrap();
+        for (subnet, gateway) in [
+            ("10.244.7.0/32", "10.244.7.0"),
+            ("10.244.7.0/31", "10.244.7.1"),
+        ] {
+            let pool = Pool {
+                subnet: subnet.parse().unwrap(),
+                gateway: gateway.parse().unwrap(),
+            };
+            let err = store.allocate(&pool, "c", "eth0").unwrap_err();
+            assert_eq!(err.code, code::POOL_EXHAUSTED, "{subnet}");
+        }
     }
 
     #[test]
