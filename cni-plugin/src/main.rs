@@ -103,6 +103,20 @@ fn read_env(command: Command, name: &str) -> Result<CniEnv, CniError> {
     })
 }
 
+/// VERSION's answer, in the version asked for when weft supports it.
+fn version_reply(stdin: &[u8]) -> Value {
+    let asked = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .unwrap_or_else(|| LATEST_VERSION.to_string());
+    json!({"cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS})
+}
+
 /// Run one operation; `Some(output)` to print on success.
 fn run(command_name: &str, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let command = parse_command(command_name).ok_or_else(|| {
@@ -113,19 +127,9 @@ fn run(command_name: &str, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             ),
         )
     })?;
+    // VERSION needs no valid config: a runtime probes with just {"cniVersion": ..}.
     if command == Command::Version {
-        let asked = serde_json::from_slice::<Value>(stdin)
-            .ok()
-            .and_then(|v| {
-                v.get("cniVersion")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-            .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
-            .unwrap_or_else(|| LATEST_VERSION.to_string());
-        return Ok(Some(
-            json!({"cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS}),
-        ));
+        return Ok(Some(version_reply(stdin)));
     }
     let conf = CniNetConf::parse(stdin)?;
     let needed = match command {
@@ -159,7 +163,7 @@ fn run(command_name: &str, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             Command::Check => ops::check(&inv).await.map(|()| None),
             Command::Gc => ops::gc(&inv).await.map(|()| None),
             Command::Status => ops::status(&inv).map(|()| None),
-            Command::Version => unreachable!("answered above"),
+            Command::Version => Ok(Some(version_reply(stdin))),
         }
     })
 }
