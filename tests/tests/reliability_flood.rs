@@ -264,19 +264,54 @@ impl Sender {
     }
 }
 
-/// Sends `kinds` round robin (oversized ones only every [`OVERSIZED_EVERY`] rounds)
-/// from namespace `ns` until `max` packets or `time` have passed (or `per_kind` of each
-/// when calibrating). Returns packets sent per kind.
-fn send_from(
-    ns: &str,
-    target: Target,
-    port: u16,
+/// What one sender sends: `kinds` round robin (oversized ones only every
+/// [`OVERSIZED_EVERY`] rounds) until `max` packets or `time` have passed, or exactly
+/// `per_kind` of each when calibrating.
+#[derive(Debug, Clone)]
+struct Volley {
     kinds: Vec<Kind>,
     max: u64,
     time: Duration,
     per_kind: Option<u64>,
     seed: u64,
+}
+
+impl Volley {
+    fn flood(kinds: Vec<Kind>, max: u64, seed: u64) -> Volley {
+        Volley {
+            kinds,
+            max,
+            time: PHASE_TIME,
+            per_kind: None,
+            seed,
+        }
+    }
+
+    fn burst(kinds: Vec<Kind>, seed: u64) -> Volley {
+        Volley {
+            kinds,
+            max: u64::MAX,
+            time: Duration::from_secs(10),
+            per_kind: Some(CALIBRATION),
+            seed,
+        }
+    }
+}
+
+/// Sends `volley` from namespace `ns`; returns packets sent per kind.
+fn send_from(
+    ns: &str,
+    target: Target,
+    port: u16,
+    volley: Volley,
 ) -> std::thread::JoinHandle<anyhow::Result<BTreeMap<Kind, u64>>> {
+    let Volley {
+        kinds,
+        max,
+        time,
+        per_kind,
+        seed,
+    } = volley;
     spawn_in(ns, move || {
         let sender = Sender::open(target.backend, target.victim_public, port)?;
         let mut rng = StdRng::seed_from_u64(seed);
@@ -392,21 +427,13 @@ fn flood_phase(
         attacker.ns.name(),
         target,
         port,
-        vec![Kind::UnknownSender],
-        PHASE_PACKETS / 4,
-        PHASE_TIME,
-        None,
-        seed,
+        Volley::flood(vec![Kind::UnknownSender], PHASE_PACKETS / 4, seed),
     );
     let from_peer = send_from(
         &lab.node(2).unwrap().netns,
         target,
         port,
-        peer_kinds.to_vec(),
-        PHASE_PACKETS * 3 / 4,
-        PHASE_TIME,
-        None,
-        seed + 1,
+        Volley::flood(peer_kinds.to_vec(), PHASE_PACKETS * 3 / 4, seed + 1),
     );
     let mut sent = BTreeMap::new();
     merge(&mut sent, join(from_attacker, "attacker flood").unwrap());
@@ -579,11 +606,7 @@ fn hostile_packets(backend: Backend) {
             attacker.ns.name(),
             target,
             port,
-            vec![Kind::UnknownSender],
-            u64::MAX,
-            Duration::from_secs(10),
-            Some(CALIBRATION),
-            5,
+            Volley::burst(vec![Kind::UnknownSender], 5),
         ),
         "attacker burst",
     )
@@ -595,11 +618,7 @@ fn hostile_packets(backend: Backend) {
                 &lab.node(2).unwrap().netns,
                 target,
                 port,
-                calibrate_kinds,
-                u64::MAX,
-                Duration::from_secs(10),
-                Some(CALIBRATION),
-                6,
+                Volley::burst(calibrate_kinds, 6),
             ),
             "peer burst",
         )
