@@ -10,4 +10,5 @@ pub mod metrics_export;
 pub mod netlink;
 pub mod node;
 pub mod subnet;
+pub mod trace;
 pub mod underlay;

@@ -3,8 +3,10 @@
 //! * `weftctl leases`: every subnet lease in etcd (flannel's schema, so flanneld nodes
 //!   show up too) with its PublicIP, backend, VTEP MAC and time to expiry.
 //! * `weftctl status`: the local weftd's `/v1/status`.
+//! * `weftctl trace --from <pod> --to <IP>`: walk a packet's path hop by hop and name
+//!   the hop where it breaks (see `weft_daemon::trace`).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,9 +14,18 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use weft_daemon::subnet::{EtcdOptions, Registry};
+use weft_daemon::trace::{HopStatus, TraceOptions, TraceReport};
 
 #[derive(Debug, Parser)]
-#[command(name = "weftctl", version, about = "Operate a weft overlay network")]
+#[command(
+    name = "weftctl",
+    version,
+    about = "Operate a weft overlay network",
+    long_about = "Operate a weft overlay network: list the subnet leases in etcd, show the \
+                  local weftd's status, and trace a pod's packets hop by hop.\n\n\
+                  Exit status: 0 on success; 1 on failure (for `trace`: the path is broken); \
+                  2 when `trace` cannot run at all (bad --from, unreadable namespace)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,6 +49,47 @@ enum Command {
         #[arg(long, env = "WEFTD_HEALTHZ_ADDR", default_value = "127.0.0.1:9842")]
         healthz_addr: SocketAddr,
         /// Print weftd's JSON as is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Walk the path a packet from a pod takes to an IP, hop by hop, with the kernel's
+    /// and etcd's evidence: the pod's interface and its veth peer, the bridge (cni0), the
+    /// route this node picks (RTM_GETROUTE), the overlay device (weft's TUN or a kernel
+    /// flannel.N), the destination subnet's lease (PublicIP, VtepMAC), for kernel vxlan
+    /// the neighbour and fdb entries, the underlay route and MTU, and — when a network
+    /// namespace on this machine holds the destination node's PublicIP, as in weft-lab —
+    /// the remote node, its bridge and the destination pod. Run it in the source pod's
+    /// node (its network namespace). Exits 0 when the path is complete, 1 when it breaks
+    /// (the first broken hop is named with the reason), 2 when it cannot run.
+    #[command(verbatim_doc_comment)]
+    Trace {
+        /// The source pod: its IP, its network namespace (a name under /run/netns or a
+        /// path such as /proc/PID/ns/net), or its container ID (looked up in the CNI
+        /// cache).
+        #[arg(long, value_name = "POD_IP|NETNS|CONTAINER_ID")]
+        from: String,
+        /// The destination IPv4 address (a pod elsewhere or outside the cluster).
+        #[arg(long, value_name = "IP")]
+        to: Ipv4Addr,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// CNI cache directory searched for container IDs (repeatable).
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/cni")]
+        cni_cache_dir: Vec<PathBuf>,
+        /// This node's subnet.env (cluster network, FLANNEL_IPMASQ).
+        #[arg(
+            long,
+            env = "WEFTD_SUBNET_FILE",
+            value_name = "PATH",
+            default_value = "/run/flannel/subnet.env"
+        )]
+        subnet_file: PathBuf,
+        /// Expect masquerading of traffic leaving the cluster (default: as subnet.env's
+        /// FLANNEL_IPMASQ says).
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true")]
+        ip_masq: Option<bool>,
+        /// Print the hops as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -103,6 +155,7 @@ struct LeaseRow {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let tracing_run = matches!(cli.command, Command::Trace { .. });
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,18 +167,79 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("weftctl: {e:#}");
-            ExitCode::FAILURE
+            if tracing_run {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Leases { etcd, json } => leases(&etcd.options(), json).await,
-        Command::Status { healthz_addr, json } => status(healthz_addr, json).await,
+        Command::Leases { etcd, json } => leases(&etcd.options(), json)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Status { healthz_addr, json } => {
+            status(healthz_addr, json).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Trace {
+            from,
+            to,
+            etcd,
+            cni_cache_dir,
+            subnet_file,
+            ip_masq,
+            json,
+        } => {
+            let opts = TraceOptions {
+                from,
+                to,
+                etcd: etcd.options(),
+                cni_cache_dirs: cni_cache_dir,
+                subnet_file,
+                ip_masq,
+            };
+            let report = weft_daemon::trace::trace(&opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_trace(&report);
+            }
+            Ok(if report.complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn print_trace(report: &TraceReport) {
+    println!(
+        "trace {} (netns {}) -> {}",
+        report
+            .source_ip
+            .map_or_else(|| report.from.clone(), |ip| ip.to_string()),
+        report.source_netns.as_deref().unwrap_or("?"),
+        report.to
+    );
+    let width = report.hops.iter().map(|h| h.hop.len()).max().unwrap_or(0);
+    for hop in &report.hops {
+        let mark = match hop.status {
+            HopStatus::Ok => "ok",
+            HopStatus::Broken => "BROKEN",
+            HopStatus::Skipped => "skipped",
+        };
+        println!("  {mark:<7}  {:<width$}  {}", hop.hop, hop.detail);
+    }
+    match &report.broken {
+        None => println!("path complete ({} hops)", report.hops.len()),
+        Some(b) => println!("path broken at hop {:?}: {}", b.hop, b.reason),
     }
 }
 
@@ -247,6 +361,46 @@ async fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
         "etcd:    {}",
         status["etcd"]["state"].as_str().unwrap_or("?")
     );
+    let devices = &status["devices"];
+    if devices.is_object() {
+        let offloads: Vec<&str> = ["tun_csum", "tun_tso4", "udp_segment", "udp_gro"]
+            .into_iter()
+            .filter(|k| devices["offloads"][*k].as_bool() == Some(true))
+            .collect();
+        println!(
+            "devices: {} ({}{}), bridge {}",
+            devices["device"].as_str().unwrap_or("?"),
+            devices["backend"].as_str().unwrap_or("?"),
+            devices["vni"]
+                .as_u64()
+                .map(|v| format!(" VNI {v}"))
+                .unwrap_or_default(),
+            devices["bridge"].as_str().unwrap_or("?"),
+        );
+        println!(
+            "offload: {}",
+            if offloads.is_empty() {
+                "none".to_owned()
+            } else {
+                offloads.join(", ")
+            }
+        );
+    }
+    let dp = &status["dataplane"];
+    if dp.is_object() {
+        let n = |k: &str| dp[k].as_u64().unwrap_or(0);
+        let drops: u64 = dp["drops"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|p| p[1].as_u64()).sum())
+            .unwrap_or(0);
+        println!(
+            "traffic: tx {} packets / {} bytes, rx {} packets / {} bytes, {drops} dropped",
+            n("tx_packets"),
+            n("tx_bytes"),
+            n("rx_packets"),
+            n("rx_bytes"),
+        );
+    }
     let peers: Vec<[String; 4]> = status["peers"]
         .as_array()
         .map(|peers| {

@@ -1,0 +1,363 @@
+//! What `weftctl trace` reads from a network namespace's kernel state over netlink:
+//! links (kind, state, MTU, bridge master, veth peer index, vxlan parameters),
+//! addresses, `RTM_GETROUTE` lookups (what `ip route get` asks), neighbours and the
+//! bridge fdb. Each namespace is read from a thread that entered it (`setns`), with a
+//! netlink socket opened there, so the caller's namespace is never changed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::RouteMessageBuilder;
+use serde::Serialize;
+
+/// A network interface with what the path walk needs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LinkView {
+    pub index: u32,
+    pub name: String,
+    /// `veth`, `bridge`, `tun`, `vxlan`, ... (`None` for physical devices and `lo`).
+    pub kind: Option<String>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Carrier (`IFF_LOWER_UP`): for a TUN device, a process has it open.
+    pub lower_up: bool,
+    pub mtu: u32,
+    /// Index of the bridge this link is a port of.
+    pub master: Option<u32>,
+    /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
+    pub mac: Option<String>,
+    pub addresses: Vec<Ipv4Net>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<VxlanParams>,
+}
+
+/// A kernel vxlan device's parameters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct VxlanParams {
+    pub vni: Option<u32>,
+    pub local: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+}
+
+/// The answer of one `RTM_GETROUTE` lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteLookup {
+    pub oif: Option<u32>,
+    pub gateway: Option<Ipv4Addr>,
+    pub prefsrc: Option<Ipv4Addr>,
+    /// `unicast`, `local`, `unreachable`, ...
+    pub kind: String,
+}
+
+/// One neighbour (ARP) or fdb entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NeighbourView {
+    pub ifindex: u32,
+    /// IPv4 address: the neighbour's for ARP entries, the remote VTEP for fdb entries.
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<String>,
+    pub permanent: bool,
+    /// `NTF_SELF`: an fdb entry of the device itself (how flanneld programs vxlan).
+    pub self_entry: bool,
+}
+
+/// What was read from one namespace.
+#[derive(Debug, Clone, Default)]
+pub struct NsView {
+    pub links: Vec<LinkView>,
+    /// `RTM_GETROUTE` per destination asked for: the route, or the kernel's refusal.
+    pub routes: HashMap<Ipv4Addr, Result<RouteLookup, String>>,
+    pub neighbours: Vec<NeighbourView>,
+    pub fdb: Vec<NeighbourView>,
+}
+
+impl NsView {
+    pub fn link(&self, index: u32) -> Option<&LinkView> {
+        self.links.iter().find(|l| l.index == index)
+    }
+
+    pub fn link_named(&self, name: &str) -> Option<&LinkView> {
+        self.links.iter().find(|l| l.name == name)
+    }
+
+    /// The link holding `ip`, and the network it is on.
+    pub fn holder_of(&self, ip: Ipv4Addr) -> Option<(&LinkView, Ipv4Net)> {
+        self.links
+            .iter()
+            .find_map(|l| l.addresses.iter().find(|a| a.addr() == ip).map(|a| (l, *a)))
+    }
+
+    pub fn route(&self, dst: Ipv4Addr) -> Result<&RouteLookup, String> {
+        match self.routes.get(&dst) {
+            Some(Ok(route)) => Ok(route),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(format!("no route lookup for {dst} was made")),
+        }
+    }
+}
+
+/// What to read besides links and addresses.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub route_to: Vec<Ipv4Addr>,
+    pub neighbours: bool,
+}
+
+/// Reads the namespace at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`, or
+/// `/proc/self/ns/net` for our own).
+pub fn inspect(path: &Path, query: Query) -> anyhow::Result<NsView> {
+    in_netns(
+        path,
+        move |handle| async move { read(&handle, &query).await },
+    )
+}
+
+/// Runs `f` with a netlink handle opened inside the namespace at `path`.
+fn in_netns<T, F, Fut>(path: &Path, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let path: PathBuf = path.to_owned();
+    let shown = path.display().to_string();
+    let thread = std::thread::Builder::new()
+        .name("weftctl-netns".into())
+        .spawn(move || -> anyhow::Result<T> {
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("opening network namespace {}", path.display()))?;
+            // Only this short-lived thread changes namespace; the process stays put.
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering network namespace {}", path.display()))?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a runtime for netlink")?;
+            runtime.block_on(async move {
+                let (connection, handle, _) =
+                    rtnetlink::new_connection().context("opening a netlink socket")?;
+                tokio::spawn(connection);
+                f(handle).await
+            })
+        })
+        .context("starting a thread")?;
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading namespace {shown}: the thread panicked"))?
+}
+
+async fn read(handle: &rtnetlink::Handle, query: &Query) -> anyhow::Result<NsView> {
+    let messages: Vec<LinkMessage> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("listing links")?;
+    let mut links: Vec<LinkView> = messages.iter().map(link_view).collect();
+    let addresses: Vec<_> = handle
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("listing addresses")?;
+    for message in addresses {
+        let prefix = message.header.prefix_len;
+        for attribute in &message.attributes {
+            if let AddressAttribute::Local(std::net::IpAddr::V4(ip)) = attribute {
+                if let (Some(link), Ok(net)) = (
+                    links.iter_mut().find(|l| l.index == message.header.index),
+                    Ipv4Net::new(*ip, prefix),
+                ) {
+                    link.addresses.push(net);
+                }
+            }
+        }
+    }
+    let mut view = NsView {
+        links,
+        ..NsView::default()
+    };
+    for dst in &query.route_to {
+        view.routes.insert(*dst, route_get(handle, *dst).await);
+    }
+    if query.neighbours {
+        view.neighbours = neighbours(handle, AddressFamily::Inet).await?;
+        view.fdb = neighbours(handle, AddressFamily::Bridge).await?;
+    }
+    Ok(view)
+}
+
+fn mac_string(bytes: &[u8]) -> Option<String> {
+    (bytes.len() == 6).then(|| {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    })
+}
+
+fn link_view(message: &LinkMessage) -> LinkView {
+    let mut link = LinkView {
+        index: message.header.index,
+        up: message.header.flags.contains(LinkFlags::Up),
+        lower_up: message.header.flags.contains(LinkFlags::LowerUp),
+        ..LinkView::default()
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => link.name.clone_from(name),
+            LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+            LinkAttribute::Controller(master) => link.master = Some(*master),
+            LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
+            LinkAttribute::Address(mac) => link.mac = mac_string(mac),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        NlLinkInfo::Kind(kind) => link.kind = Some(kind_name(kind)),
+                        NlLinkInfo::Data(InfoData::Vxlan(params)) => {
+                            let mut vxlan = VxlanParams::default();
+                            for p in params {
+                                match p {
+                                    InfoVxlan::Id(vni) => vxlan.vni = Some(*vni),
+                                    InfoVxlan::Local(ip) => vxlan.local = Some(*ip),
+                                    InfoVxlan::Port(port) => vxlan.port = Some(*port),
+                                    _ => {}
+                                }
+                            }
+                            link.vxlan = Some(vxlan);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn kind_name(kind: &InfoKind) -> String {
+    match kind {
+        InfoKind::Bridge => "bridge".into(),
+        InfoKind::Veth => "veth".into(),
+        InfoKind::Tun => "tun".into(),
+        InfoKind::Vxlan => "vxlan".into(),
+        InfoKind::Dummy => "dummy".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// `ip route get DST`: the kernel's own route selection.
+async fn route_get(handle: &rtnetlink::Handle, dst: Ipv4Addr) -> Result<RouteLookup, String> {
+    let message = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, 32)
+        .build();
+    let answer = handle.route().get(message).execute().try_next().await;
+    let message = match answer {
+        Ok(Some(message)) => message,
+        Ok(None) => return Err(format!("the kernel gave no route to {dst}")),
+        Err(rtnetlink::Error::NetlinkError(e)) => {
+            let errno = e.code.map(|c| -c.get()).unwrap_or(0);
+            return Err(std::io::Error::from_raw_os_error(errno).to_string());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut lookup = RouteLookup {
+        oif: None,
+        gateway: None,
+        prefsrc: None,
+        kind: match message.header.kind {
+            RouteType::Unicast => "unicast".into(),
+            RouteType::Local => "local".into(),
+            other => format!("{other:?}").to_lowercase(),
+        },
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Oif(oif) => lookup.oif = Some(*oif),
+            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => lookup.gateway = Some(*gw),
+            RouteAttribute::PrefSource(RouteAddress::Inet(src)) => lookup.prefsrc = Some(*src),
+            _ => {}
+        }
+    }
+    Ok(lookup)
+}
+
+async fn neighbours(
+    handle: &rtnetlink::Handle,
+    family: AddressFamily,
+) -> anyhow::Result<Vec<NeighbourView>> {
+    let messages: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await
+        .with_context(|| format!("listing {family:?} neighbours"))?;
+    Ok(messages.iter().map(neighbour_view).collect())
+}
+
+fn neighbour_view(message: &NeighbourMessage) -> NeighbourView {
+    let mut view = NeighbourView {
+        ifindex: message.header.ifindex,
+        ip: None,
+        mac: None,
+        permanent: message.header.state == NeighbourState::Permanent,
+        self_entry: message.header.flags.contains(NeighbourFlags::Own),
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => view.ip = Some(*ip),
+            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) if bytes.len() == 4 => {
+                view.ip = Some(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]));
+            }
+            NeighbourAttribute::LinkLayerAddress(mac) => view.mac = mac_string(mac),
+            _ => {}
+        }
+    }
+    view
+}
+
+/// Every named namespace (`/run/netns/*`), sorted by name.
+pub fn named_namespaces() -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), e.path())))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The name under `/run/netns` of the namespace this process is in, if it has one.
+pub fn own_namespace_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let own = std::fs::metadata("/proc/self/ns/net").ok()?;
+    named_namespaces().into_iter().find_map(|(name, path)| {
+        let meta = std::fs::metadata(&path).ok()?;
+        (meta.dev() == own.dev() && meta.ino() == own.ino()).then_some(name)
+    })
+}
