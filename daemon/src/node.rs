@@ -98,26 +98,106 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
     let lease = local_lease(&netconf, held.subnet, &underlay, &identity);
     write_subnet_env(&settings, &lease)?;
 
-    let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
     let own_key_changed = Arc::new(Notify::new());
+    let mut lease_states = status.subscribe_lease();
     {
         let manager = manager.clone();
         let notify = own_key_changed.clone();
         let stop = stop.clone();
         tokio::spawn(async move { manager.keep(held, notify, stop).await });
     }
-    tokio::spawn(watch_peers(
-        registry,
-        Some(lease.subnet),
-        events_tx,
-        Some(own_key_changed),
-        status,
-        stop.clone(),
-    ));
 
-    crate::dataplane::run_with_metrics(settings, lease, events_rx, stop, metrics)
-        .await
-        .context("data plane")
+    // The data plane (with the peer watcher feeding it) runs while the subnet is ours.
+    // When another node's record takes our key, this node stops routing the subnet —
+    // two nodes answering for one subnet would split its traffic — and stays not ready
+    // until the key is free and the keeper has taken it back.
+    loop {
+        let (dataplane_stop_tx, dataplane_stop) = watch::channel(false);
+        let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
+        let watcher = tokio::spawn(watch_peers(
+            registry.clone(),
+            Some(lease.subnet),
+            events_tx,
+            Some(own_key_changed.clone()),
+            status.clone(),
+            dataplane_stop.clone(),
+        ));
+        let dataplane = crate::dataplane::run_with_metrics(
+            settings.clone(),
+            lease.clone(),
+            events_rx,
+            dataplane_stop,
+            metrics.clone(),
+        );
+        tokio::pin!(dataplane);
+        let conflict = tokio::select! {
+            result = &mut dataplane => {
+                let _ = dataplane_stop_tx.send(true);
+                let _ = watcher.await;
+                return result.context("data plane");
+            }
+            () = until_stopped(&mut stop) => None,
+            conflict = until_conflict(&mut lease_states) => Some(conflict),
+        };
+        let _ = dataplane_stop_tx.send(true);
+        let result = dataplane.await.context("data plane");
+        let _ = watcher.await;
+        result?;
+        let Some((subnet, holder)) = conflict else {
+            return Ok(());
+        };
+        tracing::error!(
+            %subnet, %holder,
+            "stopped routing this node's subnet: {holder} holds it in etcd now; the data \
+             plane stays down (pods on this node are cut off) until the key is free again"
+        );
+        if !until_held(&mut lease_states, &mut stop).await {
+            return Ok(());
+        }
+        tracing::warn!(%subnet, "this node's subnet is ours again; restarting the data plane");
+    }
+}
+
+/// Returns when `stop` turns true (or its sender is gone).
+async fn until_stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Returns the subnet and the other holder once the lease state is a conflict; never
+/// returns if the status goes away.
+async fn until_conflict(states: &mut watch::Receiver<Option<LeaseState>>) -> (Ipv4Net, Ipv4Addr) {
+    loop {
+        if let Some(LeaseState::Conflict { subnet, holder }) = &*states.borrow_and_update() {
+            return (*subnet, *holder);
+        }
+        if states.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Waits until the lease is held again (true) or `stop` turns true (false).
+async fn until_held(
+    states: &mut watch::Receiver<Option<LeaseState>>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        if matches!(&*states.borrow_and_update(), Some(LeaseState::Held { .. })) {
+            return true;
+        }
+        tokio::select! {
+            changed = states.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+            }
+            () = until_stopped(stop) => return false,
+        }
+    }
 }
 
 /// Connects to etcd, retrying while it is unreachable. `None` on shutdown.

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use super::registry::{EtcdHealth, Reachability};
 use crate::lease::{Peer, PeerBackend};
@@ -108,7 +109,9 @@ impl From<&Peer> for PeerView {
 /// Shared control-plane status.
 #[derive(Debug)]
 pub struct ControlStatus {
-    lease: Mutex<Option<LeaseState>>,
+    /// A watch channel rather than a mutex: the node stops and restarts its data plane
+    /// when another node takes its subnet and when it gets it back.
+    lease: watch::Sender<Option<LeaseState>>,
     peers: Mutex<Vec<PeerView>>,
     etcd: Mutex<Option<Arc<Reachability>>>,
     etcd_grace: Duration,
@@ -118,7 +121,7 @@ pub struct ControlStatus {
 impl Default for ControlStatus {
     fn default() -> Self {
         ControlStatus {
-            lease: Mutex::default(),
+            lease: watch::channel(None).0,
             peers: Mutex::default(),
             etcd: Mutex::default(),
             etcd_grace: ETCD_GRACE,
@@ -157,11 +160,23 @@ impl ControlStatus {
     }
 
     pub fn set_lease(&self, state: LeaseState) {
-        *lock(&self.lease) = Some(state);
+        // Works without receivers; wakes them only on a change.
+        self.lease.send_if_modified(|current| {
+            if current.as_ref() == Some(&state) {
+                return false;
+            }
+            *current = Some(state);
+            true
+        });
     }
 
     pub fn lease(&self) -> LeaseState {
-        lock(&self.lease).clone().unwrap_or(LeaseState::Starting)
+        self.lease.borrow().clone().unwrap_or(LeaseState::Starting)
+    }
+
+    /// Follows the lease state (`None` until the first one is set).
+    pub fn subscribe_lease(&self) -> watch::Receiver<Option<LeaseState>> {
+        self.lease.subscribe()
     }
 
     pub fn set_peers<'a>(&self, peers: impl Iterator<Item = &'a Peer>) {
