@@ -473,6 +473,11 @@ impl Lab {
         &self.etcd
     }
 
+    /// The lab's etcd, to stop and restart it (outage tests).
+    pub fn etcd_mut(&mut self) -> &mut Etcd {
+        &mut self.etcd
+    }
+
     /// etcd's endpoint as seen from the nodes: `http://192.0.2.254:2379`.
     pub fn etcd_endpoint(&self) -> &str {
         &self.info.etcd_endpoint
