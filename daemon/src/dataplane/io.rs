@@ -21,6 +21,15 @@ pub fn vxlan_socket(port: u16) -> io::Result<OwnedFd> {
     Ok(socket.into())
 }
 
+/// A VXLAN sending socket bound to an ephemeral port (its port is the outer UDP source
+/// port of the flows hashed to it). Nothing is sent to it, so it never receives.
+pub fn vxlan_send_socket() -> io::Result<OwnedFd> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into())?;
+    size_buffers(&socket);
+    Ok(socket.into())
+}
+
 /// The IPIP socket: raw IPv4 protocol 4. The kernel prepends the outer header on send
 /// (source = the route's source address, i.e. our PublicIP) and hands us packets with
 /// the outer header on receive; no `ipip` module is needed (MEASUREMENTS.md).

@@ -43,6 +43,9 @@ const TUN_OFFLOADS: Offloads = Offloads {
     uso4: false,
 };
 
+/// Sending sockets for VXLAN, each with its own source port (flows are spread over them).
+const FLOW_SOCKETS: usize = 8;
+
 /// The pod bridge.
 pub const BRIDGE: &str = "cni0";
 /// How often routes are re-read and repaired even without events.
@@ -131,6 +134,16 @@ pub async fn run_with_metrics(
         Encap::Ipip => io::ipip_socket().context("opening the raw IPIP socket")?,
     };
     let socket = Arc::new(socket);
+    // VXLAN sends from a few ephemeral ports chosen by inner flow (see
+    // `worker::pick_sender`); IPIP has no ports and sends from the raw socket.
+    let senders: Vec<OwnedFd> = match encap {
+        Encap::Vxlan { .. } => (0..FLOW_SOCKETS)
+            .map(|_| io::vxlan_send_socket())
+            .collect::<Result<_, _>>()
+            .context("opening the VXLAN sending sockets")?,
+        Encap::Ipip => vec![socket.try_clone().context("duplicating the IPIP socket")?],
+    };
+    let senders = Arc::new(senders);
 
     let table = Arc::new(ArcSwap::from_pointee(PeerTable::empty(subnet_len)));
     let stop = Arc::new(io::StopSignal::new().context("creating the stop eventfd")?);
@@ -144,7 +157,7 @@ pub async fn run_with_metrics(
     };
     let mut threads = Vec::new();
     for queue in 0..tun.queue_count() {
-        let tx = (ctx.clone(), tun.clone_queue(queue)?, socket.clone());
+        let tx = (ctx.clone(), tun.clone_queue(queue)?, senders.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("weft-tx-{queue}"))

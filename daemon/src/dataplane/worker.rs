@@ -30,8 +30,8 @@ use super::peers::{Encap, PeerEntry, PeerTable};
 use super::tun::VNET_HDR_LEN;
 use crate::lease::MacAddr;
 use crate::metrics::{DropReason, Metrics};
-use weft_proto::gso;
 use weft_proto::vnet::{GsoType, VirtioNetHdr, VirtioNetRepr};
+use weft_proto::{flow, gso};
 
 /// Packets per `sendmmsg`/`recvmmsg`.
 pub const BATCH: usize = 64;
@@ -91,6 +91,8 @@ struct SendBatch {
     /// Inner bytes per queued datagram (for the counters).
     inner_bytes: Vec<u64>,
     len: usize,
+    /// Which of the sending sockets the queued datagrams leave from.
+    sender: usize,
 }
 
 impl SendBatch {
@@ -109,6 +111,7 @@ impl SendBatch {
             messages: vec![unsafe { std::mem::zeroed() }; BATCH],
             inner_bytes: vec![0; BATCH],
             len: 0,
+            sender: 0,
         }
     }
 
@@ -116,8 +119,25 @@ impl SendBatch {
         self.len == BATCH
     }
 
-    /// Queues `datagram` (which must stay untouched until [`SendBatch::flush`]).
-    fn push(&mut self, datagram: &mut [u8], to: libc::sockaddr_in, inner_bytes: usize) {
+    /// Queues `datagram` (which must stay untouched until [`SendBatch::flush`]) for
+    /// sending from socket `sender`; what is queued for another socket leaves first.
+    // The hot path passes its pieces (sockets, counters, buffers) separately so each
+    // borrow stays disjoint; bundling them would only move the arguments into a struct.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        senders: &[OwnedFd],
+        ctx: &WorkerContext,
+        log: &mut LogLimiter,
+        datagram: &mut [u8],
+        to: libc::sockaddr_in,
+        inner_bytes: usize,
+        sender: usize,
+    ) {
+        if self.is_full() || (self.len > 0 && self.sender != sender) {
+            self.flush(senders, ctx, log);
+        }
+        self.sender = sender;
         let n = self.len;
         self.addresses[n] = to;
         self.iovecs[n] = libc::iovec {
@@ -129,7 +149,8 @@ impl SendBatch {
     }
 
     /// Sends everything queued, skipping (and counting) datagrams the kernel refuses.
-    fn flush(&mut self, socket: &OwnedFd, ctx: &WorkerContext, log: &mut LogLimiter) {
+    fn flush(&mut self, senders: &[OwnedFd], ctx: &WorkerContext, log: &mut LogLimiter) {
+        let socket = &senders[self.sender];
         let count = self.len;
         if count == 0 {
             return;
@@ -236,6 +257,19 @@ fn send_segmented(
     }
 }
 
+/// The sending socket for an inner packet's flow: the outer UDP source port follows the
+/// inner flow, as the kernel's `udp_flow_src_port` does, so ECMP and RSS on the underlay
+/// keep each flow on one path and spread different flows. A UDP GSO send has one source
+/// port, so the choice is among a few sockets bound to different ephemeral ports.
+#[inline]
+fn pick_sender(inner: &[u8], senders: usize) -> usize {
+    if senders <= 1 {
+        0
+    } else {
+        flow::flow_hash(inner) as usize % senders
+    }
+}
+
 /// Most datagrams one `UDP_SEGMENT` send may carry (the kernel's `UDP_MAX_SEGMENTS`).
 const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest UDP payload of one send (65535 - IPv4 header - UDP header).
@@ -249,7 +283,8 @@ const MAX_UDP_PAYLOAD: usize = 65_507;
 /// `weft_proto::gso::segment` straight into a buffer with VXLAN headroom before each,
 /// and leaves in one `UDP_SEGMENT` send per 64 KB of datagrams (IPIP: one `sendmmsg`,
 /// as a raw socket has no UDP GSO).
-pub fn transmit(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Result<()> {
+pub fn transmit(ctx: WorkerContext, tun: OwnedFd, senders: Arc<Vec<OwnedFd>>) -> io::Result<()> {
+    let senders: &[OwnedFd] = &senders;
     set_nonblocking(tun.as_fd())?;
     let slot_len = HEADROOM + MAX_INNER_PACKET + VNET_HDR_LEN;
     let mut buffers = vec![0u8; slot_len * BATCH];
@@ -295,15 +330,16 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::R
             };
             if vnet.gso_type != GsoType::None {
                 // Keep packet order: whatever is queued goes first.
-                batch.flush(&socket, &ctx, &mut log);
+                batch.flush(senders, &ctx, &mut log);
                 let packet = &packet[..inner.len];
+                let sender = pick_sender(packet, senders.len());
                 match &ctx.encap {
                     Encap::Vxlan { vni, local_mac, .. } => train.add(
-                        &socket, &ctx, &mut log, packet, &vnet, peer, *vni, local_mac,
+                        senders, sender, &ctx, &mut log, packet, &vnet, peer, *vni, local_mac,
                     ),
                     Encap::Ipip => send_ipip_segments(
                         &ctx,
-                        &socket,
+                        senders,
                         packet,
                         &vnet,
                         peer,
@@ -314,7 +350,7 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::R
                 }
                 continue;
             }
-            train.flush(&socket, &ctx, &mut log);
+            train.flush(senders, &ctx, &mut log);
             if vnet.needs_csum() && gso::complete_checksum(&mut packet[..inner.len], &vnet).is_err()
             {
                 ctx.metrics.drop_packet(DropReason::TxMalformed);
@@ -331,16 +367,21 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::R
                 }
                 Encap::Ipip => HEADROOM,
             };
+            let sender = pick_sender(&slot[HEADROOM..HEADROOM + inner.len], senders.len());
             batch.push(
+                senders,
+                &ctx,
+                &mut log,
                 &mut slot[start..HEADROOM + inner.len],
                 peer.sockaddr,
                 inner.len,
+                sender,
             );
             slot_index = (slot_index + 1) % BATCH;
         }
         drop(peers);
-        train.flush(&socket, &ctx, &mut log);
-        batch.flush(&socket, &ctx, &mut log);
+        train.flush(senders, &ctx, &mut log);
+        batch.flush(senders, &ctx, &mut log);
         slot_index = 0;
         if idle && !wait_readable(tun.as_fd(), &ctx.stop)? {
             return Ok(());
@@ -361,6 +402,7 @@ struct Train {
     count: usize,
     stride: usize,
     to: libc::sockaddr_in,
+    sender: usize,
 }
 
 impl Train {
@@ -371,19 +413,22 @@ impl Train {
             stride: 0,
             // SAFETY: all-zero is a valid sockaddr_in.
             to: unsafe { std::mem::zeroed() },
+            sender: 0,
         }
     }
 
-    fn bound_for(&self, to: &libc::sockaddr_in) -> bool {
-        self.to.sin_addr.s_addr == to.sin_addr.s_addr && self.to.sin_port == to.sin_port
+    fn bound_for(&self, to: &libc::sockaddr_in, sender: usize) -> bool {
+        self.to.sin_addr.s_addr == to.sin_addr.s_addr
+            && self.to.sin_port == to.sin_port
+            && self.sender == sender
     }
 
     /// Sends the waiting datagrams.
-    fn flush(&mut self, socket: &OwnedFd, ctx: &WorkerContext, log: &mut LogLimiter) {
+    fn flush(&mut self, senders: &[OwnedFd], ctx: &WorkerContext, log: &mut LogLimiter) {
         if self.count > 0 {
             let (count, end) = (self.count, self.count * self.stride);
             send_train(
-                socket,
+                &senders[self.sender],
                 ctx,
                 log,
                 &mut self.buffer[..end],
@@ -397,9 +442,13 @@ impl Train {
 
     /// Segments `packet` behind the waiting datagrams, sends every full send's worth and
     /// keeps the rest waiting (or sends it too when it ends short).
+    // The hot path passes its pieces (sockets, counters, buffers) separately so each
+    // borrow stays disjoint; bundling them would only move the arguments into a struct.
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
-        socket: &OwnedFd,
+        senders: &[OwnedFd],
+        sender: usize,
         ctx: &WorkerContext,
         log: &mut LogLimiter,
         packet: &[u8],
@@ -408,8 +457,8 @@ impl Train {
         vni: u32,
         local_mac: &MacAddr,
     ) {
-        if self.count > 0 && !self.bound_for(&peer.sockaddr) {
-            self.flush(socket, ctx, log);
+        if self.count > 0 && !self.bound_for(&peer.sockaddr, sender) {
+            self.flush(senders, ctx, log);
         }
         let base = self.count * self.stride;
         let layout = match gso::segment(packet, vnet, &mut self.buffer[base..], VXLAN_OVERHEAD) {
@@ -432,7 +481,7 @@ impl Train {
         }
         let mut start = 0;
         if self.count > 0 && layout.stride != self.stride {
-            self.flush(socket, ctx, log);
+            self.flush(senders, ctx, log);
             start = base;
         }
         let stride = layout.stride;
@@ -445,7 +494,7 @@ impl Train {
             let n = count.min(per_send);
             let chunk_end = (start + n * stride).min(end);
             send_train(
-                socket,
+                &senders[sender],
                 ctx,
                 log,
                 &mut self.buffer[start..chunk_end],
@@ -461,6 +510,7 @@ impl Train {
             self.count = count;
             self.stride = stride;
             self.to = peer.sockaddr;
+            self.sender = sender;
         }
     }
 }
@@ -491,9 +541,12 @@ fn send_train(
 
 /// IPIP: a raw socket has no UDP GSO, so the segments of a super-packet leave in one
 /// `sendmmsg`.
+// The hot path passes its pieces (sockets, counters, buffers) separately so each
+// borrow stays disjoint; bundling them would only move the arguments into a struct.
+#[allow(clippy::too_many_arguments)]
 fn send_ipip_segments(
     ctx: &WorkerContext,
-    socket: &OwnedFd,
+    senders: &[OwnedFd],
     packet: &[u8],
     vnet: &VirtioNetRepr,
     peer: &PeerEntry,
@@ -514,12 +567,17 @@ fn send_ipip_segments(
     for i in 0..layout.count {
         let range = layout.segment(i);
         let len = range.len();
-        batch.push(&mut segments[range], peer.sockaddr, len);
-        if batch.is_full() {
-            batch.flush(socket, ctx, log);
-        }
+        batch.push(
+            senders,
+            ctx,
+            log,
+            &mut segments[range],
+            peer.sockaddr,
+            len,
+            0,
+        );
     }
-    batch.flush(socket, ctx, log);
+    batch.flush(senders, ctx, log);
 }
 
 /// Control-message space per received datagram (one `UDP_GRO` int: CMSG_SPACE(4) = 24).
@@ -774,6 +832,33 @@ mod tests {
         let mut lying = gro.clone();
         lying[..8].copy_from_slice(&999usize.to_ne_bytes());
         assert_eq!(gro_size(&lying), 0);
+    }
+
+    fn tcp_packet(src_port: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&40u16.to_be_bytes());
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 244, 1, 2]);
+        p[16..20].copy_from_slice(&[10, 244, 2, 2]);
+        p[20..22].copy_from_slice(&src_port.to_be_bytes());
+        p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn flows_spread_over_senders_and_stay_put() {
+        let picks: std::collections::HashSet<usize> = (40000..40064)
+            .map(|port| pick_sender(&tcp_packet(port), 8))
+            .collect();
+        assert!(
+            picks.len() >= 6,
+            "64 flows over 8 sockets used only {picks:?}"
+        );
+        assert!(picks.iter().all(|&p| p < 8));
+        let packet = tcp_packet(40001);
+        assert_eq!(pick_sender(&packet, 8), pick_sender(&packet, 8));
+        assert_eq!(pick_sender(&packet, 1), 0);
     }
 
     #[test]
