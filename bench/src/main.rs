@@ -112,6 +112,7 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
     std::fs::create_dir_all(&cli.out_dir)
         .with_context(|| format!("creating {}", cli.out_dir.display()))?;
 
+    let clock = std::time::Instant::now();
     let mut results = Results {
         started: results::rfc3339_utc(SystemTime::now()),
         seconds: cli.seconds,
@@ -197,7 +198,12 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
         results.started, results.seconds, results.kernel, results.cpus
     );
     print!("{}", results.table());
-    println!("wrote {} and {}", json_path.display(), svg_path.display());
+    println!(
+        "wrote {} and {} ({} s in all)",
+        json_path.display(),
+        svg_path.display(),
+        clock.elapsed().as_secs()
+    );
     Ok(results)
 }
 
