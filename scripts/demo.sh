@@ -143,6 +143,7 @@ wait "$server_pid" 2>/dev/null || true
 progress "packet path p1a -> p3a (weftctl trace, in n1)"
 if "$bin/weftctl" trace --help >/dev/null 2>&1; then
   "$lab" exec --prefix "$prefix" n1 -- "$bin/weftctl" trace --from "$prefix-p1a" --to "${ip_of[p3a]}" \
+    --etcd-endpoints http://192.0.2.254:2379 --subnet-file "/tmp/weft-lab-$prefix/n1/subnet.env" \
     2>>"$logs/weftctl.log" | sed 's/^/      /' || echo "      (trace reported a broken path, log: $logs/weftctl.log)"
 else
   echo "      skipped: this weftctl has no trace subcommand yet"

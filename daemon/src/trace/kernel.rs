@@ -322,7 +322,8 @@ fn neighbour_view(message: &NeighbourMessage) -> NeighbourView {
         ifindex: message.header.ifindex,
         ip: None,
         mac: None,
-        permanent: message.header.state == NeighbourState::Permanent,
+        // NUD_PERMANENT may come with other state bits (fdb entries: NOARP too).
+        permanent: u16::from(message.header.state) & u16::from(NeighbourState::Permanent) != 0,
         self_entry: message.header.flags.contains(NeighbourFlags::Own),
     };
     for attribute in &message.attributes {
