@@ -1,0 +1,115 @@
+//! The data plane end to end with real weftd processes (leases in a real etcd), on the
+//! shared `weft_tests::lab::Lab`: VXLAN and IPIP clusters of three weftd nodes, and a
+//! mixed cluster with a kernel-flannel node on both VXLAN ports. The in-process tests
+//! (`dataplane_vxlan.rs` & co.) cover the same paths with exact control over leases and
+//! access to the drop counters; these show the assembled daemon does the same.
+
+mod dataplane_support;
+
+use std::time::Duration;
+
+use dataplane_support::tcp_transfer;
+use weft_tests::lab::{Backend, Lab, LabSpec};
+use weft_tests::{require_root, wait_until};
+
+/// Adds one fast pod per node, waits until every pod reaches every other, and moves
+/// `bytes` over TCP from the first pod to the last; returns the lab.
+fn all_pods_reach_each_other(spec: LabSpec, bytes: usize) -> Lab {
+    let nodes = spec.nodes;
+    let mut lab = Lab::start(spec).unwrap();
+    let pods: Vec<(String, std::net::Ipv4Addr)> = (1..=nodes)
+        .map(|n| {
+            let name = format!("p{n}");
+            let ip = lab.add_pod(n, &name).unwrap();
+            (name, ip)
+        })
+        .collect();
+    for (from, _) in &pods {
+        for (to, ip) in &pods {
+            if from != to {
+                wait_until(
+                    &format!("{from} to reach {to} ({ip})"),
+                    Duration::from_secs(20),
+                    || lab.ping(from, *ip),
+                )
+                .unwrap();
+            }
+        }
+    }
+    let (first, last) = (&pods[0], &pods[nodes - 1]);
+    let (sent, received, length) = tcp_transfer(
+        &lab.netns_of(&first.0).unwrap(),
+        &lab.netns_of(&last.0).unwrap(),
+        last.1,
+        bytes,
+    )
+    .unwrap();
+    assert_eq!(length, bytes);
+    assert_eq!(sent, received, "payload hash differs");
+    lab
+}
+
+#[test]
+fn weftd_vxlan_three_nodes() {
+    if !require_root("weftd_vxlan_three_nodes") {
+        return;
+    }
+    let lab = all_pods_reach_each_other(LabSpec::weft(3), 100 << 20);
+    let routes = lab
+        .exec("n1", &["ip", "route", "show", "proto", "87"])
+        .unwrap();
+    assert_eq!(routes.matches("dev weft.1").count(), 2, "{routes}");
+}
+
+#[test]
+fn weftd_ipip_three_nodes() {
+    if !require_root("weftd_ipip_three_nodes") {
+        return;
+    }
+    let spec = LabSpec {
+        backend: Backend::Ipip,
+        ..LabSpec::weft(3)
+    };
+    let lab = all_pods_reach_each_other(spec, 100 << 20);
+    let routes = lab
+        .exec("n1", &["ip", "route", "show", "proto", "87"])
+        .unwrap();
+    assert_eq!(routes.matches("dev weft.ipip").count(), 2, "{routes}");
+}
+
+fn weftd_and_kernel_flannel(port: u16) {
+    let spec = LabSpec {
+        nodes: 2,
+        kernel_nodes: 1,
+        port,
+        ..LabSpec::default()
+    };
+    let lab = all_pods_reach_each_other(spec, 20 << 20);
+    // And back: kernel-flannel pod → weft pod.
+    let weft_pod = lab.pod_ip("p1").unwrap();
+    let (sent, received, length) = tcp_transfer(
+        &lab.netns_of("p2").unwrap(),
+        &lab.netns_of("p1").unwrap(),
+        weft_pod,
+        20 << 20,
+    )
+    .unwrap();
+    assert_eq!(length, 20 << 20);
+    assert_eq!(sent, received);
+}
+
+#[test]
+fn weftd_and_kernel_flannel_on_8472() {
+    if !require_root("weftd_and_kernel_flannel_on_8472") {
+        return;
+    }
+    weftd_and_kernel_flannel(8472);
+}
+
+#[test]
+fn weftd_and_kernel_flannel_on_4789() {
+    if !require_root("weftd_and_kernel_flannel_on_4789") {
+        return;
+    }
+    weftd_and_kernel_flannel(4789);
+}
