@@ -30,6 +30,27 @@ pub fn vxlan_send_socket() -> io::Result<OwnedFd> {
     Ok(socket.into())
 }
 
+/// Whether this kernel has UDP GSO (`UDP_SEGMENT`, Linux ≥ 4.18): probed by setting
+/// and clearing the socket option on a scratch socket.
+pub fn udp_gso_supported() -> bool {
+    let Ok(socket) = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)) else {
+        return false;
+    };
+    [1400, 0].iter().all(|size: &libc::c_int| {
+        // SAFETY: valid socket fd; the option value is a live c_int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        rc == 0
+    })
+}
+
 /// The IPIP socket: raw IPv4 protocol 4. The kernel prepends the outer header on send
 /// (source = the route's source address, i.e. our PublicIP) and hands us packets with
 /// the outer header on receive; no `ipip` module is needed (MEASUREMENTS.md).

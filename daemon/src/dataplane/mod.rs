@@ -96,8 +96,23 @@ pub async fn run_with_metrics(
 
     // The TUN VTEP: persistent, so it (and its routes) survive a restart.
     let name = device_name(&backend);
-    let tun =
-        Tun::open(&name, 1, TUN_OFFLOADS).with_context(|| format!("opening TUN device {name}"))?;
+    // Super-packets are only worth taking from TUN when they can leave in one UDP GSO
+    // send (VXLAN); IPIP segments them into one sendmmsg batch either way.
+    let wanted = if matches!(backend, Backend::Ipip { .. }) || io::udp_gso_supported() {
+        TUN_OFFLOADS
+    } else {
+        tracing::warn!("no UDP GSO (UDP_SEGMENT) in this kernel: TUN TSO off");
+        Offloads {
+            tso4: false,
+            ..TUN_OFFLOADS
+        }
+    };
+    let tun = Tun::open(&name, 1, wanted).with_context(|| format!("opening TUN device {name}"))?;
+    if tun.offloads() == wanted {
+        tracing::info!(device = %name, offloads = ?tun.offloads(), "TUN offloads: TSO super-packets are segmented in userspace");
+    } else {
+        tracing::warn!(device = %name, ?wanted, active = ?tun.offloads(), "this kernel refuses some TUN offloads; using the slower path");
+    }
     let tun_link = netlink.ensure_link_up(&name, Some(lease.mtu)).await?;
     // Like flannel's `.0/32` on flannel.<VNI>: traffic this host originates towards
     // other nodes' pods gets a source inside our subnet, which peers accept.

@@ -82,6 +82,7 @@ impl Offloads {
 pub struct Tun {
     name: String,
     queues: Vec<File>,
+    offloads: Offloads,
 }
 
 /// `struct ifreq` for the TUN ioctls: name + flags.
@@ -102,6 +103,7 @@ impl Tun {
         let mut tun = Tun {
             name: name.to_owned(),
             queues: Vec::with_capacity(queues),
+            offloads: Offloads::default(),
         };
         for queue in 0..queues.max(1) {
             let file = OpenOptions::new()
@@ -132,18 +134,49 @@ impl Tun {
             }
             let header_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
             tun.ioctl_ptr(&file, libc::TUNSETVNETHDRSZ, &header_len, "TUNSETVNETHDRSZ")?;
-            tun.ioctl_value(
-                &file,
-                libc::TUNSETOFFLOAD,
-                offloads.bits() as libc::c_ulong,
-                "TUNSETOFFLOAD",
-            )?;
+            tun.offloads = tun.set_offloads(&file, offloads)?;
             if queue == 0 {
                 tun.ioctl_value(&file, libc::TUNSETPERSIST, 1, "TUNSETPERSIST")?;
             }
             tun.queues.push(file);
         }
         Ok(tun)
+    }
+
+    /// Enables `wanted`, or the most of it this kernel accepts: without USO, then
+    /// without TSO, then checksum offload only, then nothing (the path that moves one
+    /// packet per read). Returns what is active.
+    fn set_offloads(&self, file: &File, wanted: Offloads) -> Result<Offloads, TunError> {
+        let candidates = [
+            wanted,
+            Offloads {
+                uso4: false,
+                ..wanted
+            },
+            Offloads {
+                csum: wanted.csum,
+                ..Offloads::default()
+            },
+            Offloads::default(),
+        ];
+        let mut last_error = None;
+        for offloads in candidates {
+            match self.ioctl_value(
+                file,
+                libc::TUNSETOFFLOAD,
+                offloads.bits() as libc::c_ulong,
+                "TUNSETOFFLOAD",
+            ) {
+                Ok(()) => return Ok(offloads),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    /// The offloads in effect (see [`Tun::open`]).
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
     }
 
     fn ioctl_value(

@@ -29,7 +29,7 @@ use super::packet::{
 use super::peers::{Encap, PeerEntry, PeerTable};
 use super::tun::VNET_HDR_LEN;
 use crate::lease::MacAddr;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{Direction, DropReason, Metrics, PeerTally};
 use weft_proto::vnet::{GsoType, VirtioNetHdr, VirtioNetRepr};
 use weft_proto::{flow, gso};
 
@@ -291,6 +291,7 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, senders: Arc<Vec<OwnedFd>>) ->
     let mut train = Train::new();
     let mut batch = SendBatch::new();
     let mut log = LogLimiter::new();
+    let mut tally = PeerTally::new(Direction::Tx);
     let mut slot_index = 0;
 
     loop {
@@ -328,6 +329,19 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, senders: Arc<Vec<OwnedFd>>) ->
                 ctx.metrics.drop_packet(DropReason::TxNoPeer);
                 continue;
             };
+            let segments = match vnet.gso_type {
+                GsoType::None => 1,
+                _ => (inner.len.saturating_sub(usize::from(vnet.hdr_len)))
+                    .div_ceil(usize::from(vnet.gso_size).max(1))
+                    .max(1),
+            };
+            tally.count(
+                &ctx.metrics,
+                peer.subnet,
+                peer.public_ip,
+                segments as u64,
+                inner.len as u64,
+            );
             if vnet.gso_type != GsoType::None {
                 // Keep packet order: whatever is queued goes first.
                 batch.flush(senders, &ctx, &mut log);
@@ -380,6 +394,7 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, senders: Arc<Vec<OwnedFd>>) ->
             slot_index = (slot_index + 1) % BATCH;
         }
         drop(peers);
+        tally.flush();
         train.flush(senders, &ctx, &mut log);
         batch.flush(senders, &ctx, &mut log);
         slot_index = 0;
@@ -617,6 +632,7 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
         header.msg_name = (&mut addresses[n] as *mut libc::sockaddr_in).cast();
     }
     let mut log = LogLimiter::new();
+    let mut tally = PeerTally::new(Direction::Rx);
 
     loop {
         for (n, message) in messages.iter_mut().enumerate() {
@@ -679,6 +695,7 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
             } else {
                 gso_size
             };
+            let delivered_before = (out.packets, out.bytes);
             for datagram in slot.chunks_mut(stride) {
                 let verdict = match &ctx.encap {
                     Encap::Vxlan { vni, .. } => {
@@ -700,8 +717,20 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
                     }
                 }
             }
+            if out.packets > delivered_before.0 {
+                if let Some(subnet) = peers.subnet_of_public_ip(source) {
+                    tally.count(
+                        &ctx.metrics,
+                        subnet,
+                        source,
+                        out.packets - delivered_before.0,
+                        out.bytes - delivered_before.1,
+                    );
+                }
+            }
         }
         out.flush();
+        tally.flush();
         ctx.metrics.rx.add(out.packets, out.bytes);
     }
 }
