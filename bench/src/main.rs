@@ -101,7 +101,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// `items` without repeats, first occurrence kept (`--paths veth,veth` measures once).
+fn dedup<T: PartialEq + Copy>(items: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for &item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
 fn run(cli: &Cli) -> anyhow::Result<Results> {
+    let paths = dedup(&cli.paths);
+    let tests = dedup(&cli.tests);
     anyhow::ensure!(
         weft_tests::is_root(),
         "must run as root (it creates network namespaces)"
@@ -122,16 +135,16 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         runs: Vec::new(),
     };
-    let total = cli.paths.len() * cli.tests.len();
+    let total = paths.len() * tests.len();
     let mut done = 0;
     println!(
         "weft-bench: {} paths × {} tests, {} s each",
-        cli.paths.len(),
-        cli.tests.len(),
+        paths.len(),
+        tests.len(),
         cli.seconds
     );
 
-    for &path in &cli.paths {
+    for &path in &paths {
         let prefix = weft_tests::run_prefix();
         print!("== {}: building the lab ({prefix}-*) ... ", path.name());
         flush();
@@ -150,7 +163,7 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
             Err(e) => {
                 let error = format!("lab setup: {e:#}");
                 println!("FAILED: {error}");
-                for &m in &cli.tests {
+                for &m in &tests {
                     done += 1;
                     println!("[{done}/{total}] {} {} ... skipped", path.name(), m.name());
                     for &test in m.tests() {
@@ -160,7 +173,7 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
                 continue;
             }
         };
-        for &m in &cli.tests {
+        for &m in &tests {
             done += 1;
             print!("[{done}/{total}] {} {} ... ", path.name(), m.name());
             flush();
