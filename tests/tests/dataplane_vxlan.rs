@@ -149,7 +149,10 @@ fn cleanup_on_exit_removes_device_and_routes() {
     let running = cluster.nodes[0].running.take().unwrap();
     running.stop().unwrap();
     let node1 = &cluster.nodes[0].ns;
-    assert!(node1.ip(&["link", "show", "weft.1"]).is_err(), "device removed");
+    assert!(
+        node1.ip(&["link", "show", "weft.1"]).is_err(),
+        "device removed"
+    );
     let routes = node1.ip(&["route", "show", "proto", "87"]).unwrap();
     assert!(routes.trim().is_empty(), "routes removed: {routes}");
 }

@@ -192,9 +192,10 @@ pub async fn run_with_metrics(
     }
     let vxlan = matches!(encap, Encap::Vxlan { .. });
     let offloads = crate::metrics::ActiveOffloads {
-        tun_csum: TUN_OFFLOADS.csum,
-        tun_tso4: TUN_OFFLOADS.tso4,
-        udp_segment: vxlan,
+        tun_csum: tun.offloads().csum,
+        tun_tso4: tun.offloads().tso4,
+        // Super-packets leave in UDP GSO sends exactly when TUN hands them over.
+        udp_segment: vxlan && tun.offloads().tso4,
         udp_gro: vxlan && crate::metrics::ActiveOffloads::udp_gro_enabled(socket.as_fd()),
     };
     metrics.set_up(crate::metrics::DataplaneInfo {
