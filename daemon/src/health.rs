@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::metrics::{DataplaneInfo, Metrics, MetricsSnapshot};
+use crate::metrics::{DataplaneInfo, Metrics, MetricsSnapshot, PeerTraffic};
 use crate::netlink::Netlink;
 use crate::subnet::registry::EtcdHealth;
 use crate::subnet::status::{ControlStatus, LeaseState, PeerView, Readiness};
@@ -55,6 +55,9 @@ pub struct StatusReport {
     /// Data-plane counters (packets, bytes, drops per reason).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dataplane: Option<MetricsSnapshot>,
+    /// Traffic per peer (current peers only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peer_traffic: Vec<PeerTraffic>,
     /// The data plane's devices and active offload path, once it is up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub devices: Option<DataplaneInfo>,
@@ -96,6 +99,18 @@ impl StatusReport {
             .dataplane
             .as_ref()
             .and_then(|m| m.dataplane().cloned());
+        if let Some(m) = &sources.dataplane {
+            report.peer_traffic = m
+                .peer_traffic()
+                .into_iter()
+                .filter(|t| {
+                    report
+                        .peers
+                        .iter()
+                        .any(|p| p.subnet == t.subnet && p.public_ip == t.public_ip)
+                })
+                .collect();
+        }
         report
     }
 
@@ -147,6 +162,7 @@ impl StatusReport {
                 peer_events: c.peer_events.load(Ordering::Relaxed),
             },
             dataplane: None,
+            peer_traffic: Vec::new(),
             devices: None,
         }
     }

@@ -4,8 +4,12 @@
 //! One counter per drop reason, so an operator can tell "a peer is misconfigured" from
 //! "someone is spraying packets at the VXLAN port" without a capture.
 
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ipnet::Ipv4Net;
 
 /// Packets and bytes moved in one direction.
 #[derive(Debug, Default)]
@@ -99,6 +103,111 @@ pub struct Metrics {
     dataplane: OnceLock<DataplaneInfo>,
     /// True between [`Metrics::set_up`] and [`Metrics::set_down`].
     up: AtomicBool,
+    /// Per-peer traffic, one entry per (subnet, PublicIP) ever seen. The lock is taken
+    /// by a worker only the first time it meets a peer (see [`PeerTally`]) and by the
+    /// exporter, never per packet.
+    peers: Mutex<Vec<Arc<PeerStats>>>,
+}
+
+/// Traffic with one peer. The two directions are written by different threads, so
+/// each sits on its own cache line.
+#[derive(Debug)]
+pub struct PeerStats {
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub tx: AlignedFlow,
+    pub rx: AlignedFlow,
+}
+
+/// A [`Flow`] alone on its cache line(s).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct AlignedFlow(pub Flow);
+
+/// Which direction a [`PeerTally`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Tx,
+    Rx,
+}
+
+/// A worker's per-peer counting: packets are summed locally while consecutive packets
+/// go to (or come from) the same peer and added to that peer's atomics when the peer
+/// changes or the batch ends — no lock and usually no atomic per packet. Each thread
+/// caches the peers it met, so the registry lock is taken once per new peer.
+#[derive(Debug)]
+pub struct PeerTally {
+    direction: Direction,
+    known: HashMap<(Ipv4Net, Ipv4Addr), Arc<PeerStats>>,
+    current: Option<Arc<PeerStats>>,
+    packets: u64,
+    bytes: u64,
+}
+
+impl PeerTally {
+    pub fn new(direction: Direction) -> PeerTally {
+        PeerTally {
+            direction,
+            known: HashMap::new(),
+            current: None,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Counts `packets` packets of `bytes` bytes with the peer `(subnet, public_ip)`.
+    #[inline]
+    pub fn count(
+        &mut self,
+        metrics: &Metrics,
+        subnet: Ipv4Net,
+        public_ip: Ipv4Addr,
+        packets: u64,
+        bytes: u64,
+    ) {
+        let same = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.subnet == subnet && c.public_ip == public_ip);
+        if !same {
+            self.flush();
+            let stats = self
+                .known
+                .entry((subnet, public_ip))
+                .or_insert_with(|| metrics.peer_stats(subnet, public_ip));
+            self.current = Some(stats.clone());
+        }
+        self.packets += packets;
+        self.bytes += bytes;
+    }
+
+    /// Adds what was summed to the current peer's counters.
+    #[inline]
+    pub fn flush(&mut self) {
+        if self.packets == 0 && self.bytes == 0 {
+            return;
+        }
+        if let Some(stats) = &self.current {
+            let flow = match self.direction {
+                Direction::Tx => &stats.tx.0,
+                Direction::Rx => &stats.rx.0,
+            };
+            flow.add(self.packets, self.bytes);
+        }
+        self.packets = 0;
+        self.bytes = 0;
+    }
+}
+
+/// Plain values of one peer's [`PeerStats`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerTraffic {
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
 }
 
 /// The devices and offload path of a running data plane, for `/readyz` (which checks
@@ -185,6 +294,43 @@ impl Metrics {
         }
     }
 
+    /// The counters of peer `(subnet, public_ip)`, created on first use.
+    pub fn peer_stats(&self, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Arc<PeerStats> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stats) = peers
+            .iter()
+            .find(|p| p.subnet == subnet && p.public_ip == public_ip)
+        {
+            return stats.clone();
+        }
+        let stats = Arc::new(PeerStats {
+            subnet,
+            public_ip,
+            tx: AlignedFlow::default(),
+            rx: AlignedFlow::default(),
+        });
+        peers.push(stats.clone());
+        stats
+    }
+
+    /// Every peer's traffic so far, by subnet.
+    pub fn peer_traffic(&self) -> Vec<PeerTraffic> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<PeerTraffic> = peers
+            .iter()
+            .map(|p| PeerTraffic {
+                subnet: p.subnet,
+                public_ip: p.public_ip,
+                tx_packets: p.tx.0.packets.load(Ordering::Relaxed),
+                tx_bytes: p.tx.0.bytes.load(Ordering::Relaxed),
+                rx_packets: p.rx.0.packets.load(Ordering::Relaxed),
+                rx_bytes: p.rx.0.bytes.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by_key(|p| (p.subnet, p.public_ip));
+        out
+    }
+
     /// A consistent-enough copy for exporting (each counter read once).
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
@@ -231,6 +377,35 @@ mod tests {
         }
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot.drops[0], ("rx_unknown_source", 1));
+    }
+
+    #[test]
+    fn tally_sums_per_peer_and_flushes_on_change() {
+        let metrics = Metrics::default();
+        let a: Ipv4Net = "10.244.2.0/24".parse().unwrap();
+        let b: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let ip = |last| Ipv4Addr::new(192, 0, 2, last);
+        let mut tally = PeerTally::new(Direction::Tx);
+        tally.count(&metrics, a, ip(2), 1, 100);
+        tally.count(&metrics, a, ip(2), 2, 200);
+        tally.count(&metrics, b, ip(3), 1, 50);
+        let before_flush = metrics.peer_traffic();
+        assert_eq!(
+            (before_flush[0].tx_packets, before_flush[0].tx_bytes),
+            (3, 300)
+        );
+        assert_eq!(before_flush[1].tx_packets, 0, "b is still summed locally");
+        tally.flush();
+        tally.count(&metrics, a, ip(2), 1, 10);
+        tally.flush();
+        let after = metrics.peer_traffic();
+        assert_eq!((after[0].tx_packets, after[0].tx_bytes), (4, 310));
+        assert_eq!((after[1].tx_packets, after[1].rx_packets), (1, 0));
+        // A subnet that moved to another node is another peer.
+        let mut rx = PeerTally::new(Direction::Rx);
+        rx.count(&metrics, a, ip(9), 1, 1);
+        rx.flush();
+        assert_eq!(metrics.peer_traffic().len(), 3);
     }
 
     #[test]

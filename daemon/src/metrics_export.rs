@@ -8,6 +8,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `weft_packets_total`, `weft_bytes_total` | counter | `direction` = `tx` (TUN → peers) / `rx` (peers → TUN) |
+//! | `weft_peer_packets_total`, `weft_peer_bytes_total` | counter | `peer` (subnet), `public_ip`, `direction` |
 //! | `weft_syscalls_total` | counter | `direction` |
 //! | `weft_drops_total` | counter | `reason` (one per [`DropReason`]) |
 //! | `weft_encap_errors_total`, `weft_decap_errors_total` | counter | |
@@ -133,6 +134,44 @@ impl Collector for NodeCollector {
                 "direction",
                 &[("tx", s.tx_bytes), ("rx", s.rx_bytes)],
             )?;
+            let current = self.control.peers();
+            let peers: Vec<_> = m
+                .peer_traffic()
+                .into_iter()
+                .filter(|p| {
+                    current
+                        .iter()
+                        .any(|c| c.subnet == p.subnet && c.public_ip == p.public_ip)
+                })
+                .collect();
+            for (name, help, tx, rx) in [
+                (
+                    "weft_peer_packets",
+                    "Inner packets sent to / received from each current peer",
+                    peers.iter().map(|p| p.tx_packets).collect::<Vec<_>>(),
+                    peers.iter().map(|p| p.rx_packets).collect::<Vec<_>>(),
+                ),
+                (
+                    "weft_peer_bytes",
+                    "Inner bytes sent to / received from each current peer",
+                    peers.iter().map(|p| p.tx_bytes).collect(),
+                    peers.iter().map(|p| p.rx_bytes).collect(),
+                ),
+            ] {
+                let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (i, peer) in peers.iter().enumerate() {
+                    let subnet = peer.subnet.to_string();
+                    let public_ip = peer.public_ip.to_string();
+                    for (direction, value) in [("tx", tx[i]), ("rx", rx[i])] {
+                        let labels = [
+                            ("peer", subnet.as_str()),
+                            ("public_ip", public_ip.as_str()),
+                            ("direction", direction),
+                        ];
+                        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
             labelled_counters(
                 e,
                 "weft_syscalls",
@@ -288,6 +327,22 @@ mod tests {
         });
         let metrics = Arc::new(Metrics::default());
         metrics.tx.add(3, 300);
+        let peer = crate::lease::Peer {
+            subnet: "10.244.4.0/24".parse().unwrap(),
+            public_ip: Ipv4Addr::new(192, 0, 2, 4),
+            backend: crate::lease::PeerBackend::Ipip,
+        };
+        control.set_peers(std::iter::once(&peer));
+        metrics
+            .peer_stats(peer.subnet, peer.public_ip)
+            .rx
+            .0
+            .add(2, 168);
+        // A peer that is gone is not exported.
+        metrics.peer_stats(
+            "10.244.9.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 0, 2, 9),
+        );
         metrics.drop_packet(DropReason::RxWrongVni);
         let page = render(NodeCollector {
             control,
@@ -306,6 +361,19 @@ mod tests {
         assert_eq!(value("weft_bytes_total{direction=\"tx\"}"), 300.0);
         assert_eq!(value("weft_drops_total{reason=\"rx_wrong_vni\"}"), 1.0);
         assert_eq!(value("weft_decap_errors_total"), 1.0);
+        assert_eq!(
+            value(
+                "weft_peer_packets_total{peer=\"10.244.4.0/24\",public_ip=\"192.0.2.4\",direction=\"rx\"}"
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                "weft_peer_bytes_total{peer=\"10.244.4.0/24\",public_ip=\"192.0.2.4\",direction=\"tx\"}"
+            ),
+            0.0
+        );
+        assert!(!page.contains("10.244.9.0/24"), "{page}");
         assert_eq!(value("weft_lease_held"), 1.0);
         assert_eq!(value("weft_lease_expiry_timestamp_seconds"), 1.9e9);
         assert_eq!(value("weft_ready"), 1.0);

@@ -401,18 +401,28 @@ async fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
             n("rx_bytes"),
         );
     }
-    let peers: Vec<[String; 4]> = status["peers"]
+    let traffic = |subnet: &str, key: &str| -> String {
+        status["peer_traffic"]
+            .as_array()
+            .and_then(|t| t.iter().find(|p| p["subnet"] == subnet))
+            .and_then(|p| p[key].as_u64())
+            .map_or("-".to_owned(), |v| v.to_string())
+    };
+    let peers: Vec<[String; 6]> = status["peers"]
         .as_array()
         .map(|peers| {
             peers
                 .iter()
                 .map(|p| {
                     let field = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
+                    let subnet = field("subnet");
                     [
-                        field("subnet"),
+                        subnet.clone(),
                         field("public_ip"),
                         field("backend"),
                         field("vtep_mac"),
+                        traffic(&subnet, "tx_packets"),
+                        traffic(&subnet, "rx_packets"),
                     ]
                 })
                 .collect()
@@ -421,7 +431,17 @@ async fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
     println!("peers:   {}", peers.len());
     if !peers.is_empty() {
         println!();
-        print_table(["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC"], &peers);
+        print_table(
+            [
+                "SUBNET",
+                "PUBLIC IP",
+                "BACKEND",
+                "VTEP MAC",
+                "TX PKTS",
+                "RX PKTS",
+            ],
+            &peers,
+        );
     }
     Ok(())
 }
