@@ -157,7 +157,10 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
         });
         let lab = match lab {
             Ok(lab) => {
-                println!("ready");
+                match lab.about() {
+                    Some(about) => println!("ready; {about}"),
+                    None => println!("ready"),
+                }
                 lab
             }
             Err(e) => {

@@ -12,7 +12,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
-use weft_tests::lab::{Backend, Lab, LabSpec};
+use weft_tests::lab::{Backend, Lab, LabSpec, HEALTHZ_ADDR};
 use weft_tests::link::{Bridge, End, Veth};
 use weft_tests::netns::Netns;
 
@@ -34,6 +34,8 @@ pub struct PathLab {
     src: Netns,
     dst: Netns,
     dst_ip: Ipv4Addr,
+    /// What the path runs on, when there is something to say (weftd's offloads).
+    about: Option<String>,
     /// What must outlive the pods (fields drop in declaration order).
     _rest: Rest,
 }
@@ -84,6 +86,11 @@ impl PathLab {
     pub fn dst_ip(&self) -> Ipv4Addr {
         self.dst_ip
     }
+
+    /// A line about how the path runs, e.g. which offloads weftd has on.
+    pub fn about(&self) -> Option<&str> {
+        self.about.as_deref()
+    }
 }
 
 /// Two pod namespaces joined directly by one veth pair.
@@ -102,6 +109,7 @@ fn veth(prefix: &str) -> anyhow::Result<PathLab> {
         src: p1,
         dst: p2,
         dst_ip: pod_ip(2),
+        about: None,
         _rest: Rest::Own {
             _nodes: Vec::new(),
             _underlay: None,
@@ -124,14 +132,58 @@ fn lab(prefix: &str, spec: LabSpec) -> anyhow::Result<PathLab> {
     })?;
     lab.add_pod(1, "pa").context("pod on node 1")?;
     let dst_ip = lab.add_pod(2, "pb").context("pod on node 2")?;
+    let about = if lab.weft_nodes().is_empty() {
+        None
+    } else {
+        Some(weftd_offloads(&lab))
+    };
     Ok(PathLab {
         src: lab.pod_ns("pa")?,
         dst: lab.pod_ns("pb")?,
         dst_ip,
+        about,
         _rest: Rest::Lab {
             _lab: Box::new(lab),
         },
     })
+}
+
+/// Which offloads weftd on node 1 runs with, from its `/v1/status` (`devices.offloads`),
+/// so a result can be read against the data path that produced it.
+fn weftd_offloads(lab: &Lab) -> String {
+    let url = format!("http://{HEALTHZ_ADDR}/v1/status");
+    // `timeout` rather than wget's `-T`: busybox 1.35's wget crashes on `-T` with `-O -`.
+    let status = lab
+        .exec(
+            "n1",
+            &["timeout", "3", "busybox", "wget", "-q", "-O", "-", &url],
+        )
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|body| {
+            serde_json::from_str::<serde_json::Value>(&body).map_err(|e| e.to_string())
+        });
+    match status {
+        Ok(status) => match status
+            .pointer("/devices/offloads")
+            .and_then(|o| o.as_object())
+        {
+            Some(offloads) => {
+                let on: Vec<&str> = offloads
+                    .iter()
+                    .filter(|(_, v)| v.as_bool() == Some(true))
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                let on = if on.is_empty() {
+                    "none".to_string()
+                } else {
+                    on.join(" ")
+                };
+                format!("weftd offloads: {on}")
+            }
+            None => "weftd /v1/status has no devices.offloads".to_string(),
+        },
+        Err(e) => format!("weftd /v1/status unavailable: {e}"),
+    }
 }
 
 /// The Lab's shape without etcd or daemons: underlay bridge, two nodes, a pod behind
@@ -189,6 +241,7 @@ fn host_gw(prefix: &str) -> anyhow::Result<PathLab> {
         src,
         dst,
         dst_ip: pod_ip(2),
+        about: None,
         _rest: Rest::Own {
             _nodes: nodes,
             _underlay: Some(underlay),
