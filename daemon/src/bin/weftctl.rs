@@ -42,8 +42,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the local weftd's status (lease, peers, etcd, counters) from its
-    /// `/v1/status` endpoint.
+    /// Show the local weftd's status from its `/v1/status` endpoint: readiness, lease,
+    /// etcd, devices and active offloads, traffic, and the peers with per-peer packets.
     Status {
         /// weftd's --healthz-addr.
         #[arg(long, env = "WEFTD_HEALTHZ_ADDR", default_value = "127.0.0.1:9842")]
@@ -52,16 +52,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Walk the path a packet from a pod takes to an IP, hop by hop, with the kernel's
-    /// and etcd's evidence: the pod's interface and its veth peer, the bridge (cni0), the
-    /// route this node picks (RTM_GETROUTE), the overlay device (weft's TUN or a kernel
-    /// flannel.N), the destination subnet's lease (PublicIP, VtepMAC), for kernel vxlan
-    /// the neighbour and fdb entries, the underlay route and MTU, and — when a network
-    /// namespace on this machine holds the destination node's PublicIP, as in weft-lab —
-    /// the remote node, its bridge and the destination pod. Run it in the source pod's
-    /// node (its network namespace). Exits 0 when the path is complete, 1 when it breaks
-    /// (the first broken hop is named with the reason), 2 when it cannot run.
-    #[command(verbatim_doc_comment)]
+    /// Walk a packet's path from a pod to an IP, hop by hop, and name the hop where it
+    /// breaks.
+    ///
+    /// Each hop is shown with the kernel's or etcd's evidence: the pod's interface and
+    /// its veth peer (iflink), the bridge (cni0), the route this node picks (the
+    /// RTM_GETROUTE answer `ip route get` shows), the overlay device (weft's TUN weft.N /
+    /// weft.ipip, or a kernel flannel.N), the lease of the destination's subnet
+    /// (PublicIP, VtepMAC), for a kernel vxlan device its neighbour and fdb entries, the
+    /// underlay route and MTU, and — when a network namespace on this machine holds the
+    /// destination node's PublicIP, as in weft-lab — the remote node, its bridge and the
+    /// destination pod. A destination outside the cluster network is checked for
+    /// masquerading instead.
+    ///
+    /// Run it in the source pod's node (its network namespace). Exit status: 0 when the
+    /// path is complete, 1 when it breaks (the first broken hop is named with the
+    /// reason: bridge down, route missing, no lease, neighbour/fdb missing, MTU
+    /// mismatch, masquerade rule missing, ...), 2 when it cannot run.
+    #[command(after_long_help = "Examples:\n  \
+        ip netns exec node1 weftctl trace --from 10.244.1.5 --to 10.244.2.7\n  \
+        weftctl trace --from web-1 --to 10.244.2.7 --json          # netns /run/netns/web-1\n  \
+        weftctl trace --from 3f9c2e... --to 10.244.2.7             # container ID (CNI cache)")]
     Trace {
         /// The source pod: its IP, its network namespace (a name under /run/netns or a
         /// path such as /proc/PID/ns/net), or its container ID (looked up in the CNI
@@ -118,8 +129,10 @@ struct EtcdArgs {
     /// Client key for TLS to etcd.
     #[arg(long, env = "WEFTD_ETCD_KEYFILE")]
     etcd_keyfile: Option<PathBuf>,
+    /// etcd user name (with --etcd-password).
     #[arg(long, env = "WEFTD_ETCD_USERNAME")]
     etcd_username: Option<String>,
+    /// etcd password (with --etcd-username).
     #[arg(long, env = "WEFTD_ETCD_PASSWORD", hide_env_values = true)]
     etcd_password: Option<String>,
 }
