@@ -322,7 +322,14 @@ pub fn transmit(ctx: WorkerContext, tun: OwnedFd, senders: Arc<Vec<OwnedFd>>) ->
                 continue;
             };
             let Some(inner) = parse_inner_ipv4(packet) else {
-                ctx.metrics.drop_packet(DropReason::TxMalformed);
+                // The overlay is IPv4 only: IPv6 the host sends into the device (router
+                // solicitations, MLD) has no peer; anything else is malformed.
+                let reason = if packet.first().is_some_and(|b| b >> 4 == 6) {
+                    DropReason::TxNoPeer
+                } else {
+                    DropReason::TxMalformed
+                };
+                ctx.metrics.drop_packet(reason);
                 continue;
             };
             let Some(peer) = peers.route(inner.dst) else {
