@@ -103,7 +103,20 @@ impl SubnetEnv {
                 "the path names a directory, not a file",
             ))
         })?;
-        fs::create_dir_all(dir).map_err(fail)?;
+        fs::create_dir_all(dir).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                // create_dir_all's EEXIST: something on the way is a file.
+                fail(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} (or a parent) exists and is not a directory",
+                        dir.display()
+                    ),
+                ))
+            } else {
+                fail(e)
+            }
+        })?;
 
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let mut temp_name = std::ffi::OsString::from(".");

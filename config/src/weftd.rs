@@ -496,6 +496,25 @@ fn documented_file_keys() -> Vec<String> {
         .collect()
 }
 
+/// A TOML error on one line (the parser's own text quotes the source over several):
+/// `line 2, column 9: string values must be quoted, expected literal string`.
+fn toml_error_line(text: &str, error: &toml::de::Error) -> String {
+    let message = error
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
 fn at_line(line: Option<usize>) -> String {
     line.map(|l| format!(" line {l}")).unwrap_or_default()
 }
@@ -559,7 +578,7 @@ where
 fn file_layer(path: &Path, text: &str) -> Result<Flags, SettingsError> {
     let table: toml::Table = toml::from_str(text).map_err(|e| SettingsError::Toml {
         path: path.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
+        message: toml_error_line(text, &e),
     })?;
     let names = file_keys();
     let known: Vec<&str> = names.iter().map(String::as_str).collect();

@@ -48,14 +48,39 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let message = one_line(&e);
             if json_logs {
                 // Log collectors reading JSON get the error as a record too.
-                tracing::error!("{e:#}");
+                tracing::error!("{message}");
             }
-            eprintln!("weftd: {e:#}");
+            eprintln!("weftd: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: many errors already quote
+/// their source in their own message, which `{:#}` would repeat
+/// ("...: Address already in use (os error 98): Address already in use (os error 98)").
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn init_tracing(settings: &Settings) -> Result<(), String> {
@@ -85,5 +110,27 @@ async fn wait_for_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot listen on 127.0.0.1:9842: {source}")]
+    struct Quoting {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let io = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let error = anyhow::Error::new(Quoting { source: io }).context("health endpoint");
+        let line = one_line(&error);
+        assert_eq!(line.matches("in use").count(), 1, "{line}");
+        assert!(line.starts_with("health endpoint: cannot listen"), "{line}");
+        let nested = anyhow::anyhow!("line one\n  line two").context("outer");
+        assert_eq!(one_line(&nested), "outer: line one; line two");
     }
 }
