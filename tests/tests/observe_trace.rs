@@ -236,6 +236,52 @@ fn trace_lists_every_hop_and_names_the_broken_one() {
         .unwrap();
     assert_broken_at(&report, code, "overlay", "MTU mismatch");
 
+    // --- outside the cluster network: masquerading --------------------------------
+    // A lab-only destination beyond the underlay bridge (nothing routes further).
+    let outside = "198.51.100.7";
+    n1.ip(&["route", "add", "198.51.100.0/24", "via", "192.0.2.254"])
+        .unwrap();
+    // subnet.env says FLANNEL_IPMASQ=false: not expected, so not checked.
+    let (report, code) = trace(&lab, 1, &a, outside);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        hops(&report),
+        [
+            ("pod", "ok"),
+            ("host-veth", "ok"),
+            ("bridge", "ok"),
+            ("route", "ok"),
+            ("masquerade", "skipped"),
+            ("egress", "ok")
+        ]
+        .map(|(h, s)| (h.to_owned(), s.to_owned())),
+        "{report:#}"
+    );
+    // Expected (--ip-masq) but weftd runs without it: that hop breaks.
+    let out = trace_output(&lab, 1, &a, outside, &["--json", "--ip-masq"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_broken_at(
+        &report,
+        out.status.code().unwrap(),
+        "masquerade",
+        "no masquerade rule",
+    );
+    // With weft's rules in place the hop is ok.
+    let network = lab.state().network;
+    let subnet = lab.node_subnet(1).unwrap().0;
+    let rules = weft_daemon::masq::ruleset(network, subnet);
+    n1.sh(&format!("nft -f - <<'EOF'\n{rules}EOF\n")).unwrap();
+    let out = trace_output(&lab, 1, &a, outside, &["--json", "--ip-masq"]);
+    n1.sh(&format!(
+        "nft -f - <<'EOF'\n{}EOF\n",
+        weft_daemon::masq::removal()
+    ))
+    .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(hops(&report)[4], ("masquerade".into(), "ok".into()));
+    n1.ip(&["route", "del", "198.51.100.0/24"]).unwrap();
+
     // --- a source that does not exist -----------------------------------------------
     let out = trace_output(&lab, 1, "no-such-pod", &b, &[]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
