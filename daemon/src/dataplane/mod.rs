@@ -229,6 +229,11 @@ pub async fn run_with_metrics(
             event = events.recv() => match event {
                 Some(event) => {
                     apply_event(&mut peers, event, &lease.subnet);
+                    // A burst of events (a watch catching up, many nodes joining) is
+                    // applied as one: one table swap and one route reconcile.
+                    while let Ok(event) = events.try_recv() {
+                        apply_event(&mut peers, event, &lease.subnet);
+                    }
                     let (routes, table_input) = state.desired(&peers);
                     table.store(Arc::new(PeerTable::build(subnet_len, &encap, table_input)));
                     if let Err(error) = sync_routes(&netlink, &routes).await {
