@@ -640,6 +640,9 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
     }
     let mut log = LogLimiter::new();
     let mut tally = PeerTally::new(Direction::Rx);
+    // A super-packet being coalesced stays open across receive calls (a train of
+    // segments often spans several), and is written before the thread sleeps.
+    let mut pending: Option<gso::TcpCoalescer> = None;
 
     loop {
         for (n, message) in messages.iter_mut().enumerate() {
@@ -662,6 +665,18 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
         };
         if rc < 0 {
             let error = io::Error::last_os_error();
+            if let Some(coalescer) = pending.take() {
+                let mut out = RxOutput {
+                    tun: &tun,
+                    ctx: &ctx,
+                    log: &mut log,
+                    coalesced: &mut coalesced,
+                    coalescer: Some(coalescer),
+                    packets: 0,
+                    bytes: 0,
+                };
+                out.flush();
+            }
             match error.kind() {
                 io::ErrorKind::WouldBlock => {
                     if !wait_readable(socket.as_fd(), &ctx.stop)? {
@@ -687,7 +702,7 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
             ctx: &ctx,
             log: &mut log,
             coalesced: &mut coalesced,
-            coalescer: None,
+            coalescer: pending.take(),
             packets: 0,
             bytes: 0,
         };
@@ -736,7 +751,7 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
                 }
             }
         }
-        out.flush();
+        pending = out.coalescer.take();
         tally.flush();
         ctx.metrics.rx.add(out.packets, out.bytes);
     }
