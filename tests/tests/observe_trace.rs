@@ -169,8 +169,14 @@ fn trace_lists_every_hop_and_names_the_broken_one() {
     kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
     n1.ip(&["route", "del", &b_subnet]).unwrap();
     let (report, code) = trace(&lab, 1, &a, &b);
+    // A less specific route (like a node's default route) must not hide the missing one.
+    n1.ip(&["route", "add", "10.244.0.0/16", "via", "192.0.2.254"])
+        .unwrap();
+    let (covered, covered_code) = trace(&lab, 1, &a, &b);
+    n1.ip(&["route", "del", "10.244.0.0/16"]).unwrap();
     kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
     assert_broken_at(&report, code, "route", "no route to");
+    assert_broken_at(&covered, covered_code, "route", "not the overlay");
     // weftd's reconcile puts it back, and counts the fix.
     wait_for("the route to come back", Duration::from_secs(20), || {
         (trace(&lab, 1, &a, &b).1 == 0).then_some(())

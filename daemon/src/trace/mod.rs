@@ -561,23 +561,45 @@ async fn walk_path(
         Some("vxlan") => OverlayKind::KernelVxlan(out.vxlan.unwrap_or_default()),
         _ => OverlayKind::None,
     };
-    let direct = matches!(overlay_kind, OverlayKind::None) && route.gateway.is_some();
+    let leases = etcd.map(|(leases, _)| leases);
+    let lease = leases
+        .as_ref()
+        .ok()
+        .and_then(|all| all.iter().find(|l| l.subnet.contains(&to)).cloned());
+    // Without an overlay device the only right route is flannel's DirectRouting: straight
+    // to the destination node's PublicIP. Anything else (a default route, say) means the
+    // route for the destination's subnet is missing.
+    let direct = matches!(overlay_kind, OverlayKind::None)
+        && route.gateway.is_some()
+        && lease
+            .as_ref()
+            .is_some_and(|l| Some(l.attrs.public_ip) == route.gateway);
     if matches!(overlay_kind, OverlayKind::None) && !direct {
+        let nor_direct = lease
+            .as_ref()
+            .map(|l| format!(" nor straight to its node {}", l.attrs.public_ip))
+            .unwrap_or_default();
         return walk.broken(
             "route",
             format!(
                 "{route_text}: {to} is in the cluster network but the route leaves through \
-                 {}, not the overlay; the route for its subnet is missing",
+                 {}, not the overlay{nor_direct}; the route for its subnet is missing",
                 out.name
             ),
         );
     }
-    walk.ok("route", route_text);
-    let leases = match etcd {
-        Ok((leases, _)) => leases,
+    walk.ok(
+        "route",
+        if direct {
+            format!("{route_text} (DirectRouting to the node's PublicIP)")
+        } else {
+            route_text
+        },
+    );
+    let leases = match leases {
+        Ok(leases) => leases,
         Err(e) => return walk.broken("lease", format!("cannot read the leases from etcd: {e:#}")),
     };
-    let lease = leases.iter().find(|l| l.subnet.contains(&to)).cloned();
     if !direct {
         let detail = match overlay_kind {
             OverlayKind::WeftTun => format!("{}: weft's userspace TUN", describe_link(&out)),
