@@ -620,7 +620,7 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
     // with room for an outer IPv4 header with options on the raw IPIP socket.
     let slot_len = MAX_INNER_PACKET + VXLAN_OVERHEAD + 128;
     let mut buffers = vec![0u8; slot_len * BATCH];
-    let mut coalesced = vec![0u8; VNET_HDR_LEN + MAX_INNER_PACKET];
+    let mut coalescers = Coalescers::new();
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut addresses: Vec<libc::sockaddr_in> = vec![unsafe { std::mem::zeroed() }; BATCH];
     let mut control = vec![0u8; BATCH * RX_CONTROL_LEN];
@@ -640,9 +640,6 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
     }
     let mut log = LogLimiter::new();
     let mut tally = PeerTally::new(Direction::Rx);
-    // A super-packet being coalesced stays open across receive calls (a train of
-    // segments often spans several), and is written before the thread sleeps.
-    let mut pending: Option<gso::TcpCoalescer> = None;
 
     loop {
         for (n, message) in messages.iter_mut().enumerate() {
@@ -665,18 +662,17 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
         };
         if rc < 0 {
             let error = io::Error::last_os_error();
-            if let Some(coalescer) = pending.take() {
-                let mut out = RxOutput {
-                    tun: &tun,
-                    ctx: &ctx,
-                    log: &mut log,
-                    coalesced: &mut coalesced,
-                    coalescer: Some(coalescer),
-                    packets: 0,
-                    bytes: 0,
-                };
-                out.flush();
+            // Nothing more to read: write what is being coalesced before sleeping (a
+            // train of segments often spans several receive calls).
+            RxOutput {
+                tun: &tun,
+                ctx: &ctx,
+                log: &mut log,
+                coalescers: &mut coalescers,
+                packets: 0,
+                bytes: 0,
             }
+            .flush();
             match error.kind() {
                 io::ErrorKind::WouldBlock => {
                     if !wait_readable(socket.as_fd(), &ctx.stop)? {
@@ -701,8 +697,7 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
             tun: &tun,
             ctx: &ctx,
             log: &mut log,
-            coalesced: &mut coalesced,
-            coalescer: pending.take(),
+            coalescers: &mut coalescers,
             packets: 0,
             bytes: 0,
         };
@@ -751,7 +746,6 @@ pub fn receive(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> io::Re
                 }
             }
         }
-        pending = out.coalescer.take();
         tally.flush();
         ctx.metrics.rx.add(out.packets, out.bytes);
     }
@@ -782,14 +776,63 @@ fn gro_size(control: &[u8]) -> usize {
     0
 }
 
-/// Where accepted inner packets go: coalesced into the pending super-packet, or written
-/// to TUN one by one.
+/// How many TCP flows are coalesced at once on one receive thread.
+const COALESCE_FLOWS: usize = 8;
+
+/// A TCP flow's identity: addresses and ports.
+type FlowKey = [u8; 12];
+
+/// The flow of an unfragmented IPv4/TCP packet.
+fn tcp_flow(packet: &[u8]) -> Option<FlowKey> {
+    let header_len = usize::from(packet.first()? & 0x0f) * 4;
+    if packet.len() < header_len + 4
+        || packet[9] != 6
+        || u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0
+    {
+        return None;
+    }
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&packet[12..20]);
+    key[8..].copy_from_slice(&packet[header_len..header_len + 4]);
+    Some(key)
+}
+
+/// One super-packet being built (`weft_proto::gso::TcpCoalescer`) in its own buffer.
+struct CoalesceSlot {
+    buffer: Vec<u8>,
+    open: Option<(FlowKey, gso::TcpCoalescer)>,
+}
+
+/// Super-packets being built for up to [`COALESCE_FLOWS`] flows at once, so that
+/// interleaved streams (`iperf3 -P 4`, several pods) still coalesce. They stay open
+/// across receive calls and are written before the thread sleeps.
+struct Coalescers {
+    slots: Vec<CoalesceSlot>,
+    /// The slot to reuse when all are busy.
+    victim: usize,
+}
+
+impl Coalescers {
+    fn new() -> Coalescers {
+        Coalescers {
+            slots: (0..COALESCE_FLOWS)
+                .map(|_| CoalesceSlot {
+                    buffer: vec![0u8; VNET_HDR_LEN + MAX_INNER_PACKET],
+                    open: None,
+                })
+                .collect(),
+            victim: 0,
+        }
+    }
+}
+
+/// Where accepted inner packets go: into a super-packet of their flow, or written to
+/// TUN one by one.
 struct RxOutput<'a> {
     tun: &'a OwnedFd,
     ctx: &'a WorkerContext,
     log: &'a mut LogLimiter,
-    coalesced: &'a mut [u8],
-    coalescer: Option<gso::TcpCoalescer>,
+    coalescers: &'a mut Coalescers,
     packets: u64,
     bytes: u64,
 }
@@ -798,20 +841,43 @@ impl RxOutput<'_> {
     fn deliver(&mut self, datagram: &mut [u8], accepted: Accepted) {
         let Accepted { offset, len } = accepted;
         let inner = &datagram[offset..offset + len];
-        if let Some(coalescer) = self.coalescer.as_mut() {
-            if coalescer.try_append(self.coalesced, inner).is_ok() {
-                self.packets += 1;
-                self.bytes += len as u64;
-                return;
+        if let Some(key) = tcp_flow(inner) {
+            // The flow's open super-packet, if any: continue it, or close it first so
+            // that this packet never overtakes it.
+            let same = self
+                .coalescers
+                .slots
+                .iter()
+                .position(|slot| slot.open.as_ref().is_some_and(|(k, _)| *k == key));
+            if let Some(i) = same {
+                let slot = &mut self.coalescers.slots[i];
+                let (_, coalescer) = slot.open.as_mut().expect("slot is open");
+                if coalescer.try_append(&mut slot.buffer, inner).is_ok() {
+                    self.packets += 1;
+                    self.bytes += len as u64;
+                    return;
+                }
+                self.flush_slot(i);
             }
-            self.flush();
-        }
-        if len <= self.ctx.mtu {
-            if let Ok(coalescer) = gso::TcpCoalescer::start(self.coalesced, inner, true) {
-                self.coalescer = Some(coalescer);
-                self.packets += 1;
-                self.bytes += len as u64;
-                return;
+            if len <= self.ctx.mtu {
+                let i = match same
+                    .or_else(|| self.coalescers.slots.iter().position(|s| s.open.is_none()))
+                {
+                    Some(i) => i,
+                    None => {
+                        let i = self.coalescers.victim;
+                        self.coalescers.victim = (i + 1) % self.coalescers.slots.len();
+                        self.flush_slot(i);
+                        i
+                    }
+                };
+                let slot = &mut self.coalescers.slots[i];
+                if let Ok(coalescer) = gso::TcpCoalescer::start(&mut slot.buffer, inner, true) {
+                    slot.open = Some((key, coalescer));
+                    self.packets += 1;
+                    self.bytes += len as u64;
+                    return;
+                }
             }
         }
         // Not coalescable (not TCP with payload, a partial checksum, a peer kernel's
@@ -819,37 +885,36 @@ impl RxOutput<'_> {
         let start = offset - VNET_HDR_LEN;
         let vnet = rx_vnet_header(&mut datagram[offset..offset + len], self.ctx.mtu);
         datagram[start..offset].copy_from_slice(&vnet);
-        self.write(start..offset + len, Some(datagram));
-    }
-
-    /// Writes the pending super-packet, if any.
-    fn flush(&mut self) {
-        if let Some(coalescer) = self.coalescer.take() {
-            let range = coalescer.finish(self.coalesced);
-            self.write(range, None);
+        match write_packet(self.tun.as_fd(), &datagram[start..offset + len]) {
+            Ok(()) => {
+                self.packets += 1;
+                self.bytes += len as u64;
+            }
+            Err(error) => self.write_failed(&error),
         }
     }
 
-    /// Writes `range` of `buffer` (or of the coalescing buffer) to TUN.
-    fn write(&mut self, range: std::ops::Range<usize>, buffer: Option<&[u8]>) {
-        let len = range.len() - VNET_HDR_LEN;
-        let bytes = match buffer {
-            Some(buffer) => &buffer[range],
-            None => &self.coalesced[range],
-        };
-        match write_packet(self.tun.as_fd(), bytes) {
-            Ok(()) => {
-                if buffer.is_some() {
-                    self.packets += 1;
-                    self.bytes += len as u64;
-                }
+    /// Writes every open super-packet (before sleeping).
+    fn flush(&mut self) {
+        for i in 0..self.coalescers.slots.len() {
+            self.flush_slot(i);
+        }
+    }
+
+    fn flush_slot(&mut self, i: usize) {
+        let slot = &mut self.coalescers.slots[i];
+        if let Some((_, coalescer)) = slot.open.take() {
+            let range = coalescer.finish(&mut slot.buffer);
+            if let Err(error) = write_packet(self.tun.as_fd(), &slot.buffer[range]) {
+                self.write_failed(&error);
             }
-            Err(error) => {
-                self.ctx.metrics.drop_packet(DropReason::RxTunWrite);
-                if let Some(suppressed) = self.log.allow() {
-                    tracing::warn!(%error, suppressed, "TUN write failed");
-                }
-            }
+        }
+    }
+
+    fn write_failed(&mut self, error: &io::Error) {
+        self.ctx.metrics.drop_packet(DropReason::RxTunWrite);
+        if let Some(suppressed) = self.log.allow() {
+            tracing::warn!(%error, suppressed, "TUN write failed");
         }
     }
 }
@@ -910,6 +975,22 @@ mod tests {
         let packet = tcp_packet(40001);
         assert_eq!(pick_sender(&packet, 8), pick_sender(&packet, 8));
         assert_eq!(pick_sender(&packet, 1), 0);
+    }
+
+    #[test]
+    fn tcp_flow_keys_addresses_and_ports() {
+        let a = tcp_packet(40000);
+        let b = tcp_packet(40001);
+        assert_eq!(tcp_flow(&a), tcp_flow(&a.clone()));
+        assert_ne!(tcp_flow(&a), tcp_flow(&b));
+        let mut udp = a.clone();
+        udp[9] = 17;
+        assert_eq!(tcp_flow(&udp), None);
+        let mut fragment = a.clone();
+        fragment[6] = 0x20; // more fragments
+        assert_eq!(tcp_flow(&fragment), None);
+        assert_eq!(tcp_flow(&a[..22]), None);
+        assert_eq!(tcp_flow(&[]), None);
     }
 
     #[test]
