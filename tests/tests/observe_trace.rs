@@ -145,6 +145,11 @@ fn trace_lists_every_hop_and_names_the_broken_one() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_complete(&report, out.status.code().unwrap(), &REMOTE_HOPS);
     assert_eq!(report["source_ip"], a.as_str());
+    let lease_detail = report["hops"][5]["detail"].as_str().unwrap();
+    assert!(
+        lease_detail.contains("the local weftd has this peer"),
+        "{lease_detail}"
+    );
     // From the pod's IP, kernel-flannel → weft: the neighbour and fdb entries too.
     let (report, code) = trace(&lab, 3, &c, &a);
     assert_complete(&report, code, &KERNEL_HOPS);

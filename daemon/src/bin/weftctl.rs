@@ -100,6 +100,9 @@ enum Command {
         #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
               default_missing_value = "true")]
         ip_masq: Option<bool>,
+        /// The local weftd's --healthz-addr (its peer list is checked when it answers).
+        #[arg(long, env = "WEFTD_HEALTHZ_ADDR", default_value = "127.0.0.1:9842")]
+        healthz_addr: SocketAddr,
         /// Print the hops as JSON.
         #[arg(long)]
         json: bool,
@@ -207,8 +210,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cni_cache_dir,
             subnet_file,
             ip_masq,
+            healthz_addr,
             json,
         } => {
+            // Best effort: a kernel-flannel node has no weftd.
+            let weftd_status = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                http_get(healthz_addr, "/v1/status"),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|body| serde_json::from_str(&body).ok());
             let opts = TraceOptions {
                 from,
                 to,
@@ -216,6 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cni_cache_dirs: cni_cache_dir,
                 subnet_file,
                 ip_masq,
+                weftd_status,
             };
             let report = weft_daemon::trace::trace(&opts).await?;
             if json {

@@ -47,6 +47,9 @@ pub struct TraceOptions {
     pub subnet_file: PathBuf,
     /// Whether masquerading is expected; `None`: as subnet.env says.
     pub ip_masq: Option<bool>,
+    /// The local weftd's `/v1/status`, when it answered: a weft overlay's peer must be
+    /// in its peer list.
+    pub weftd_status: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -684,6 +687,30 @@ async fn walk_path(
                     out.name, theirs
                 ),
             );
+        }
+    }
+    if overlay_kind == OverlayKind::WeftTun {
+        match &opts.weftd_status {
+            Some(status) => {
+                let peers = status["peers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                let subnet = lease.subnet.to_string();
+                let known = peers.iter().any(|p| {
+                    p["subnet"] == subnet.as_str()
+                        && p["public_ip"] == public_ip.to_string().as_str()
+                });
+                if !known {
+                    return walk.broken(
+                        "lease",
+                        format!(
+                            "{lease_text}: the local weftd has no such peer (its /v1/status \
+                             lists {} peers): it has not seen this lease",
+                            peers.len()
+                        ),
+                    );
+                }
+                lease_text += "; the local weftd has this peer";
+            }
+            None => lease_text += "; the local weftd's status was not reachable",
         }
     }
     walk.ok("lease", lease_text);
