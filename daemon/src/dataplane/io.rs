@@ -12,9 +12,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// were). Falls back silently to the sysctl-capped size when not privileged.
 pub const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 
-/// The VXLAN socket: UDP bound to `0.0.0.0:port` in the node's namespace.
+/// A VXLAN receiving socket: UDP bound to `0.0.0.0:port` in the node's namespace, with
+/// `SO_REUSEPORT` so that one per receive worker can share the port.
 pub fn vxlan_socket(port: u16) -> io::Result<OwnedFd> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
     socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
     size_buffers(&socket);
     enable_gro(&socket);

@@ -43,6 +43,14 @@ const TUN_OFFLOADS: Offloads = Offloads {
     uso4: false,
 };
 
+/// TUN queues (each with a transmit and a receive worker): one per CPU, at most 4.
+fn worker_queues() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
 /// Sending sockets for VXLAN, each with its own source port (flows are spread over them).
 const FLOW_SOCKETS: usize = 8;
 
@@ -107,7 +115,9 @@ pub async fn run_with_metrics(
             ..TUN_OFFLOADS
         }
     };
-    let tun = Tun::open(&name, 1, wanted).with_context(|| format!("opening TUN device {name}"))?;
+    let queues = worker_queues();
+    let tun =
+        Tun::open(&name, queues, wanted).with_context(|| format!("opening TUN device {name}"))?;
     if tun.offloads() == wanted {
         tracing::info!(device = %name, offloads = ?tun.offloads(), "TUN offloads: TSO super-packets are segmented in userspace");
     } else {
@@ -143,12 +153,20 @@ pub async fn run_with_metrics(
         ),
         Backend::Ipip { direct_routing } => (Encap::Ipip, direct_routing),
     };
-    let socket: OwnedFd = match encap {
-        Encap::Vxlan { port, .. } => io::vxlan_socket(port)
+    // Receiving sockets, one per receive worker. VXLAN: UDP sockets sharing the port
+    // with SO_REUSEPORT, so the kernel spreads peers' flows (distinct source ports, see
+    // `worker::pick_sender`) over the workers. IPIP: a single raw socket, as every raw
+    // socket receives a copy of every packet.
+    let receivers: Vec<Arc<OwnedFd>> = match encap {
+        Encap::Vxlan { port, .. } => (0..queues)
+            .map(|_| io::vxlan_socket(port).map(Arc::new))
+            .collect::<Result<_, _>>()
             .with_context(|| format!("binding UDP 0.0.0.0:{port} for VXLAN"))?,
-        Encap::Ipip => io::ipip_socket().context("opening the raw IPIP socket")?,
+        Encap::Ipip => vec![Arc::new(
+            io::ipip_socket().context("opening the raw IPIP socket")?,
+        )],
     };
-    let socket = Arc::new(socket);
+    let socket = receivers[0].clone();
     // VXLAN sends from a few ephemeral ports chosen by inner flow (see
     // `worker::pick_sender`); IPIP has no ports and sends from the raw socket.
     let senders: Vec<OwnedFd> = match encap {
@@ -178,7 +196,10 @@ pub async fn run_with_metrics(
                 .name(format!("weft-tx-{queue}"))
                 .spawn(move || worker::transmit(tx.0, tx.1, tx.2))?,
         );
-        let rx = (ctx.clone(), tun.clone_queue(queue)?, socket.clone());
+        let Some(receiver) = receivers.get(queue) else {
+            continue;
+        };
+        let rx = (ctx.clone(), tun.clone_queue(queue)?, receiver.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("weft-rx-{queue}"))
