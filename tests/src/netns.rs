@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::process::{Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,6 +27,22 @@ pub fn delete(name: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     crate::ip(&["netns", "delete", name]).map(|_| ())
+}
+
+/// Runs `f` on a new thread that has entered the named network namespace `ns` (only
+/// that thread switches; sockets it opens belong to the namespace) and returns the
+/// thread's handle; [`Netns::in_thread`] is the same, joined.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> JoinHandle<anyhow::Result<T>> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering {path}"))?;
+        f()
+    })
 }
 
 /// A network namespace `ip netns add <name>`; deleted on Drop. Dropping kills nothing:
@@ -100,15 +117,9 @@ impl Netns {
         &self,
         f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering {path}"))?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
+        spawn_in(&self.name, f)
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
     }
 
     /// `GET http://<addr><path>` from inside the namespace (HTTP/1.0, 2 s timeouts);

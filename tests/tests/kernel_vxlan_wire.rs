@@ -9,7 +9,6 @@
 //! the two values the kernel picks per packet (UDP source port, IP ID), and the same
 //! apart from those fields (and the IP checksum over them) when it picks them itself.
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use weft_proto::udp::UdpChecksum;
 use weft_proto::vxlan::{self, VxlanEncap, VxlanFrame};
 use weft_proto::{flow, MacAddr, VXLAN_HEADROOM};
 use weft_tests::link::{self, End, Veth};
-use weft_tests::netns::Netns;
+use weft_tests::netns::{self, Netns};
 use weft_tests::{require_root, run_prefix};
 
 const VTEP_A: &str = "02:00:0a:f4:01:00";
@@ -35,11 +34,7 @@ const MESSAGE: &str = "weft-proto kernel wire test";
 /// An AF_PACKET socket receiving every frame in namespace `ns` (opened on a thread
 /// that entered the namespace; the socket stays bound to it).
 fn packet_socket_in(ns: &str) -> anyhow::Result<OwnedFd> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || -> anyhow::Result<OwnedFd> {
-        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering {path}"))?;
+    netns::spawn_in(ns, move || -> anyhow::Result<OwnedFd> {
         let fd = socket(
             AddressFamily::Packet,
             SockType::Raw,

@@ -9,7 +9,6 @@
 
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -31,18 +30,7 @@ use weft_tests::{run_prefix, wait_until};
 pub const UNDERLAY_MTU: u32 = 1500;
 
 /// Runs `f` on a new thread that has entered network namespace `ns`.
-pub fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> JoinHandle<anyhow::Result<T>> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering {path}"))?;
-        f()
-    })
-}
+pub use weft_tests::netns::spawn_in as in_netns;
 
 /// A data plane running in a node namespace.
 pub struct Running {
