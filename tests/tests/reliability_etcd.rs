@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use reliability_support::{
-    counter, ifindex, lease_of, readyz, require_binaries, routes_via, status, Transfer,
+    counter, lease_of, readyz, require_binaries, routes_via, status, view, Transfer,
 };
 use weft_tests::lab::kernel::{lease_key, FlannelLease};
 use weft_tests::lab::{Lab, LabSpec, ETCD_PREFIX};
@@ -25,24 +25,6 @@ use weft_tests::{require_root, wait_for, wait_until};
 /// The transfer runs through the whole outage: 16 MiB at 1 MiB/s.
 const TOTAL: u64 = 16 * 1024 * 1024;
 const RATE: u64 = 1024 * 1024;
-
-#[derive(Debug, PartialEq, Eq)]
-struct NodeView {
-    tun_index: Option<u64>,
-    bridge_index: Option<u64>,
-    routes: Vec<String>,
-    subnet_env: String,
-}
-
-fn view(lab: &Lab, n: usize) -> NodeView {
-    let ns = lab.node_ns(n).unwrap();
-    NodeView {
-        tun_index: ifindex(&ns, "weft.1"),
-        bridge_index: ifindex(&ns, "cni0"),
-        routes: routes_via(&ns, "weft.1"),
-        subnet_env: std::fs::read_to_string(lab.node(n).unwrap().subnet_file()).unwrap_or_default(),
-    }
-}
 
 /// The etcd lease ID attached to `key`.
 fn lease_id(lab: &Lab, key: &str) -> Option<i64> {

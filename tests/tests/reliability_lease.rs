@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use reliability_support::{counter, ifindex, log_text, readyz, require_binaries, status};
+use reliability_support::{
+    counter, ifindex, log_text, pods_a_to_b, readyz, require_binaries, status,
+};
 use weft_tests::lab::kernel::{lease_key, FlannelLease};
 use weft_tests::lab::{Lab, LabSpec, ETCD_PREFIX};
 use weft_tests::{require_root, wait_for, wait_until};
@@ -86,12 +88,7 @@ fn revoked_lease_is_reacquired_as_the_same_subnet_while_traffic_flows() {
         return;
     }
     let mut lab = lab();
-    let a = lab.add_pod(1, "a").unwrap();
-    let b = lab.add_pod(2, "b").unwrap();
-    wait_until("pod a to reach pod b", Duration::from_secs(15), || {
-        lab.ping("a", b)
-    })
-    .unwrap();
+    let (a, b) = pods_a_to_b(&mut lab);
     let (subnet, _) = lab.node_subnet(1).unwrap();
     let key = lease_key(ETCD_PREFIX, subnet);
     let (old_lease, ip) = stored(&lab, &key).expect("node 1's lease in etcd");
@@ -151,12 +148,7 @@ fn subnet_taken_after_a_revoke_stops_routing_until_it_is_free_again() {
         return;
     }
     let mut lab = lab();
-    let a = lab.add_pod(1, "a").unwrap();
-    let b = lab.add_pod(2, "b").unwrap();
-    wait_until("pod a to reach pod b", Duration::from_secs(15), || {
-        lab.ping("a", b)
-    })
-    .unwrap();
+    let (a, b) = pods_a_to_b(&mut lab);
     let port = lab.state().port;
     assert!(udp_bound(&lab, 1, port), "weftd listens on {port}");
     let (subnet, _) = lab.node_subnet(1).unwrap();

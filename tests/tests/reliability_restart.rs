@@ -9,7 +9,7 @@ mod reliability_support;
 
 use std::time::{Duration, Instant};
 
-use reliability_support::{ifindex, lease_of, require_binaries, routes_via, Transfer};
+use reliability_support::{lease_of, pods_a_to_b, require_binaries, view, Transfer};
 use weft_tests::lab::{Backend, Lab, LabSpec};
 use weft_tests::{require_root, wait_for, wait_until};
 
@@ -17,29 +17,6 @@ use weft_tests::{require_root, wait_for, wait_until};
 const TOTAL: u64 = 96 * 1024 * 1024;
 /// 24 MB/s: the transfer takes about 4 s, on a debug build on 2 busy cores too.
 const RATE: u64 = 24 * 1024 * 1024;
-
-/// What must be the same before, during (devices, routes, subnet.env) and after a crash.
-#[derive(Debug, PartialEq, Eq)]
-struct NodeView {
-    tun_index: Option<u64>,
-    bridge_index: Option<u64>,
-    routes: Vec<String>,
-    subnet_env: String,
-}
-
-fn view(lab: &Lab, n: usize) -> NodeView {
-    let ns = lab.node_ns(n).unwrap();
-    let tun = match lab.state().backend {
-        Backend::Vxlan => "weft.1",
-        Backend::Ipip => "weft.ipip",
-    };
-    NodeView {
-        tun_index: ifindex(&ns, tun),
-        bridge_index: ifindex(&ns, "cni0"),
-        routes: routes_via(&ns, tun),
-        subnet_env: std::fs::read_to_string(lab.node(n).unwrap().subnet_file()).unwrap_or_default(),
-    }
-}
 
 #[test]
 fn kill9_of_weftd_mid_transfer_keeps_the_tcp_connection_and_the_node_identity() {
@@ -64,12 +41,7 @@ fn crash_mid_transfer(backend: Backend) {
         ..LabSpec::weft(2)
     })
     .unwrap();
-    let a = lab.add_pod(1, "a").unwrap();
-    let b = lab.add_pod(2, "b").unwrap();
-    wait_until("pod a to reach pod b", Duration::from_secs(15), || {
-        lab.ping("a", b)
-    })
-    .unwrap();
+    let (a, b) = pods_a_to_b(&mut lab);
 
     // Node 1 sends (its weftd encapsulates the data), node 2 receives (its weftd
     // decapsulates it and sends the ACKs back): both get killed, one after the other.

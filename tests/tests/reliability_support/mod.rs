@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
-use weft_tests::lab::{Lab, HEALTHZ_ADDR};
+use weft_tests::lab::{Backend, Lab, HEALTHZ_ADDR};
 use weft_tests::netns::Netns;
+use weft_tests::wait_until;
 
 /// Panics with a build hint unless the binaries the lab runs exist.
 pub fn require_binaries(names: &[&str]) {
@@ -261,6 +262,43 @@ pub fn routes_via(ns: &Netns, dev: &str) -> Vec<String> {
         .collect();
     routes.sort();
     routes
+}
+
+/// What must stay the same on a node across a fault (a crash, an etcd outage): the
+/// TUN device and cni0 (not rebuilt: same interface indexes), the routes through the
+/// TUN device and subnet.env.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub tun_index: Option<u64>,
+    pub bridge_index: Option<u64>,
+    pub routes: Vec<String>,
+    pub subnet_env: String,
+}
+
+/// The [`NodeView`] of node `n` now.
+pub fn view(lab: &Lab, n: usize) -> NodeView {
+    let ns = lab.node_ns(n).unwrap();
+    let tun = match lab.state().backend {
+        Backend::Vxlan => "weft.1",
+        Backend::Ipip => "weft.ipip",
+    };
+    NodeView {
+        tun_index: ifindex(&ns, tun),
+        bridge_index: ifindex(&ns, "cni0"),
+        routes: routes_via(&ns, tun),
+        subnet_env: std::fs::read_to_string(lab.node(n).unwrap().subnet_file()).unwrap_or_default(),
+    }
+}
+
+/// Pod `a` on node 1 and pod `b` on node 2, once `a` reaches `b`; their addresses.
+pub fn pods_a_to_b(lab: &mut Lab) -> (Ipv4Addr, Ipv4Addr) {
+    let a = lab.add_pod(1, "a").unwrap();
+    let b = lab.add_pod(2, "b").unwrap();
+    wait_until("pod a to reach pod b", Duration::from_secs(15), || {
+        lab.ping("a", b)
+    })
+    .unwrap();
+    (a, b)
 }
 
 /// The lease in etcd whose PublicIP is node `n`'s, as (subnet, VtepMAC or "").
