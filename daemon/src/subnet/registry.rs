@@ -453,11 +453,7 @@ impl Registry {
         let key = self.subnet_key(subnet);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                attrs.to_json(),
-                Some(PutOptions::new().with_lease(lease_id)),
-            )])
+            .and_then([put_leased(key.clone(), attrs, lease_id)])
             .or_else([TxnOp::get(key, None)]);
         let mut client = self.client.clone();
         let resp = self.call("create subnet", client.txn(txn)).await?;
@@ -491,16 +487,8 @@ impl Registry {
     ) -> Result<bool, RegistryError> {
         let key = self.subnet_key(subnet);
         let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                mod_revision,
-            )])
-            .and_then([TxnOp::put(
-                key,
-                attrs.to_json(),
-                Some(PutOptions::new().with_lease(lease_id)),
-            )]);
+            .when([unchanged_since(key.clone(), mod_revision)])
+            .and_then([put_leased(key, attrs, lease_id)]);
         let mut client = self.client.clone();
         let resp = self.call("update subnet", client.txn(txn)).await?;
         Ok(resp.succeeded())
@@ -514,11 +502,7 @@ impl Registry {
     ) -> Result<bool, RegistryError> {
         let key = self.subnet_key(subnet);
         let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                mod_revision,
-            )])
+            .when([unchanged_since(key.clone(), mod_revision)])
             .and_then([TxnOp::delete(key, None)]);
         let mut client = self.client.clone();
         let resp = self.call("delete subnet", client.txn(txn)).await?;
@@ -611,6 +595,20 @@ impl Registry {
     pub fn note_success(&self) {
         self.reachability.ok();
     }
+}
+
+/// Writes a subnet record to `key`, attached to etcd lease `lease_id` (0 = none).
+fn put_leased(key: String, attrs: &LeaseAttrs, lease_id: i64) -> TxnOp {
+    TxnOp::put(
+        key,
+        attrs.to_json(),
+        Some(PutOptions::new().with_lease(lease_id)),
+    )
+}
+
+/// `key` has not been written (nor deleted) since `mod_revision`.
+fn unchanged_since(key: String, mod_revision: i64) -> Compare {
+    Compare::mod_revision(key, CompareOp::Equal, mod_revision)
 }
 
 /// Wall-clock expiry of a lease with `ttl_secs` left.
