@@ -13,7 +13,7 @@ use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{
     Handle, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -789,19 +789,8 @@ async fn ipv4_routes(
 }
 
 fn route_parts(msg: &RouteMessage) -> (Ipv4Net, Option<Ipv4Addr>, Option<u32>) {
-    let mut dst = Ipv4Addr::UNSPECIFIED;
-    let mut gw = None;
-    let mut oif = None;
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gw = Some(*a),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            _ => {}
-        }
-    }
-    let net = Ipv4Net::new(dst, msg.header.destination_prefix_length).unwrap_or(default_route());
-    (net, gw, oif)
+    let (dst, gw, oif) = weft_daemon::netlink::route_parts(msg);
+    (dst.unwrap_or(default_route()), gw, oif)
 }
 
 // ----------------------------------------------------------------------------- GC

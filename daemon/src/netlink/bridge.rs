@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
@@ -103,21 +103,8 @@ pub async fn ipv4_addresses(
         if msg.header.family != AddressFamily::Inet || msg.header.index != index {
             continue;
         }
-        let prefix = msg.header.prefix_len;
-        let addr = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-            _ => None,
-        });
-        let addr = addr.or_else(|| {
-            msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            })
-        });
-        if let Some(ip) = addr {
-            if let Ok(net) = Ipv4Net::new(ip, prefix) {
-                out.push((net, msg));
-            }
+        if let Some(net) = super::address_of(&msg) {
+            out.push((net, msg));
         }
     }
     Ok(out)

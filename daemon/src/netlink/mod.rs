@@ -17,9 +17,9 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
+use bridge::{ipv4_addresses, link_by_name, netlink_errno};
 pub use route::{plan, Change, Route, WEFT_ROUTE_PROTOCOL};
 
 /// `ENOENT`/`ESRCH` from the kernel: the object to delete is already gone.
@@ -44,14 +44,6 @@ type Result<T> = std::result::Result<T, NetlinkError>;
 fn request_error(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
     move |source| NetlinkError::Request { what, source }
-}
-
-/// The kernel's errno inside an rtnetlink error, if it is one.
-fn errno(error: &rtnetlink::Error) -> Option<i32> {
-    match error {
-        rtnetlink::Error::NetlinkError(message) => message.code.map(|c| -c.get()),
-        _ => None,
-    }
 }
 
 /// A network interface as far as weft cares.
@@ -103,15 +95,8 @@ impl Netlink {
 
     /// The link called `name`, or `None`.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
-        match links.try_next().await {
+        match link_by_name(&self.handle, name).await {
             Ok(link) => Ok(link.as_ref().map(Link::from_message)),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(request_error(format!("looking up link {name}"))(e)),
         }
     }
@@ -147,7 +132,7 @@ impl Netlink {
     pub async fn delete_link(&self, index: u32) -> Result<()> {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) if netlink_errno(&e) == Some(libc::ENODEV) => Ok(()),
             Err(e) => Err(request_error(format!("deleting link {index}"))(e)),
         }
     }
@@ -157,24 +142,14 @@ impl Netlink {
         Ok(self
             .address_messages(index)
             .await?
-            .iter()
-            .filter_map(address_of)
+            .into_iter()
+            .map(|(address, _)| address)
             .collect())
     }
 
-    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>> {
-        self.handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect::<Vec<_>>()
+    async fn address_messages(&self, index: u32) -> Result<Vec<(Ipv4Net, AddressMessage)>> {
+        ipv4_addresses(&self.handle, index)
             .await
-            .map(|all| {
-                all.into_iter()
-                    .filter(|m| m.header.family == AddressFamily::Inet && m.header.index == index)
-                    .collect()
-            })
             .map_err(request_error(format!("listing addresses of link {index}")))
     }
 
@@ -182,22 +157,20 @@ impl Netlink {
     /// removes any other IPv4 address (a stale one from an earlier lease, flannel #1850).
     pub async fn ensure_address(&self, index: u32, address: Ipv4Net) -> Result<()> {
         let mut present = false;
-        for message in self.address_messages(index).await? {
-            match address_of(&message) {
-                Some(existing) if existing == address => present = true,
-                Some(existing) => {
-                    tracing::info!(link = index, %existing, wanted = %address, "removing stale address");
-                    match self.handle.address().del(message).execute().await {
-                        Ok(()) => {}
-                        Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => {}
-                        Err(e) => {
-                            return Err(request_error(format!(
-                                "removing stale address {existing} from link {index}"
-                            ))(e))
-                        }
-                    }
+        for (existing, message) in self.address_messages(index).await? {
+            if existing == address {
+                present = true;
+                continue;
+            }
+            tracing::info!(link = index, %existing, wanted = %address, "removing stale address");
+            match self.handle.address().del(message).execute().await {
+                Ok(()) => {}
+                Err(e) if netlink_errno(&e) == Some(libc::EADDRNOTAVAIL) => {}
+                Err(e) => {
+                    return Err(request_error(format!(
+                        "removing stale address {existing} from link {index}"
+                    ))(e))
                 }
-                None => {}
             }
         }
         if present {
@@ -211,7 +184,7 @@ impl Netlink {
             .await
         {
             Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(request_error(format!("adding {address} to link {index}"))(
                 e,
             )),
@@ -255,7 +228,7 @@ impl Netlink {
                     .await
                 {
                     Ok(()) => Ok(()),
-                    Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+                    Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => Ok(()),
                     Err(e) => Err(request_error(format!("installing route {route:?}"))(e)),
                 }
             }
@@ -268,7 +241,7 @@ impl Netlink {
                     .await
                 {
                     Ok(()) => Ok(()),
-                    Err(e) if errno(&e).is_some_and(|n| GONE.contains(&n)) => Ok(()),
+                    Err(e) if netlink_errno(&e).is_some_and(|n| GONE.contains(&n)) => Ok(()),
                     Err(e) => Err(request_error(format!("deleting route {route:?}"))(e)),
                 }
             }
@@ -287,7 +260,8 @@ impl Netlink {
     }
 }
 
-fn address_of(message: &AddressMessage) -> Option<Ipv4Net> {
+/// The IPv4 address of an address message, with its prefix length.
+pub(crate) fn address_of(message: &AddressMessage) -> Option<Ipv4Net> {
     // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer address on
     // point-to-point links and equal to IFA_LOCAL elsewhere.
     let mut local = None;
@@ -302,7 +276,15 @@ fn address_of(message: &AddressMessage) -> Option<Ipv4Net> {
     Ipv4Net::new(local.or(address)?, message.header.prefix_len).ok()
 }
 
-fn route_of(message: &RouteMessage) -> Option<Route> {
+/// Destination (an error for a prefix length over 32), gateway and output interface of
+/// an IPv4 route message; no destination attribute means `0.0.0.0`, the default route.
+pub fn route_parts(
+    message: &RouteMessage,
+) -> (
+    std::result::Result<Ipv4Net, ipnet::PrefixLenError>,
+    Option<Ipv4Addr>,
+    Option<u32>,
+) {
     let mut dst = Ipv4Addr::UNSPECIFIED;
     let mut gateway = None;
     let mut oif = None;
@@ -314,8 +296,17 @@ fn route_of(message: &RouteMessage) -> Option<Route> {
             _ => {}
         }
     }
+    (
+        Ipv4Net::new(dst, message.header.destination_prefix_length),
+        gateway,
+        oif,
+    )
+}
+
+fn route_of(message: &RouteMessage) -> Option<Route> {
+    let (dst, gateway, oif) = route_parts(message);
     Some(Route {
-        dst: Ipv4Net::new(dst, message.header.destination_prefix_length).ok()?,
+        dst: dst.ok()?,
         gateway,
         oif: oif?,
     })
