@@ -16,17 +16,13 @@ use weft_proto::{flow, ipip, vxlan, MacAddr, VxlanEncap, VxlanFrame, VXLAN_HEADR
 
 const SIZES: [usize; 2] = [64, 1400];
 
-/// A buffer with a valid inner IPv4/UDP packet of `len` bytes at `VXLAN_HEADROOM`.
-fn buffer(len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; VXLAN_HEADROOM + len];
-    let inner = &mut buf[VXLAN_HEADROOM..];
-    inner[20..22].copy_from_slice(&40000u16.to_be_bytes());
-    inner[22..24].copy_from_slice(&5201u16.to_be_bytes());
+/// The inner IPv4 header of every benchmark packet: pod 10.244.1.2 to pod 10.244.2.2.
+fn pod_to_pod(protocol: u8, payload_len: usize) -> Ipv4Repr {
     Ipv4Repr {
         src_addr: Ipv4Addr::new(10, 244, 1, 2),
         dst_addr: Ipv4Addr::new(10, 244, 2, 2),
-        protocol: protocol::UDP,
-        payload_len: len - 20,
+        protocol,
+        payload_len,
         ttl: 64,
         tos: 0,
         ident: 1,
@@ -34,7 +30,15 @@ fn buffer(len: usize) -> Vec<u8> {
         more_frags: false,
         frag_offset: 0,
     }
-    .emit(&mut Ipv4Packet::new_unchecked(inner));
+}
+
+/// A buffer with a valid inner IPv4/UDP packet of `len` bytes at `VXLAN_HEADROOM`.
+fn buffer(len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; VXLAN_HEADROOM + len];
+    let inner = &mut buf[VXLAN_HEADROOM..];
+    inner[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    inner[22..24].copy_from_slice(&5201u16.to_be_bytes());
+    pod_to_pod(protocol::UDP, len - 20).emit(&mut Ipv4Packet::new_unchecked(inner));
     buf
 }
 
@@ -116,24 +120,11 @@ fn bench(c: &mut Criterion) {
 
 /// A 64 KB IPv4/TCP super-packet as TUN delivers it with TSO (partial checksum).
 fn super_packet(payload_len: usize, gso_size: u16) -> (Vec<u8>, VirtioNetRepr) {
-    let (src, dst) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 2));
     let mut p = vec![0u8; 40 + payload_len];
     for (i, b) in p[40..].iter_mut().enumerate() {
         *b = i as u8;
     }
-    Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        protocol: protocol::TCP,
-        payload_len: 20 + payload_len,
-        ttl: 64,
-        tos: 0,
-        ident: 1,
-        dont_frag: true,
-        more_frags: false,
-        frag_offset: 0,
-    }
-    .emit(&mut Ipv4Packet::new_unchecked(&mut p[..]));
+    pod_to_pod(protocol::TCP, 20 + payload_len).emit(&mut Ipv4Packet::new_unchecked(&mut p[..]));
     let mut tcp = TcpPacket::new_unchecked(&mut p[20..]);
     tcp.set_src_port(40000);
     tcp.set_dst_port(5201);
