@@ -69,15 +69,23 @@ pub async fn link_by_name(
 pub fn link_kind(link: &LinkMessage) -> Option<String> {
     link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
-            LinkInfo::Kind(kind) => Some(match kind {
-                InfoKind::Bridge => "bridge".to_string(),
-                InfoKind::Veth => "veth".to_string(),
-                other => format!("{other:?}").to_lowercase(),
-            }),
+            LinkInfo::Kind(kind) => Some(kind_name(kind)),
             _ => None,
         }),
         _ => None,
     })
+}
+
+/// A link kind as `ip -d link` names it (`bridge`, `veth`, `vxlan`, …).
+pub fn kind_name(kind: &InfoKind) -> String {
+    match kind {
+        InfoKind::Bridge => "bridge".into(),
+        InfoKind::Veth => "veth".into(),
+        InfoKind::Tun => "tun".into(),
+        InfoKind::Vxlan => "vxlan".into(),
+        InfoKind::Dummy => "dummy".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
 }
 
 /// The MTU attribute of a link.

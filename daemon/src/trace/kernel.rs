@@ -15,7 +15,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -24,6 +24,8 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
 use serde::Serialize;
+
+use crate::netlink::bridge::kind_name;
 
 /// A network interface with what the path walk needs.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -253,17 +255,6 @@ fn link_view(message: &LinkMessage) -> LinkView {
         }
     }
     link
-}
-
-fn kind_name(kind: &InfoKind) -> String {
-    match kind {
-        InfoKind::Bridge => "bridge".into(),
-        InfoKind::Veth => "veth".into(),
-        InfoKind::Tun => "tun".into(),
-        InfoKind::Vxlan => "vxlan".into(),
-        InfoKind::Dummy => "dummy".into(),
-        other => format!("{other:?}").to_lowercase(),
-    }
 }
 
 /// `ip route get DST`: the kernel's own route selection.
