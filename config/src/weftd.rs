@@ -496,16 +496,19 @@ fn documented_file_keys() -> Vec<String> {
         .collect()
 }
 
-/// A TOML error on one line (the parser's own text quotes the source over several):
-/// `line 2, column 9: string values must be quoted, expected literal string`.
-fn toml_error_line(text: &str, error: &toml::de::Error) -> String {
-    let message = error
-        .message()
-        .lines()
+/// `text` on one line: its lines trimmed, blank ones dropped, the rest joined by "; ".
+pub fn single_line(text: &str) -> String {
+    text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join("; ");
+        .join("; ")
+}
+
+/// A TOML error on one line (the parser's own text quotes the source over several):
+/// `line 2, column 9: string values must be quoted, expected literal string`.
+fn toml_error_line(text: &str, error: &toml::de::Error) -> String {
+    let message = single_line(error.message());
     let Some(span) = error.span() else {
         return message;
     };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
-use weft_config::weftd::{LogFormat, SettingsError};
+use weft_config::weftd::{single_line, LogFormat, SettingsError};
 use weft_config::Settings;
 
 fn main() -> ExitCode {
@@ -65,13 +65,7 @@ fn main() -> ExitCode {
 fn one_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
-        let text = cause
-            .to_string()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
+        let text = single_line(&cause.to_string());
         if text.is_empty() || line.contains(&text) {
             continue;
         }
