@@ -181,15 +181,7 @@ pub fn sync_node(
         .iter()
         .map(|(l, m)| format!("{} {}", m.to_lowercase(), l.public_ip))
         .collect();
-    let fdb = crate::run_cmd(std::process::Command::new("bridge").args([
-        "-n",
-        ns.name(),
-        "-j",
-        "fdb",
-        "show",
-        "dev",
-        &dev,
-    ]))?;
+    let fdb = bridge(ns, &["-j", "fdb", "show", "dev", &dev])?;
     for e in json_list(fdb)? {
         let (Some(mac), Some(dst)) = (
             e.get("mac").and_then(|d| d.as_str()),
