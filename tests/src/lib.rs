@@ -91,6 +91,34 @@ pub fn wait_until(
     wait_for(what, timeout, || f().then_some(()))
 }
 
+/// Test traffic that is incompressible and the same on every run: an xorshift64
+/// stream from a fixed seed. Filling consecutive buffers continues the stream.
+#[derive(Debug, Clone)]
+pub struct PseudoRandom {
+    state: u64,
+}
+
+impl Default for PseudoRandom {
+    fn default() -> Self {
+        PseudoRandom {
+            state: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+}
+
+impl PseudoRandom {
+    /// Fills `buf` with the next bytes of the stream (one state step per 8 bytes; a
+    /// shorter last word takes the low bytes of its step).
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for word in buf.chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            word.copy_from_slice(&self.state.to_le_bytes()[..word.len()]);
+        }
+    }
+}
+
 /// The workspace root (the directory holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -401,16 +401,11 @@ pub fn tcp_transfer(
         )?;
         stream.set_write_timeout(Some(Duration::from_secs(read_timeout())))?;
         let mut hasher = Sha256::new();
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut data = weft_tests::PseudoRandom::default();
         let mut chunk = vec![0u8; 64 * 1024];
         let mut left = bytes;
         while left > 0 {
-            for word in chunk.chunks_exact_mut(8) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                word.copy_from_slice(&state.to_le_bytes());
-            }
+            data.fill(&mut chunk);
             let n = left.min(chunk.len());
             stream.write_all(&chunk[..n])?;
             hasher.update(&chunk[..n]);

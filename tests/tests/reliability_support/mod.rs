@@ -171,18 +171,12 @@ fn send_all(mut stream: TcpStream, total: u64, rate: u64) -> anyhow::Result<Sent
     stream.set_write_timeout(Some(SOCKET_TIMEOUT))?;
     let mut hash = Sha256::new();
     let mut chunk = vec![0u8; CHUNK];
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut data = weft_tests::PseudoRandom::default();
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < total {
         let n = (total - sent).min(CHUNK as u64) as usize;
-        for word in chunk[..n].chunks_mut(8) {
-            // xorshift64: incompressible, reproducible data.
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
-        }
+        data.fill(&mut chunk[..n]);
         stream
             .write_all(&chunk[..n])
             .with_context(|| format!("writing after {sent} bytes"))?;
