@@ -142,9 +142,8 @@ fn build(kind: Kind, t: &Target, rng: &mut StdRng) -> Vec<u8> {
     match kind {
         Kind::UnknownSender => valid(t.peer_pod, t.victim_pod, rng.random_range(28..1400)),
         Kind::ShortGarbage => {
-            // Not empty: an empty VXLAN datagram is dropped without being counted (reported
-            // to the data plane's owner; see the report of issue 9).
-            let mut b = vec![0u8; rng.random_range(1..20)];
+            // Empty included: an empty VXLAN datagram counts as malformed too.
+            let mut b = vec![0u8; rng.random_range(0..20)];
             rng.fill(&mut b[..]);
             if t.backend == Backend::Ipip {
                 // Short of an inner IPv4 header, whatever its first byte says.

@@ -136,23 +136,27 @@ impl StopSignal {
     }
 }
 
-/// Blocks until `fd` is readable (`true`) or the stop signal is raised (`false`).
-pub fn wait_readable(fd: BorrowedFd<'_>, stop: &StopSignal) -> io::Result<bool> {
+/// Blocks until `fd` or `other` (where given) is readable (`true`) or the stop signal is raised
+/// (`false`).
+pub fn wait_readable(
+    fd: Option<BorrowedFd<'_>>,
+    other: Option<BorrowedFd<'_>>,
+    stop: &StopSignal,
+) -> io::Result<bool> {
+    let pollfd = |fd: libc::c_int| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let mut fds = [
-        libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
+        pollfd(stop.fd()),
+        // poll ignores negative descriptors.
+        pollfd(fd.map_or(-1, |fd| fd.as_raw_fd())),
+        pollfd(other.map_or(-1, |fd| fd.as_raw_fd())),
     ];
     loop {
-        // SAFETY: `fds` is a live array of two pollfd structs.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: `fds` is a live array of three pollfd structs.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
         if rc < 0 {
             let error = io::Error::last_os_error();
             if error.kind() == io::ErrorKind::Interrupted {
@@ -160,10 +164,7 @@ pub fn wait_readable(fd: BorrowedFd<'_>, stop: &StopSignal) -> io::Result<bool> 
             }
             return Err(error);
         }
-        if fds[1].revents != 0 {
-            return Ok(false);
-        }
-        return Ok(true);
+        return Ok(fds[0].revents == 0);
     }
 }
 

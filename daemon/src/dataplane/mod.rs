@@ -36,14 +36,14 @@ use tun::{Offloads, Tun};
 use worker::WorkerContext;
 
 /// What the kernel may hand us from TUN: partial checksums and TCPv4 super-packets
-/// (segmented by the transmit workers, see `worker::transmit`).
+/// (segmented by the queue workers, see `worker::Transmitter`).
 const TUN_OFFLOADS: Offloads = Offloads {
     csum: true,
     tso4: true,
     uso4: false,
 };
 
-/// TUN queues (each with a transmit and a receive worker): one per CPU, at most 4.
+/// TUN queues (each with one worker thread for both directions): one per CPU, at most 4.
 fn worker_queues() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -190,20 +190,16 @@ pub async fn run_with_metrics(
     };
     let mut threads = Vec::new();
     for queue in 0..tun.queue_count() {
-        let tx = (ctx.clone(), tun.clone_queue(queue)?, senders.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("weft-tx-{queue}"))
-                .spawn(move || worker::transmit(tx.0, tx.1, tx.2))?,
-        );
-        let Some(receiver) = receivers.get(queue) else {
-            continue;
+        let transmit = (ctx.clone(), tun.clone_queue(queue)?, senders.clone());
+        let receive = match receivers.get(queue) {
+            Some(receiver) => Some((ctx.clone(), tun.clone_queue(queue)?, receiver.clone())),
+            None => None,
         };
-        let rx = (ctx.clone(), tun.clone_queue(queue)?, receiver.clone());
+        let stop = stop.clone();
         threads.push(
             std::thread::Builder::new()
-                .name(format!("weft-rx-{queue}"))
-                .spawn(move || worker::receive(rx.0, rx.1, rx.2))?,
+                .name(format!("weft-q{queue}"))
+                .spawn(move || worker::run(stop, Some(transmit), receive))?,
         );
     }
 
