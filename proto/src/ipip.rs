@@ -128,20 +128,7 @@ fn decap_checked_outer(
     outer: &Ipv4Packet<&[u8]>,
     header_len: usize,
 ) -> Result<IpipDecap, WireError> {
-    if outer.protocol() != protocol::IPIP {
-        return Err(WireError::Protocol {
-            layer: Layer::OuterIpv4,
-            found: outer.protocol(),
-            expected: protocol::IPIP,
-        });
-    }
-    if outer.is_fragment() {
-        return Err(WireError::Fragment {
-            layer: Layer::OuterIpv4,
-            offset: usize::from(outer.frag_offset()),
-            more: outer.more_frags(),
-        });
-    }
+    crate::vxlan::check_outer_protocol(outer, protocol::IPIP)?;
     let (_, inner_len) = ipv4::check_header(outer.payload(), Layer::InnerIpv4)?;
     let inner = Ipv4Packet::new_unchecked(outer.payload());
     Ok(IpipDecap {
@@ -169,15 +156,7 @@ pub struct IpipFrameDecap {
 /// Decodes a complete frame: outer Ethernet (IPv4), outer IPv4 (checksum verified),
 /// then as [`decap`].
 pub fn decap_frame(frame: &[u8]) -> Result<IpipFrameDecap, WireError> {
-    let eth = EthernetFrame::new_checked(frame).map_err(|e| e.in_layer(Layer::OuterEthernet))?;
-    if eth.ethertype() != ethertype::IPV4 {
-        return Err(WireError::EtherType {
-            layer: Layer::OuterEthernet,
-            found: eth.ethertype(),
-            expected: ethertype::IPV4,
-        });
-    }
-    let outer = crate::vxlan::outer_ipv4(eth.payload(), protocol::IPIP)?;
+    let (eth, outer) = crate::vxlan::outer_ethernet_ipv4(frame, protocol::IPIP)?;
     let mut ipip = decap_checked_outer(&outer, outer.header_len())?;
     ipip.inner = ipip.inner.start + ethernet::HEADER_LEN..ipip.inner.end + ethernet::HEADER_LEN;
     Ok(IpipFrameDecap {

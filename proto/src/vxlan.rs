@@ -339,15 +339,7 @@ pub struct VxlanFrameDecap {
 /// Decodes a complete frame: outer Ethernet (IPv4), outer IPv4 (checksum verified, no
 /// fragments), UDP (checksum verified unless zero), then [`decap`].
 pub fn decap_frame(frame: &[u8]) -> Result<VxlanFrameDecap, WireError> {
-    let eth = EthernetFrame::new_checked(frame).map_err(|e| e.in_layer(Layer::OuterEthernet))?;
-    if eth.ethertype() != ethertype::IPV4 {
-        return Err(WireError::EtherType {
-            layer: Layer::OuterEthernet,
-            found: eth.ethertype(),
-            expected: ethertype::IPV4,
-        });
-    }
-    let ip = outer_ipv4(eth.payload(), protocol::UDP)?;
+    let (eth, ip) = outer_ethernet_ipv4(frame, protocol::UDP)?;
     let udp = UdpPacket::new_checked(ip.payload()).map_err(|e| e.in_layer(Layer::OuterUdp))?;
     if !udp.verify_checksum(ip.src_addr(), ip.dst_addr()) {
         return Err(WireError::Checksum {
@@ -375,10 +367,27 @@ pub fn decap_frame(frame: &[u8]) -> Result<VxlanFrameDecap, WireError> {
     })
 }
 
-/// Checks an outer IPv4 header fully (checksum, protocol, no fragment).
-pub(crate) fn outer_ipv4(b: &[u8], expected_protocol: u8) -> Result<Ipv4Packet<&[u8]>, WireError> {
-    let (_, total_len) = ipv4::check_header(b, Layer::OuterIpv4)?;
-    let ip = Ipv4Packet::new_unchecked(&b[..total_len]);
+/// A captured frame's outer Ethernet header and its checked outer IPv4 packet.
+pub(crate) type OuterHeaders<'a> = (EthernetFrame<&'a [u8]>, Ipv4Packet<&'a [u8]>);
+
+/// Decodes a captured frame's outer Ethernet header (must carry IPv4) and checks its
+/// outer IPv4 header fully (checksum, `expected_protocol`, no fragment): the common
+/// start of [`decap_frame`] and `ipip::decap_frame`.
+pub(crate) fn outer_ethernet_ipv4(
+    frame: &[u8],
+    expected_protocol: u8,
+) -> Result<OuterHeaders<'_>, WireError> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|e| e.in_layer(Layer::OuterEthernet))?;
+    if eth.ethertype() != ethertype::IPV4 {
+        return Err(WireError::EtherType {
+            layer: Layer::OuterEthernet,
+            found: eth.ethertype(),
+            expected: ethertype::IPV4,
+        });
+    }
+    let payload = &frame[ethernet::HEADER_LEN..];
+    let (_, total_len) = ipv4::check_header(payload, Layer::OuterIpv4)?;
+    let ip = Ipv4Packet::new_unchecked(&payload[..total_len]);
     if !ip.verify_checksum() {
         return Err(WireError::Checksum {
             layer: Layer::OuterIpv4,
@@ -386,6 +395,15 @@ pub(crate) fn outer_ipv4(b: &[u8], expected_protocol: u8) -> Result<Ipv4Packet<&
             expected: ip.compute_checksum(),
         });
     }
+    check_outer_protocol(&ip, expected_protocol)?;
+    Ok((eth, ip))
+}
+
+/// The outer IPv4 packet carries `expected_protocol` and is not a fragment.
+pub(crate) fn check_outer_protocol(
+    ip: &Ipv4Packet<&[u8]>,
+    expected_protocol: u8,
+) -> Result<(), WireError> {
     if ip.protocol() != expected_protocol {
         return Err(WireError::Protocol {
             layer: Layer::OuterIpv4,
@@ -400,7 +418,7 @@ pub(crate) fn outer_ipv4(b: &[u8], expected_protocol: u8) -> Result<Ipv4Packet<&
             more: ip.more_frags(),
         });
     }
-    Ok(ip)
+    Ok(())
 }
 
 #[cfg(test)]
