@@ -182,3 +182,27 @@ pub(crate) fn need(layer: Layer, need: usize, have: usize) -> Result<(), WireErr
         Ok(())
     }
 }
+
+/// Checks that `buf` holds `inner_len` bytes at `inner_start` with `headroom` bytes
+/// before them; returns the end of the inner packet.
+pub(crate) fn check_geometry(
+    buf_len: usize,
+    inner_start: usize,
+    inner_len: usize,
+    headroom: usize,
+) -> Result<usize, EncapError> {
+    if inner_start < headroom {
+        return Err(EncapError::Headroom {
+            need: headroom,
+            have: inner_start,
+        });
+    }
+    match inner_start.checked_add(inner_len) {
+        Some(end) if end <= buf_len => Ok(end),
+        _ => Err(EncapError::OutOfBuffer {
+            start: inner_start,
+            end: inner_start.saturating_add(inner_len),
+            len: buf_len,
+        }),
+    }
+}

@@ -10,7 +10,7 @@
 use core::net::Ipv4Addr;
 use core::ops::Range;
 
-use crate::error::{EncapError, Layer, WireError};
+use crate::error::{check_geometry, EncapError, Layer, WireError};
 use crate::ethernet::{self, ethertype, EthernetFrame, EthernetRepr, MacAddr};
 use crate::ipv4::{self, protocol, Ipv4Packet, OuterIpv4};
 
@@ -19,28 +19,14 @@ pub const HEADROOM: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
 /// What IPIP adds to an inner packet on the underlay's IP MTU (flannel: MTU 1480).
 pub const OVERHEAD: usize = ipv4::HEADER_LEN;
 
-fn check_geometry(
+/// [`check_geometry`] for IPIP, which also needs the outer IPv4 total length to fit.
+fn check_ipip_geometry(
     buf_len: usize,
     inner_start: usize,
     inner_len: usize,
     headroom: usize,
 ) -> Result<usize, EncapError> {
-    if inner_start < headroom {
-        return Err(EncapError::Headroom {
-            need: headroom,
-            have: inner_start,
-        });
-    }
-    let end = match inner_start.checked_add(inner_len) {
-        Some(end) if end <= buf_len => end,
-        _ => {
-            return Err(EncapError::OutOfBuffer {
-                start: inner_start,
-                end: inner_start.saturating_add(inner_len),
-                len: buf_len,
-            })
-        }
-    };
+    let end = check_geometry(buf_len, inner_start, inner_len, headroom)?;
     if inner_len + ipv4::HEADER_LEN > usize::from(u16::MAX) {
         return Err(EncapError::TooLong {
             len: inner_len + ipv4::HEADER_LEN,
@@ -57,7 +43,7 @@ pub fn encap_header(
     inner_len: usize,
     outer: &OuterIpv4,
 ) -> Result<Range<usize>, EncapError> {
-    let end = check_geometry(buf.len(), inner_start, inner_len, ipv4::HEADER_LEN)?;
+    let end = check_ipip_geometry(buf.len(), inner_start, inner_len, ipv4::HEADER_LEN)?;
     let start = inner_start - ipv4::HEADER_LEN;
     let inner_tos = if inner_len > 1 {
         buf[inner_start + 1]
@@ -89,7 +75,7 @@ pub fn encap_frame(
     inner_len: usize,
     frame: &IpipFrame,
 ) -> Result<Range<usize>, EncapError> {
-    check_geometry(buf.len(), inner_start, inner_len, HEADROOM)?;
+    check_ipip_geometry(buf.len(), inner_start, inner_len, HEADROOM)?;
     let packet = encap_header(buf, inner_start, inner_len, &frame.outer)?;
     let eth_start = packet.start - ethernet::HEADER_LEN;
     EthernetRepr {

@@ -20,7 +20,7 @@
 use core::net::Ipv4Addr;
 use core::ops::Range;
 
-use crate::error::{need, EncapError, Layer, WireError};
+use crate::error::{check_geometry, need, EncapError, Layer, WireError};
 use crate::ethernet::{self, ethertype, EthernetFrame, EthernetRepr, MacAddr};
 use crate::ipv4::{self, protocol, Ipv4Packet, OuterIpv4};
 use crate::udp::{self, UdpChecksum, UdpPacket, UdpRepr};
@@ -160,30 +160,6 @@ pub struct VxlanEncap {
     pub vni: u32,
     pub src_mac: MacAddr,
     pub dst_mac: MacAddr,
-}
-
-/// Checks that `buf` holds `inner_len` bytes at `inner_start` with `headroom` bytes
-/// before them; returns the end of the inner packet.
-fn check_geometry(
-    buf_len: usize,
-    inner_start: usize,
-    inner_len: usize,
-    headroom: usize,
-) -> Result<usize, EncapError> {
-    if inner_start < headroom {
-        return Err(EncapError::Headroom {
-            need: headroom,
-            have: inner_start,
-        });
-    }
-    match inner_start.checked_add(inner_len) {
-        Some(end) if end <= buf_len => Ok(end),
-        _ => Err(EncapError::OutOfBuffer {
-            start: inner_start,
-            end: inner_start.saturating_add(inner_len),
-            len: buf_len,
-        }),
-    }
 }
 
 /// Writes the VXLAN header and the inner Ethernet header into the
