@@ -20,13 +20,9 @@ fn three_weft_nodes_over_ipip() {
         return;
     }
     let cluster = Cluster::weft(3, &netconf(IPIP)).unwrap();
-    for from in &cluster.nodes {
-        for to in &cluster.nodes {
-            if from.n != to.n {
-                wait_ping(from.pod(), to.pod_ip(), Duration::from_secs(10)).unwrap();
-            }
-        }
-    }
+    cluster
+        .wait_all_pods_reach_each_other(Duration::from_secs(10))
+        .unwrap();
     let routes = cluster.nodes[0]
         .ns
         .ip(&["route", "show", "proto", "87"])

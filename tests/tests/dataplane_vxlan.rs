@@ -18,13 +18,9 @@ fn three_weft_nodes_all_pods_reach_each_other_and_tcp_is_intact() {
         return;
     }
     let cluster = Cluster::weft(3, &netconf(VXLAN)).unwrap();
-    for from in &cluster.nodes {
-        for to in &cluster.nodes {
-            if from.n != to.n {
-                wait_ping(from.pod(), to.pod_ip(), Duration::from_secs(10)).unwrap();
-            }
-        }
-    }
+    cluster
+        .wait_all_pods_reach_each_other(Duration::from_secs(10))
+        .unwrap();
     // Routes are device routes through weft.1, tagged as weft's.
     let routes = cluster.nodes[0]
         .ns

@@ -217,6 +217,18 @@ pub fn netconf(backend_json: &str) -> NetConf {
 }
 
 impl Cluster {
+    /// Waits until every node's pod pings every other node's pod.
+    pub fn wait_all_pods_reach_each_other(&self, timeout: Duration) -> anyhow::Result<()> {
+        for from in &self.nodes {
+            for to in &self.nodes {
+                if from.n != to.n {
+                    wait_ping(from.pod(), to.pod_ip(), timeout)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The underlay only.
     pub fn new() -> anyhow::Result<Cluster> {
         let prefix = run_prefix();
