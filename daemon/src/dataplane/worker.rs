@@ -257,6 +257,28 @@ fn send_segmented(
     }
 }
 
+/// Cuts a TUN super-packet into segments with `headroom` before each; a packet that
+/// cannot be segmented is counted as `tx_too_big` (and logged, rate-limited) instead.
+fn segment_or_drop(
+    packet: &[u8],
+    vnet: &VirtioNetRepr,
+    out: &mut [u8],
+    headroom: usize,
+    ctx: &WorkerContext,
+    log: &mut LogLimiter,
+) -> Option<gso::Segmented> {
+    match gso::segment(packet, vnet, out, headroom) {
+        Ok(layout) => Some(layout),
+        Err(error) => {
+            ctx.metrics.drop_packet(DropReason::TxTooBig);
+            if let Some(suppressed) = log.allow() {
+                tracing::warn!(%error, suppressed, "cannot segment a TUN super-packet");
+            }
+            None
+        }
+    }
+}
+
 /// The sending socket for an inner packet's flow: the outer UDP source port follows the
 /// inner flow, as the kernel's `udp_flow_src_port` does, so ECMP and RSS on the underlay
 /// keep each flow on one path and spread different flows. A UDP GSO send has one source
@@ -275,14 +297,6 @@ const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest UDP payload of one send (65535 - IPv4 header - UDP header).
 const MAX_UDP_PAYLOAD: usize = 65_507;
 
-/// The transmit loop: TUN queue → peers. Returns when the stop signal is raised.
-///
-/// With TUN offloads on, a read returns either one ordinary packet (queued for the next
-/// `sendmmsg`, its partial checksum completed if the kernel left one) or a TCP/UDP
-/// super-packet of up to 64 KB: that one is cut into MTU-sized segments by
-/// `weft_proto::gso::segment` straight into a buffer with VXLAN headroom before each,
-/// and leaves in one `UDP_SEGMENT` send per 64 KB of datagrams (IPIP: one `sendmmsg`,
-/// as a raw socket has no UDP GSO).
 /// Bytes per transmit slot: headroom, the vnet header and the largest inner packet.
 const TX_SLOT_LEN: usize = HEADROOM + MAX_INNER_PACKET + VNET_HDR_LEN;
 
@@ -526,15 +540,15 @@ impl Train {
             self.flush(senders, ctx, log);
         }
         let base = self.count * self.stride;
-        let layout = match gso::segment(packet, vnet, &mut self.buffer[base..], VXLAN_OVERHEAD) {
-            Ok(layout) => layout,
-            Err(error) => {
-                ctx.metrics.drop_packet(DropReason::TxTooBig);
-                if let Some(suppressed) = log.allow() {
-                    tracing::warn!(%error, suppressed, "cannot segment a TUN super-packet");
-                }
-                return;
-            }
+        let Some(layout) = segment_or_drop(
+            packet,
+            vnet,
+            &mut self.buffer[base..],
+            VXLAN_OVERHEAD,
+            ctx,
+            log,
+        ) else {
+            return;
         };
         for i in 0..layout.count {
             let start = base + i * layout.stride;
@@ -619,15 +633,8 @@ fn send_ipip_segments(
     batch: &mut SendBatch,
     log: &mut LogLimiter,
 ) {
-    let layout = match gso::segment(packet, vnet, segments, 0) {
-        Ok(layout) => layout,
-        Err(error) => {
-            ctx.metrics.drop_packet(DropReason::TxTooBig);
-            if let Some(suppressed) = log.allow() {
-                tracing::warn!(%error, suppressed, "cannot segment a TUN super-packet");
-            }
-            return;
-        }
+    let Some(layout) = segment_or_drop(packet, vnet, segments, 0, ctx, log) else {
+        return;
     };
     for i in 0..layout.count {
         let range = layout.segment(i);
