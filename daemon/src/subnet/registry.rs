@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 use ipnet::Ipv4Net;
 use weft_proto::lease::{subnet_key, LeaseAttrs};
@@ -382,19 +382,7 @@ impl Registry {
             )
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let leases = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                let SubnetEntry { subnet, attrs } = decode_entry(kv.key(), kv.value())?;
-                Some(StoredLease {
-                    subnet,
-                    attrs,
-                    lease_id: kv.lease(),
-                    mod_revision: kv.mod_revision(),
-                })
-            })
-            .collect();
+        let leases = resp.kvs().iter().filter_map(stored_lease).collect();
         Ok((leases, revision))
     }
 
@@ -404,15 +392,7 @@ impl Registry {
         let resp = self
             .call("get subnet", client.get(self.subnet_key(subnet), None))
             .await?;
-        Ok(resp.kvs().first().and_then(|kv| {
-            let entry = decode_entry(kv.key(), kv.value())?;
-            Some(StoredLease {
-                subnet: entry.subnet,
-                attrs: entry.attrs,
-                lease_id: kv.lease(),
-                mod_revision: kv.mod_revision(),
-            })
-        }))
+        Ok(resp.kvs().first().and_then(stored_lease))
     }
 
     /// Grants an etcd lease of `ttl`; returns its id.
@@ -461,15 +441,7 @@ impl Registry {
             return Ok(CreateOutcome::Created);
         }
         let existing = resp.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().and_then(|kv| {
-                let entry = decode_entry(kv.key(), kv.value())?;
-                Some(StoredLease {
-                    subnet: entry.subnet,
-                    attrs: entry.attrs,
-                    lease_id: kv.lease(),
-                    mod_revision: kv.mod_revision(),
-                })
-            }),
+            TxnOpResponse::Get(get) => get.kvs().first().and_then(stored_lease),
             _ => None,
         });
         Ok(CreateOutcome::Exists(existing))
@@ -614,4 +586,16 @@ fn unchanged_since(key: String, mod_revision: i64) -> Compare {
 /// Wall-clock expiry of a lease with `ttl_secs` left.
 pub fn expiry_from_ttl(ttl_secs: i64) -> SystemTime {
     SystemTime::now() + Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(0))
+}
+
+/// A subnet key as stored (with its etcd lease and revision); `None` for a key that is
+/// not a valid subnet lease.
+fn stored_lease(kv: &KeyValue) -> Option<StoredLease> {
+    let SubnetEntry { subnet, attrs } = decode_entry(kv.key(), kv.value())?;
+    Some(StoredLease {
+        subnet,
+        attrs,
+        lease_id: kv.lease(),
+        mod_revision: kv.mod_revision(),
+    })
 }
