@@ -759,16 +759,7 @@ impl Receiver {
         };
         if rc < 0 {
             let error = io::Error::last_os_error();
-            RxOutput {
-                tun,
-                ctx,
-                log,
-                coalescers,
-                packets: 0,
-                bytes: 0,
-                published: (0, 0),
-            }
-            .flush();
+            RxOutput::new(tun, ctx, log, coalescers).flush();
             if !matches!(
                 error.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
@@ -781,15 +772,7 @@ impl Receiver {
         }
         ctx.metrics.rx_syscalls.fetch_add(1, Ordering::Relaxed);
         let peers = ctx.peers.load();
-        let mut out = RxOutput {
-            tun,
-            ctx,
-            log,
-            coalescers,
-            packets: 0,
-            bytes: 0,
-            published: (0, 0),
-        };
+        let mut out = RxOutput::new(tun, ctx, log, coalescers);
         for n in 0..rc as usize {
             let len = messages[n].msg_len as usize;
             let control_len = messages[n].msg_hdr.msg_controllen.min(RX_CONTROL_LEN);
@@ -990,7 +973,24 @@ struct RxOutput<'a> {
     published: (u64, u64),
 }
 
-impl RxOutput<'_> {
+impl<'a> RxOutput<'a> {
+    fn new(
+        tun: &'a OwnedFd,
+        ctx: &'a WorkerContext,
+        log: &'a mut LogLimiter,
+        coalescers: &'a mut Coalescers,
+    ) -> RxOutput<'a> {
+        RxOutput {
+            tun,
+            ctx,
+            log,
+            coalescers,
+            packets: 0,
+            bytes: 0,
+            published: (0, 0),
+        }
+    }
+
     fn deliver(&mut self, datagram: &mut [u8], accepted: Accepted) {
         let Accepted { offset, len } = accepted;
         let inner = &datagram[offset..offset + len];
