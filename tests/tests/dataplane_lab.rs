@@ -6,6 +6,8 @@
 
 mod dataplane_support;
 
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
 use std::time::Duration;
 
 use dataplane_support::tcp_transfer;
@@ -75,6 +77,99 @@ fn weftd_ipip_three_nodes() {
         .exec("n1", &["ip", "route", "show", "proto", "87"])
         .unwrap();
     assert_eq!(routes.matches("dev weft.ipip").count(), 2, "{routes}");
+}
+
+/// IPIP through the GRO loop (`dataplane::gro_loop`): weftd says it is on, and a bulk
+/// transfer crosses the underlay as IPIP packets longer than its MTU (merged by GRO,
+/// still protocol 4 between the PublicIPs, TTL 64 as from the kernel's ipip) while the
+/// bytes arrive intact.
+#[test]
+fn weftd_ipip_bulk_crosses_the_underlay_merged() {
+    if !require_root("weftd_ipip_bulk_crosses_the_underlay_merged") {
+        return;
+    }
+    let spec = LabSpec {
+        backend: Backend::Ipip,
+        ..LabSpec::weft(2)
+    };
+    let mut lab = Lab::start(spec).unwrap();
+    let a = lab.add_pod(1, "p1").unwrap();
+    let b = lab.add_pod(2, "p2").unwrap();
+    wait_until("p1 to reach p2", Duration::from_secs(20), || {
+        lab.ping("p1", b)
+    })
+    .unwrap();
+    let status = lab
+        .exec(
+            "n1",
+            &[
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://{}/v1/status", weft_tests::lab::HEALTHZ_ADDR),
+            ],
+        )
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        status["devices"]["offloads"]["ipip_gro_loop"], true,
+        "weftd did not bring up the GRO loop: {status}"
+    );
+
+    let mut command = lab.node_ns(2).unwrap().command("tcpdump");
+    command
+        .args([
+            "-i",
+            "eth0",
+            "-nn",
+            "-v",
+            "-l",
+            "-c",
+            "3",
+            "ip proto 4 and src 192.0.2.1 and greater 3000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut tcpdump = command.spawn().unwrap();
+    let mut stderr = BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("listening on") {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("tcpdump exited before capturing: {seen}");
+        }
+        seen.push_str(&line);
+    }
+    let (sent, received, length) = tcp_transfer(
+        &lab.netns_of("p1").unwrap(),
+        &lab.netns_of("p2").unwrap(),
+        b,
+        32 << 20,
+    )
+    .unwrap();
+    assert_eq!((length, sent), (32 << 20, received), "payload damaged");
+    let captured = wait_until(
+        "tcpdump to see 3 merged IPIP packets",
+        Duration::from_secs(10),
+        || tcpdump.try_wait().unwrap().is_some(),
+    );
+    if captured.is_err() {
+        let _ = tcpdump.kill();
+    }
+    let output = tcpdump.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    captured.unwrap_or_else(|e| panic!("{e:#}; captured:\n{text}"));
+    assert!(
+        text.contains("ttl 64") && text.contains("proto IPIP (4)"),
+        "{text}"
+    );
+    assert!(text.contains("192.0.2.1 > 192.0.2.2: IP ("), "{text}");
+    assert!(
+        text.contains(&format!("{a}.")) && text.contains(&format!("{b}.")),
+        "{text}"
+    );
 }
 
 fn weftd_and_kernel_flannel(port: u16) {

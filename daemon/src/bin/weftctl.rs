@@ -390,10 +390,16 @@ async fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
     );
     let devices = &status["devices"];
     if devices.is_object() {
-        let offloads: Vec<&str> = ["tun_csum", "tun_tso4", "udp_segment", "udp_gro"]
-            .into_iter()
-            .filter(|k| devices["offloads"][*k].as_bool() == Some(true))
-            .collect();
+        let offloads: Vec<&str> = [
+            "tun_csum",
+            "tun_tso4",
+            "udp_segment",
+            "udp_gro",
+            "ipip_gro_loop",
+        ]
+        .into_iter()
+        .filter(|k| devices["offloads"][*k].as_bool() == Some(true))
+        .collect();
         println!(
             "devices: {} ({}{}), bridge {}",
             devices["device"].as_str().unwrap_or("?"),

@@ -53,6 +53,44 @@ pub fn udp_gso_supported() -> bool {
     })
 }
 
+/// A packet socket that sends whole Ethernet frames out of device `ifindex` (the IPIP
+/// GRO loop, see `gro_loop`). Protocol 0: it receives nothing. The qdisc is bypassed:
+/// veth has none worth passing through, and it saves a lock per frame.
+pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
+    let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
+    let on: libc::c_int = 1;
+    // SAFETY: valid socket fd; the option value is a live c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as libc::c_ushort;
+    address.sll_ifindex = ifindex as libc::c_int;
+    // SAFETY: `address` is a live sockaddr_ll of the length given.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&address as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    size_buffers(&socket);
+    Ok(socket.into())
+}
+
 /// The IPIP socket: raw IPv4 protocol 4. The kernel prepends the outer header on send
 /// (source = the route's source address, i.e. our PublicIP) and hands us packets with
 /// the outer header on receive; no `ipip` module is needed (MEASUREMENTS.md).

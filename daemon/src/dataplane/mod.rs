@@ -10,6 +10,7 @@
 //! [`RECONCILE_PERIOD`], so a deleted route comes back). The packets never pass through
 //! here: [`worker`] threads move them between the TUN device and the underlay socket.
 
+pub mod gro_loop;
 pub mod io;
 pub mod packet;
 pub mod peers;
@@ -167,15 +168,44 @@ pub async fn run_with_metrics(
         )],
     };
     let socket = receivers[0].clone();
+    // IPIP sends through the GRO loop where this host allows it (see `gro_loop`).
+    let gro_loop = match encap {
+        Encap::Ipip => {
+            match gro_loop::setup(&netlink, lease.mtu + weft_proto::ipip::OVERHEAD as u32).await {
+                Ok(gro_loop) => {
+                    tracing::info!(
+                        device = gro_loop::TX_DEVICE,
+                        "IPIP leaves through the GRO loop: one underlay packet per 64 KB"
+                    );
+                    Some(gro_loop)
+                }
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "IPIP GRO loop unavailable; sending segment by segment on the raw socket (slower)");
+                    None
+                }
+            }
+        }
+        Encap::Vxlan { .. } => None,
+    };
     // VXLAN sends from a few ephemeral ports chosen by inner flow (see
-    // `worker::pick_sender`); IPIP has no ports and sends from the raw socket.
-    let senders: Vec<OwnedFd> = match encap {
-        Encap::Vxlan { .. } => (0..FLOW_SOCKETS)
+    // `worker::pick_sender`); IPIP has no ports and sends frames into the GRO loop or
+    // packets from the raw socket.
+    let senders: Vec<OwnedFd> = match (encap, gro_loop) {
+        (Encap::Vxlan { .. }, _) => (0..FLOW_SOCKETS)
             .map(|_| io::vxlan_send_socket())
             .collect::<Result<_, _>>()
             .context("opening the VXLAN sending sockets")?,
-        Encap::Ipip => vec![socket.try_clone().context("duplicating the IPIP socket")?],
+        (Encap::Ipip, Some(gro_loop)) => vec![io::packet_socket(gro_loop.tx_index)
+            .with_context(|| format!("opening a packet socket on {}", gro_loop::TX_DEVICE))?],
+        (Encap::Ipip, None) => {
+            vec![socket.try_clone().context("duplicating the IPIP socket")?]
+        }
     };
+    let ipip_frames = gro_loop.map(|gro_loop| worker::IpipFrames {
+        local_ip: lease.public_ip,
+        src_mac: gro_loop.tx_mac,
+        dst_mac: gro_loop.gro_mac,
+    });
     let senders = Arc::new(senders);
 
     let table = Arc::new(ArcSwap::from_pointee(PeerTable::empty(subnet_len)));
@@ -187,6 +217,7 @@ pub async fn run_with_metrics(
         metrics: metrics.clone(),
         stop: stop.clone(),
         mtu: lease.mtu as usize,
+        ipip_frames,
     };
     let mut threads = Vec::new();
     for queue in 0..tun.queue_count() {
@@ -214,6 +245,7 @@ pub async fn run_with_metrics(
         // Super-packets leave in UDP GSO sends exactly when TUN hands them over.
         udp_segment: vxlan && tun.offloads().tso4,
         udp_gro: vxlan && crate::metrics::ActiveOffloads::udp_gro_enabled(socket.as_fd()),
+        ipip_gro_loop: gro_loop.is_some() && tun.offloads().tso4,
     };
     metrics.set_up(crate::metrics::DataplaneInfo {
         device: name.clone(),
@@ -299,6 +331,9 @@ pub async fn run_with_metrics(
         tun.set_transient()?;
         drop(tun);
         netlink.delete_link(tun_link.index).await?;
+        if gro_loop.is_some() {
+            gro_loop::remove(&netlink).await?;
+        }
         tracing::info!(device = %name, "removed TUN device and routes (--cleanup-on-exit)");
     }
     result

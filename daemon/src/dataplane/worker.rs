@@ -13,6 +13,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,8 +31,9 @@ use super::peers::{Encap, PeerEntry, PeerTable};
 use super::tun::VNET_HDR_LEN;
 use crate::lease::MacAddr;
 use crate::metrics::{Direction, DropReason, Metrics, PeerTally};
+use weft_proto::ipv4::OuterIpv4;
 use weft_proto::vnet::{GsoType, VirtioNetHdr, VirtioNetRepr};
-use weft_proto::{flow, gso};
+use weft_proto::{flow, gso, ipip};
 
 /// Packets per `sendmmsg`/`recvmmsg`.
 pub const BATCH: usize = 64;
@@ -49,6 +51,48 @@ pub struct WorkerContext {
     pub stop: Arc<StopSignal>,
     /// Largest inner packet (the overlay MTU).
     pub mtu: usize,
+    /// IPIP with the GRO loop up (`gro_loop`): packets leave as Ethernet frames on a
+    /// packet socket instead of on the raw IPIP socket.
+    pub ipip_frames: Option<IpipFrames>,
+}
+
+/// The outer headers of IPIP frames written into the GRO loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpipFrames {
+    /// Our PublicIP: the outer source.
+    pub local_ip: Ipv4Addr,
+    /// The loop's sending end (frame source) and GRO end (frame destination).
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+}
+
+impl IpipFrames {
+    /// Writes Ethernet + outer IPv4 before `buf[inner]`; returns the frame's range.
+    #[inline]
+    fn encap(
+        &self,
+        buf: &mut [u8],
+        inner: Range<usize>,
+        peer: &PeerEntry,
+        ident: &mut u16,
+    ) -> Result<Range<usize>, weft_proto::error::EncapError> {
+        *ident = ident.wrapping_add(1);
+        let frame = ipip::IpipFrame {
+            outer_src_mac: weft_proto::MacAddr(self.src_mac),
+            outer_dst_mac: weft_proto::MacAddr(self.dst_mac),
+            outer: OuterIpv4 {
+                src_addr: self.local_ip,
+                dst_addr: peer.public_ip,
+                // Forwarded once, from the loop's GRO end to the underlay: leaves with
+                // 64, as from the raw socket and the kernel's ipip.
+                ttl: 65,
+                tos: 0,
+                ident: *ident,
+                dont_frag: true,
+            },
+        };
+        ipip::encap_frame(buf, inner.start, inner.len(), &frame)
+    }
 }
 
 /// Logs at most once per second per call site owner, counting what it held back.
@@ -81,6 +125,10 @@ impl LogLimiter {
         }
     }
 }
+
+/// The destination of a frame sent on a packet socket: none, the socket's bound device.
+// SAFETY: all-zero is a valid sockaddr_in (family 0 marks "no address" here).
+const BOUND_DEVICE: libc::sockaddr_in = unsafe { std::mem::zeroed() };
 
 /// Outgoing datagrams waiting for one `sendmmsg`: pointers into buffers owned by the
 /// transmit loop, rebuilt per batch, never reallocated.
@@ -157,8 +205,14 @@ impl SendBatch {
         }
         for n in 0..count {
             let header = &mut self.messages[n].msg_hdr;
-            header.msg_name = (&mut self.addresses[n] as *mut libc::sockaddr_in).cast();
-            header.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if self.addresses[n].sin_family == 0 {
+                // A frame for the bound packet socket (`BOUND_DEVICE`).
+                header.msg_name = std::ptr::null_mut();
+                header.msg_namelen = 0;
+            } else {
+                header.msg_name = (&mut self.addresses[n] as *mut libc::sockaddr_in).cast();
+                header.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            }
             header.msg_iov = &mut self.iovecs[n];
             header.msg_iovlen = 1;
             header.msg_control = std::ptr::null_mut();
@@ -317,6 +371,8 @@ struct Transmitter {
     batch: SendBatch,
     log: LogLimiter,
     tally: PeerTally,
+    /// Outer IPv4 ID of the next IPIP frame.
+    ipip_ident: u16,
 }
 
 impl Transmitter {
@@ -335,12 +391,13 @@ impl Transmitter {
             batch: SendBatch::new(),
             log: LogLimiter::new(),
             tally: PeerTally::new(Direction::Tx),
+            ipip_ident: 0,
         })
     }
 
     /// Reads and sends what the TUN queue holds (up to one batch), without blocking;
-    /// `true` when there was anything.
-    fn pump(&mut self) -> bool {
+    /// says how much there was.
+    fn pump(&mut self) -> TxRound {
         const SLOT_LEN: usize = TX_SLOT_LEN;
         let Transmitter {
             ctx,
@@ -351,12 +408,13 @@ impl Transmitter {
             batch,
             log,
             tally,
+            ipip_ident,
         } = self;
         let ctx: &WorkerContext = ctx;
         let senders: &[OwnedFd] = senders;
         let mut slot_index = 0;
         let peers = ctx.peers.load();
-        let mut idle = true;
+        let mut round = TxRound::default();
         while !batch.is_full() {
             let slot = &mut buffers[slot_index * SLOT_LEN..(slot_index + 1) * SLOT_LEN];
             let read = match read_nonblocking(tun.as_fd(), &mut slot[HEADROOM - VNET_HDR_LEN..]) {
@@ -369,7 +427,7 @@ impl Transmitter {
                     break;
                 }
             };
-            idle = false;
+            round.packets += 1;
             if read < VNET_HDR_LEN {
                 ctx.metrics.drop_packet(DropReason::TxMalformed);
                 continue;
@@ -410,6 +468,7 @@ impl Transmitter {
                 inner.len as u64,
             );
             if vnet.gso_type != GsoType::None {
+                round.super_packets += 1;
                 // Keep packet order: whatever is queued goes first.
                 batch.flush(senders, ctx, log);
                 let packet = &packet[..inner.len];
@@ -427,6 +486,7 @@ impl Transmitter {
                         &mut train.buffer,
                         batch,
                         log,
+                        ipip_ident,
                     ),
                 }
                 continue;
@@ -446,15 +506,31 @@ impl Transmitter {
                     write_vxlan_headers(headers, *vni, local_mac, &peer.vtep_mac);
                     start
                 }
-                Encap::Ipip => HEADROOM,
+                Encap::Ipip => match &ctx.ipip_frames {
+                    Some(frames) => {
+                        let inner_range = HEADROOM..HEADROOM + inner.len;
+                        match frames.encap(slot, inner_range, peer, ipip_ident) {
+                            Ok(frame) => frame.start,
+                            Err(error) => {
+                                frame_dropped(ctx, log, &error);
+                                continue;
+                            }
+                        }
+                    }
+                    None => HEADROOM,
+                },
             };
             let sender = pick_sender(&slot[HEADROOM..HEADROOM + inner.len], senders.len());
+            let to = match (&ctx.encap, &ctx.ipip_frames) {
+                (Encap::Ipip, Some(_)) => BOUND_DEVICE,
+                _ => peer.sockaddr,
+            };
             batch.push(
                 senders,
                 ctx,
                 log,
                 &mut slot[start..HEADROOM + inner.len],
-                peer.sockaddr,
+                to,
                 inner.len,
                 sender,
             );
@@ -464,7 +540,21 @@ impl Transmitter {
         tally.flush();
         train.flush(senders, ctx, log);
         batch.flush(senders, ctx, log);
-        !idle
+        round
+    }
+}
+
+/// What one transmit round read from TUN.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct TxRound {
+    packets: usize,
+    super_packets: usize,
+}
+
+impl TxRound {
+    /// One ordinary packet: what a request (ping, RPC) looks like, not a bulk transfer.
+    fn is_lone_packet(&self) -> bool {
+        self.packets == 1 && self.super_packets == 0
     }
 }
 
@@ -618,8 +708,9 @@ fn send_train(
     }
 }
 
-/// IPIP: a raw socket has no UDP GSO, so the segments of a super-packet leave in one
-/// `sendmmsg`.
+/// IPIP: neither socket has GSO for IP-in-IP, so the segments of a super-packet leave
+/// in one `sendmmsg`: as frames into the GRO loop (which merges them back into one
+/// packet for the underlay) or, without it, on the raw socket.
 // The hot path passes its pieces (sockets, counters, buffers) separately so each
 // borrow stays disjoint; bundling them would only move the arguments into a struct.
 #[allow(clippy::too_many_arguments)]
@@ -632,24 +723,40 @@ fn send_ipip_segments(
     segments: &mut [u8],
     batch: &mut SendBatch,
     log: &mut LogLimiter,
+    ident: &mut u16,
 ) {
-    let Some(layout) = segment_or_drop(packet, vnet, segments, 0, ctx, log) else {
+    let headroom = match ctx.ipip_frames {
+        Some(_) => ipip::HEADROOM,
+        None => 0,
+    };
+    let Some(layout) = segment_or_drop(packet, vnet, segments, headroom, ctx, log) else {
         return;
     };
     for i in 0..layout.count {
         let range = layout.segment(i);
         let len = range.len();
-        batch.push(
-            senders,
-            ctx,
-            log,
-            &mut segments[range],
-            peer.sockaddr,
-            len,
-            0,
-        );
+        let (range, to) = match &ctx.ipip_frames {
+            Some(frames) => match frames.encap(segments, range, peer, ident) {
+                Ok(frame) => (frame, BOUND_DEVICE),
+                Err(error) => {
+                    frame_dropped(ctx, log, &error);
+                    continue;
+                }
+            },
+            None => (range, peer.sockaddr),
+        };
+        batch.push(senders, ctx, log, &mut segments[range], to, len, 0);
     }
     batch.flush(senders, ctx, log);
+}
+
+/// Counts (and logs, rate-limited) an IPIP frame that could not be built.
+#[cold]
+fn frame_dropped(ctx: &WorkerContext, log: &mut LogLimiter, error: &weft_proto::error::EncapError) {
+    ctx.metrics.drop_packet(DropReason::TxTooBig);
+    if let Some(suppressed) = log.allow() {
+        tracing::warn!(%error, suppressed, "cannot build an IPIP frame");
+    }
 }
 
 /// Control-message space per received datagram (one `UDP_GRO` int: CMSG_SPACE(4) = 24).
@@ -843,6 +950,15 @@ impl Receiver {
 /// worse.
 const SPIN_WINDOW: Duration = Duration::from_micros(30);
 
+/// How long a worker keeps polling after it woke up for a lone packet from TUN and sent
+/// it, with nothing received: a request, whose reply comes back to this worker (the TUN
+/// queue that sends a flow is the one the reply was last written to, and the socket is
+/// chosen by the same flow) about one underlay round trip later. Catching the reply
+/// awake saves the worker's wake-up (tens of µs here, no halt polling in this VM) on
+/// every request/response exchange; bulk traffic never starts this window (it comes as
+/// super-packets or batches, or wakes the worker for received data).
+const REPLY_WAIT: Duration = Duration::from_micros(250);
+
 /// A worker thread: moves packets TUN → underlay (`transmit`) and/or underlay → TUN
 /// (`receive`). With both, one thread serves both directions of a queue, so a request
 /// written to TUN and the reply the kernel queues right back (on the flow's TUN queue,
@@ -859,19 +975,29 @@ pub fn run(
     };
     let mut receiver = receive.map(|(ctx, tun, socket)| Receiver::new(ctx, tun, socket));
     let mut last_busy = Instant::now();
+    let mut spin_window = SPIN_WINDOW;
+    // Whether the worker slept in `poll` since it last had work.
+    let mut woke = true;
     loop {
-        let mut busy = false;
-        if let Some(transmitter) = transmitter.as_mut() {
-            busy |= transmitter.pump();
-        }
-        if let Some(receiver) = receiver.as_mut() {
-            busy |= receiver.pump();
-        }
-        if busy {
+        let sent = match transmitter.as_mut() {
+            Some(transmitter) => transmitter.pump(),
+            None => TxRound::default(),
+        };
+        let received = match receiver.as_mut() {
+            Some(receiver) => receiver.pump(),
+            None => false,
+        };
+        if sent.packets > 0 || received {
             last_busy = Instant::now();
+            spin_window = if woke && !received && sent.is_lone_packet() {
+                REPLY_WAIT
+            } else {
+                SPIN_WINDOW
+            };
+            woke = false;
             continue;
         }
-        if last_busy.elapsed() < SPIN_WINDOW {
+        if last_busy.elapsed() < spin_window {
             // SAFETY: sched_yield has no preconditions.
             unsafe { libc::sched_yield() };
             continue;
@@ -881,6 +1007,7 @@ pub fn run(
         if !wait_readable(tun, socket, &stop)? {
             return Ok(());
         }
+        woke = true;
     }
 }
 

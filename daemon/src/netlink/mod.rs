@@ -53,6 +53,8 @@ pub struct Link {
     pub name: String,
     pub mtu: u32,
     pub up: bool,
+    /// The hardware address (none on TUN and other L3 devices).
+    pub mac: Option<[u8; 6]>,
 }
 
 impl Link {
@@ -62,11 +64,13 @@ impl Link {
             name: String::new(),
             mtu: 0,
             up: message.header.flags.contains(LinkFlags::Up),
+            mac: None,
         };
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => link.name.clone_from(name),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                LinkAttribute::Address(bytes) => link.mac = bytes.as_slice().try_into().ok(),
                 _ => {}
             }
         }
