@@ -96,6 +96,34 @@ impl Netns {
         cmd
     }
 
+    /// Starts `tcpdump args` inside the namespace, stdout piped, and returns once its
+    /// capture is open (it says "listening on ..." on stderr), so nothing sent after
+    /// this returns is missed. The capture is killed if dropped before it ends.
+    pub fn start_capture(&self, args: &[&str]) -> anyhow::Result<Capture> {
+        use std::io::{BufRead as _, BufReader};
+        let mut tcpdump = self
+            .command("tcpdump")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tcpdump")?;
+        let mut stderr = BufReader::new(tcpdump.stderr.take().context("tcpdump stderr")?);
+        let mut seen = String::new();
+        while !seen.contains("listening on") {
+            let mut line = String::new();
+            if stderr.read_line(&mut line)? == 0 {
+                let _ = tcpdump.kill();
+                let _ = tcpdump.wait();
+                anyhow::bail!("tcpdump exited before capturing: {seen}");
+            }
+            seen.push_str(&line);
+        }
+        Ok(Capture {
+            tcpdump: Some(tcpdump),
+        })
+    }
+
     /// Runs `program args` inside the namespace; `Err` with its stderr if it fails.
     pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         run_cmd(self.command(program).args(args))
@@ -261,5 +289,43 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A running tcpdump (see [`Netns::start_capture`]); killed on drop unless finished.
+#[derive(Debug)]
+pub struct Capture {
+    tcpdump: Option<std::process::Child>,
+}
+
+impl Capture {
+    /// Whether tcpdump has exited (e.g. after its `-c` count).
+    pub fn is_done(&mut self) -> bool {
+        self.tcpdump
+            .as_mut()
+            .is_none_or(|child| child.try_wait().ok().flatten().is_some())
+    }
+
+    /// What tcpdump printed, after stopping it if it still runs.
+    pub fn finish(mut self) -> String {
+        let Some(mut child) = self.tcpdump.take() else {
+            return String::new();
+        };
+        if !matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+        }
+        match child.wait_with_output() {
+            Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+            Err(e) => format!("(tcpdump output unavailable: {e})"),
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.tcpdump.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

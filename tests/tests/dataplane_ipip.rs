@@ -5,8 +5,6 @@
 
 mod dataplane_support;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
 use dataplane_support::{netconf, ping_once, tcp_transfer, wait_ping, Cluster};
@@ -45,34 +43,21 @@ fn ipip_on_the_wire_is_protocol_4_between_public_ips() {
     wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
 
     // Capture on node 1's port of the underlay bridge.
-    let mut command = cluster.underlay.command("tcpdump");
-    command
-        .args(["-i", "n1", "-nn", "-l", "-c", "4", "ip proto 4"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut tcpdump = command.spawn().unwrap();
-    let mut stderr = BufReader::new(tcpdump.stderr.take().unwrap());
-    // tcpdump says "listening on ..." once its capture is open.
-    let mut seen = String::new();
-    while !seen.contains("listening on") {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            panic!("tcpdump exited before capturing: {seen}");
-        }
-        seen.push_str(&line);
-    }
+    let mut tcpdump = cluster
+        .underlay
+        .start_capture(&["-i", "n1", "-nn", "-l", "-c", "4", "ip proto 4"])
+        .unwrap();
 
     wait_until(
         "tcpdump to see 4 IPIP packets",
         Duration::from_secs(20),
         || {
             ping_once(a.pod(), b.pod_ip());
-            tcpdump.try_wait().unwrap().is_some()
+            tcpdump.is_done()
         },
     )
     .unwrap();
-    let output = tcpdump.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = tcpdump.finish();
     let request = format!(
         "IP {} > {}: IP {} > {}: ICMP echo request",
         a.public_ip(),

@@ -6,8 +6,6 @@
 
 mod dataplane_support;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
 use dataplane_support::tcp_transfer;
@@ -118,9 +116,10 @@ fn weftd_ipip_bulk_crosses_the_underlay_merged() {
         "weftd did not bring up the GRO loop: {status}"
     );
 
-    let mut command = lab.node_ns(2).unwrap().command("tcpdump");
-    command
-        .args([
+    let mut tcpdump = lab
+        .node_ns(2)
+        .unwrap()
+        .start_capture(&[
             "-i",
             "eth0",
             "-nn",
@@ -130,18 +129,7 @@ fn weftd_ipip_bulk_crosses_the_underlay_merged() {
             "3",
             "ip proto 4 and src 192.0.2.1 and greater 3000",
         ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut tcpdump = command.spawn().unwrap();
-    let mut stderr = BufReader::new(tcpdump.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("listening on") {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            panic!("tcpdump exited before capturing: {seen}");
-        }
-        seen.push_str(&line);
-    }
+        .unwrap();
     let (sent, received, length) = tcp_transfer(
         &lab.netns_of("p1").unwrap(),
         &lab.netns_of("p2").unwrap(),
@@ -153,13 +141,9 @@ fn weftd_ipip_bulk_crosses_the_underlay_merged() {
     let captured = wait_until(
         "tcpdump to see 3 merged IPIP packets",
         Duration::from_secs(10),
-        || tcpdump.try_wait().unwrap().is_some(),
+        || tcpdump.is_done(),
     );
-    if captured.is_err() {
-        let _ = tcpdump.kill();
-    }
-    let output = tcpdump.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = tcpdump.finish();
     captured.unwrap_or_else(|e| panic!("{e:#}; captured:\n{text}"));
     assert!(
         text.contains("ttl 64") && text.contains("proto IPIP (4)"),
