@@ -95,6 +95,9 @@ pub struct Metrics {
     pub tx_syscalls: AtomicU64,
     /// Underlay receive syscalls (`recvmmsg`).
     pub rx_syscalls: AtomicU64,
+    /// Sends retried because the device's ring was full (`ENOBUFS`): backpressure that
+    /// was waited out instead of dropped.
+    pub tx_full_waits: AtomicU64,
     /// Route changes the periodic reconcile had to make (a route deleted or altered by
     /// someone else and put back); changes caused by peer events are not counted.
     pub route_reconcile_fixes: AtomicU64,
@@ -343,6 +346,7 @@ impl Metrics {
             rx_bytes: self.rx.bytes.load(Ordering::Relaxed),
             tx_syscalls: self.tx_syscalls.load(Ordering::Relaxed),
             rx_syscalls: self.rx_syscalls.load(Ordering::Relaxed),
+            tx_full_waits: self.tx_full_waits.load(Ordering::Relaxed),
             route_reconcile_fixes: self.route_reconcile_fixes.load(Ordering::Relaxed),
             drops: DropReason::ALL.map(|reason| (reason.name(), self.drops(reason))),
         }
@@ -358,6 +362,7 @@ pub struct MetricsSnapshot {
     pub rx_bytes: u64,
     pub tx_syscalls: u64,
     pub rx_syscalls: u64,
+    pub tx_full_waits: u64,
     pub route_reconcile_fixes: u64,
     /// `(reason, count)` for every [`DropReason`], in [`DropReason::ALL`] order.
     pub drops: [(&'static str, u64); DropReason::ALL.len()],

@@ -179,6 +179,12 @@ impl Collector for NodeCollector {
                 "direction",
                 &[("tx", s.tx_syscalls), ("rx", s.rx_syscalls)],
             )?;
+            counter(
+                e,
+                "weft_tx_full_waits",
+                "Underlay sends retried because the device's ring was full (waited out, not dropped)",
+                s.tx_full_waits,
+            )?;
             labelled_counters(
                 e,
                 "weft_drops",

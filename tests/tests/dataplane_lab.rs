@@ -80,7 +80,7 @@ fn weftd_ipip_three_nodes() {
 /// IPIP through the GRO loop (`dataplane::gro_loop`): weftd says it is on, and a bulk
 /// transfer crosses the underlay as IPIP packets longer than its MTU (merged by GRO,
 /// still protocol 4 between the PublicIPs, TTL 64 as from the kernel's ipip) while the
-/// bytes arrive intact.
+/// bytes arrive intact and no send is dropped for a full ring.
 #[test]
 fn weftd_ipip_bulk_crosses_the_underlay_merged() {
     if !require_root("weftd_ipip_bulk_crosses_the_underlay_merged") {
@@ -138,6 +138,26 @@ fn weftd_ipip_bulk_crosses_the_underlay_merged() {
     )
     .unwrap();
     assert_eq!((length, sent), (32 << 20, received), "payload damaged");
+    // A full veth ring waits in the loop's qdisc (or in weftd's retry), never drops.
+    let metrics = lab
+        .exec(
+            "n1",
+            &[
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://{}/metrics", weft_tests::lab::HEALTHZ_ADDR),
+            ],
+        )
+        .unwrap();
+    let send_errors = metrics
+        .lines()
+        .find(|l| l.starts_with("weft_drops_total{reason=\"tx_send_error\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(send_errors, Some(0), "{metrics}");
     let captured = wait_until(
         "tcpdump to see 3 merged IPIP packets",
         Duration::from_secs(10),

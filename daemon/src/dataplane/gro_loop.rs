@@ -44,6 +44,12 @@ pub const GRO_DEVICE: &str = "weft.ipip.gro";
 /// flushes at once, so the timeout is only what a burst's tail waits without it.
 pub const GRO_FLUSH_TIMEOUT_NS: u32 = 20_000;
 
+/// Frames the sending end's qdisc may hold: more than the packet socket's send buffer
+/// (`io::SOCKET_BUFFER_BYTES`, ~2.3 KB of it per frame) lets in, so a sender that gets
+/// ahead of the NAPI thread blocks in `sendmmsg` until frames leave, rather than
+/// seeing the qdisc refuse them.
+const TX_QUEUE_FRAMES: u32 = 10_000;
+
 /// The loop, ready: frames go from `tx_mac` to `gro_mac` through `tx_index`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroLoop {
@@ -90,6 +96,23 @@ pub async fn setup(netlink: &Netlink, underlay_mtu: u32) -> anyhow::Result<GroLo
     write_sysctl(&format!("net/ipv4/conf/{GRO_DEVICE}/rp_filter"), "0")?;
     set_ethtool_flag(TX_DEVICE, ETHTOOL_STSO, false)
         .context("turning TSO off on the sending end")?;
+    if let Some(tx) = netlink.link(TX_DEVICE).await? {
+        // Before the qdisc, whose limit it becomes.
+        netlink
+            .handle()
+            .link()
+            .set(
+                LinkUnspec::new_with_index(tx.index)
+                    .txqueuelen(TX_QUEUE_FRAMES)
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("setting {TX_DEVICE}'s txqueuelen"))?;
+        add_fifo_qdisc(netlink, tx.index)
+            .await
+            .with_context(|| format!("adding a pfifo qdisc to {TX_DEVICE}"))?;
+    }
     set_ethtool_flag(GRO_DEVICE, ETHTOOL_SGRO, true).context("turning GRO on")?;
     let tx: Link = netlink
         .ensure_link_up(TX_DEVICE, Some(underlay_mtu))
@@ -114,6 +137,38 @@ pub async fn setup(netlink: &Netlink, underlay_mtu: u32) -> anyhow::Result<GroLo
 pub async fn remove(netlink: &Netlink) -> anyhow::Result<()> {
     if let Some(link) = netlink.link(TX_DEVICE).await? {
         netlink.delete_link(link.index).await?;
+    }
+    Ok(())
+}
+
+/// A FIFO root qdisc on the sending end (`tc qdisc replace dev weft.ipip.tx root
+/// pfifo`, limit = txqueuelen). veth has none by default, and without one a frame
+/// that finds the peer's 256-slot ring full is dropped (`ENOBUFS`) — a 45-segment burst
+/// often does while the NAPI thread is still waking. With a qdisc, veth stops its queue
+/// instead and the qdisc holds the frames until the ring drains: backpressure in the
+/// kernel, no drop, no retransmit.
+async fn add_fifo_qdisc(netlink: &Netlink, index: u32) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use rtnetlink::packet_core::{
+        NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+    };
+    use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+
+    let mut message = TcMessage::with_index(index as i32);
+    message.header.parent = TcHandle::ROOT;
+    message
+        .attributes
+        .push(TcAttribute::Kind("pfifo".to_string()));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+    let mut responses = netlink.handle().clone().request(request)?;
+    while let Some(response) = responses.next().await {
+        if let NetlinkPayload::Error(error) = response.payload {
+            if let Some(code) = error.code {
+                return Err(std::io::Error::from_raw_os_error(-code.get()).into());
+            }
+        }
     }
     Ok(())
 }

@@ -54,24 +54,11 @@ pub fn udp_gso_supported() -> bool {
 }
 
 /// A packet socket that sends whole Ethernet frames out of device `ifindex` (the IPIP
-/// GRO loop, see `gro_loop`). Protocol 0: it receives nothing. The qdisc is bypassed:
-/// veth has none worth passing through, and it saves a lock per frame.
+/// GRO loop, see `gro_loop`). Protocol 0: it receives nothing. Frames go through the
+/// device's qdisc (no `PACKET_QDISC_BYPASS`): that is where they wait when the veth ring
+/// is full, instead of being dropped.
 pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
     let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
-    let on: libc::c_int = 1;
-    // SAFETY: valid socket fd; the option value is a live c_int of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
     // SAFETY: all-zero is a valid sockaddr_ll.
     let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     address.sll_family = libc::AF_PACKET as libc::c_ushort;

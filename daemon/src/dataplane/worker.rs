@@ -141,6 +141,11 @@ impl LogLimiter {
     }
 }
 
+/// How long a send waits for room in a full device ring (`ENOBUFS`) before it drops.
+/// The GRO loop's veth ring holds 256 frames and its NAPI thread drains it in tens of
+/// µs; a ring full for longer than this means something is stuck, not busy.
+const TX_FULL_WAIT: Duration = Duration::from_millis(2);
+
 /// The destination of a frame sent on a packet socket: none, the socket's bound device.
 // SAFETY: all-zero is a valid sockaddr_in (family 0 marks "no address" here).
 const BOUND_DEVICE: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -235,6 +240,8 @@ impl SendBatch {
         }
         let mut sent = 0;
         let (mut packets, mut bytes) = (0u64, 0u64);
+        // Since when the device has refused the current message for want of room.
+        let mut full_since: Option<Instant> = None;
         while sent < count {
             // SAFETY: messages[sent..count] point at live iovecs, addresses and buffers
             // that the caller keeps untouched until this call returns.
@@ -252,6 +259,18 @@ impl SendBatch {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
+                if error.raw_os_error() == Some(libc::ENOBUFS)
+                    && full_since.get_or_insert_with(Instant::now).elapsed() < TX_FULL_WAIT
+                {
+                    // The device's ring is full (the GRO loop's veth while its NAPI thread
+                    // catches up): yield to it and retry instead of dropping what TCP would
+                    // only send again.
+                    ctx.metrics.tx_full_waits.fetch_add(1, Ordering::Relaxed);
+                    // SAFETY: sched_yield has no preconditions.
+                    unsafe { libc::sched_yield() };
+                    continue;
+                }
+                full_since = None;
                 // The first message failed (e.g. no route to that peer): skip it.
                 ctx.metrics.drop_packet(DropReason::TxSendError);
                 if let Some(suppressed) = log.allow() {
@@ -260,6 +279,7 @@ impl SendBatch {
                 sent += 1;
                 continue;
             }
+            full_since = None;
             for n in sent..sent + rc as usize {
                 packets += 1;
                 bytes += self.inner_bytes[n];
