@@ -9,7 +9,7 @@ mod dataplane_support;
 use std::time::Duration;
 
 use dataplane_support::tcp_transfer;
-use weft_tests::lab::{Backend, Lab, LabSpec};
+use weft_tests::lab::{Backend, Lab, LabSpec, HEALTHZ_ADDR};
 use weft_tests::{require_root, wait_until};
 
 /// Adds one fast pod per node, waits until every pod reaches every other, and moves
@@ -97,19 +97,9 @@ fn weftd_ipip_bulk_crosses_the_underlay_merged() {
         lab.ping("p1", b)
     })
     .unwrap();
-    let status = lab
-        .exec(
-            "n1",
-            &[
-                "busybox",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                &format!("http://{}/v1/status", weft_tests::lab::HEALTHZ_ADDR),
-            ],
-        )
-        .unwrap();
+    let n1 = lab.node_ns(1).unwrap();
+    let (code, status) = n1.http_get(HEALTHZ_ADDR, "/v1/status").unwrap();
+    assert_eq!(code, 200, "{status}");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(
         status["devices"]["offloads"]["ipip_gro_loop"], true,
@@ -139,19 +129,8 @@ fn weftd_ipip_bulk_crosses_the_underlay_merged() {
     .unwrap();
     assert_eq!((length, sent), (32 << 20, received), "payload damaged");
     // A full veth ring waits in the loop's qdisc (or in weftd's retry), never drops.
-    let metrics = lab
-        .exec(
-            "n1",
-            &[
-                "busybox",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                &format!("http://{}/metrics", weft_tests::lab::HEALTHZ_ADDR),
-            ],
-        )
-        .unwrap();
+    let (code, metrics) = n1.http_get(HEALTHZ_ADDR, "/metrics").unwrap();
+    assert_eq!(code, 200, "{metrics}");
     let send_errors = metrics
         .lines()
         .find(|l| l.starts_with("weft_drops_total{reason=\"tx_send_error\"}"))
