@@ -64,11 +64,14 @@ pub struct GroLoop {
 pub async fn setup(netlink: &Netlink, underlay_mtu: u32) -> anyhow::Result<GroLoop> {
     check_sysctl("net/ipv4/ip_forward", "1")?;
     check_sysctl("net/ipv4/conf/all/rp_filter", "0")?;
-    if netlink.link(TX_DEVICE).await?.is_none() || netlink.link(GRO_DEVICE).await?.is_none() {
-        for name in [TX_DEVICE, GRO_DEVICE] {
-            if let Some(stale) = netlink.link(name).await? {
-                netlink.delete_link(stale.index).await?;
-            }
+    let ends = [
+        netlink.link(TX_DEVICE).await?,
+        netlink.link(GRO_DEVICE).await?,
+    ];
+    if ends.iter().any(Option::is_none) {
+        // One end without the other (its peer moved away): start over.
+        for stale in ends.into_iter().flatten() {
+            netlink.delete_link(stale.index).await?;
         }
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(GRO_DEVICE.to_string())
@@ -96,23 +99,22 @@ pub async fn setup(netlink: &Netlink, underlay_mtu: u32) -> anyhow::Result<GroLo
     write_sysctl(&format!("net/ipv4/conf/{GRO_DEVICE}/rp_filter"), "0")?;
     set_ethtool_flag(TX_DEVICE, ETHTOOL_STSO, false)
         .context("turning TSO off on the sending end")?;
-    if let Some(tx) = netlink.link(TX_DEVICE).await? {
-        // Before the qdisc, whose limit it becomes.
-        netlink
-            .handle()
-            .link()
-            .set(
-                LinkUnspec::new_with_index(tx.index)
-                    .txqueuelen(TX_QUEUE_FRAMES)
-                    .build(),
-            )
-            .execute()
-            .await
-            .with_context(|| format!("setting {TX_DEVICE}'s txqueuelen"))?;
-        add_fifo_qdisc(netlink, tx.index)
-            .await
-            .with_context(|| format!("adding a pfifo qdisc to {TX_DEVICE}"))?;
-    }
+    let tx = netlink.require_link(TX_DEVICE).await?;
+    // Before the qdisc, whose limit it becomes.
+    netlink
+        .handle()
+        .link()
+        .set(
+            LinkUnspec::new_with_index(tx.index)
+                .txqueuelen(TX_QUEUE_FRAMES)
+                .build(),
+        )
+        .execute()
+        .await
+        .with_context(|| format!("setting {TX_DEVICE}'s txqueuelen"))?;
+    add_fifo_qdisc(netlink, tx.index)
+        .await
+        .with_context(|| format!("adding a pfifo qdisc to {TX_DEVICE}"))?;
     set_ethtool_flag(GRO_DEVICE, ETHTOOL_SGRO, true).context("turning GRO on")?;
     let tx: Link = netlink
         .ensure_link_up(TX_DEVICE, Some(underlay_mtu))

@@ -200,16 +200,12 @@ pub async fn run_with_metrics(
             .map(|_| io::vxlan_send_socket())
             .collect::<Result<_, _>>()
             .context("opening the VXLAN sending sockets")?,
-        (Encap::Ipip, Some(gro_loop)) => {
-            let mut senders = vec![None, None];
-            senders[worker::IPIP_LOOP_SENDER] =
-                Some(io::packet_socket(gro_loop.tx_index).with_context(|| {
-                    format!("opening a packet socket on {}", gro_loop::TX_DEVICE)
-                })?);
-            senders[worker::IPIP_RAW_SENDER] =
-                Some(socket.try_clone().context("duplicating the IPIP socket")?);
-            senders.into_iter().flatten().collect()
-        }
+        // In the order of `worker::IPIP_LOOP_SENDER`, `worker::IPIP_RAW_SENDER`.
+        (Encap::Ipip, Some(gro_loop)) => vec![
+            io::packet_socket(gro_loop.tx_index)
+                .with_context(|| format!("opening a packet socket on {}", gro_loop::TX_DEVICE))?,
+            socket.try_clone().context("duplicating the IPIP socket")?,
+        ],
         (Encap::Ipip, None) => {
             vec![socket.try_clone().context("duplicating the IPIP socket")?]
         }

@@ -60,6 +60,8 @@ pub struct WorkerContext {
 /// IPIP socket.
 pub const IPIP_LOOP_SENDER: usize = 0;
 pub const IPIP_RAW_SENDER: usize = 1;
+/// Without the loop, the raw IPIP socket is the only sending socket.
+const IPIP_ONLY_SENDER: usize = 0;
 
 /// Whether an IPv4 packet is TCP with payload (not a bare ACK, SYN or FIN).
 #[inline]
@@ -557,7 +559,7 @@ impl Transmitter {
                         }
                     }
                     Some(_) => (HEADROOM, peer.sockaddr, IPIP_RAW_SENDER),
-                    None => (HEADROOM, peer.sockaddr, 0),
+                    None => (HEADROOM, peer.sockaddr, IPIP_ONLY_SENDER),
                 },
             };
             batch.push(
@@ -770,25 +772,17 @@ fn send_ipip_segments(
     for i in 0..layout.count {
         let range = layout.segment(i);
         let len = range.len();
-        let (range, to) = match &ctx.ipip_frames {
+        let (range, to, sender) = match &ctx.ipip_frames {
             Some(frames) => match frames.encap(segments, range, peer, ident) {
-                Ok(frame) => (frame, BOUND_DEVICE),
+                Ok(frame) => (frame, BOUND_DEVICE, IPIP_LOOP_SENDER),
                 Err(error) => {
                     frame_dropped(ctx, log, &error);
                     continue;
                 }
             },
-            None => (range, peer.sockaddr),
+            None => (range, peer.sockaddr, IPIP_ONLY_SENDER),
         };
-        batch.push(
-            senders,
-            ctx,
-            log,
-            &mut segments[range],
-            to,
-            len,
-            IPIP_LOOP_SENDER,
-        );
+        batch.push(senders, ctx, log, &mut segments[range], to, len, sender);
     }
     batch.flush(senders, ctx, log);
 }
