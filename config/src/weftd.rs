@@ -48,6 +48,9 @@ pub struct Settings {
     pub ip_masq: bool,
     pub healthz_addr: SocketAddr,
     pub cleanup_on_exit: bool,
+    /// Let the kernel add the outer headers (TAP + tc program, `dataplane::tap_encap`)
+    /// where this host allows it; `false` segments and encapsulates in userspace.
+    pub kernel_encap: bool,
     /// Test-only: TTL of the etcd lease in seconds (default 24 h).
     pub lease_ttl_secs: u64,
     pub log_format: LogFormat,
@@ -85,6 +88,7 @@ impl Default for Settings {
             ip_masq: false,
             healthz_addr: SocketAddr::from(([127, 0, 0, 1], 9842)),
             cleanup_on_exit: false,
+            kernel_encap: true,
             lease_ttl_secs: 24 * 60 * 60,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
@@ -238,6 +242,12 @@ struct Flags {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = parse_bool)]
     cleanup_on_exit: Option<bool>,
+    /// Send whole 64 KB super-packets through the kernel's encapsulation (a TAP device and
+    /// a tc program; needs CAP_BPF and kernel 6.6+) instead of segmenting in userspace;
+    /// falls back by itself where unavailable [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_bool)]
+    kernel_encap: Option<bool>,
     /// Log format [default: text]
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
@@ -401,6 +411,7 @@ fn merge(
         healthz_addr: value!(healthz_addr, "--healthz-addr").map_or(d.healthz_addr, |v| v.0),
         cleanup_on_exit: value!(cleanup_on_exit, "--cleanup-on-exit")
             .map_or(d.cleanup_on_exit, |v| v.0),
+        kernel_encap: value!(kernel_encap, "--kernel-encap").map_or(d.kernel_encap, |v| v.0),
         lease_ttl_secs: value!(lease_ttl_secs, "--lease-ttl-secs")
             .map_or(d.lease_ttl_secs, |v| v.0),
         log_format: value!(log_format, "--log-format").map_or(d.log_format, |v| v.0),

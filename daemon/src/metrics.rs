@@ -261,9 +261,9 @@ pub struct ActiveOffloads {
     /// The VXLAN socket receives datagram trains (`UDP_GRO`), coalesced into GSO TUN
     /// writes.
     pub udp_gro: bool,
-    /// IPIP segments meet again in the GRO loop and cross the underlay as one packet
-    /// per 64 KB (`dataplane::gro_loop`).
-    pub ipip_gro_loop: bool,
+    /// The kernel adds the outer headers (TAP + tc program): super-packets cross the
+    /// underlay as one VXLAN or IP-in-IP GSO packet per 64 KB (`dataplane::tap_encap`).
+    pub kernel_encap: bool,
 }
 
 impl Metrics {

@@ -77,13 +77,13 @@ fn weftd_ipip_three_nodes() {
     assert_eq!(routes.matches("dev weft.ipip").count(), 2, "{routes}");
 }
 
-/// IPIP through the GRO loop (`dataplane::gro_loop`): weftd says it is on, and a bulk
-/// transfer crosses the underlay as IPIP packets longer than its MTU (merged by GRO,
-/// still protocol 4 between the PublicIPs, TTL 64 as from the kernel's ipip) while the
-/// bytes arrive intact and no send is dropped for a full ring.
+/// IPIP encapsulated by the kernel (`dataplane::tap_encap`): weftd says it is on, and a
+/// bulk transfer crosses the underlay as IPIP packets longer than its MTU (whole GSO
+/// super-packets, still protocol 4 between the PublicIPs, TTL 64 as from the kernel's
+/// ipip) while the bytes arrive intact and no send fails.
 #[test]
-fn weftd_ipip_bulk_crosses_the_underlay_merged() {
-    if !require_root("weftd_ipip_bulk_crosses_the_underlay_merged") {
+fn weftd_ipip_bulk_crosses_the_underlay_whole() {
+    if !require_root("weftd_ipip_bulk_crosses_the_underlay_whole") {
         return;
     }
     let spec = LabSpec {
@@ -102,8 +102,8 @@ fn weftd_ipip_bulk_crosses_the_underlay_merged() {
     assert_eq!(code, 200, "{status}");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(
-        status["devices"]["offloads"]["ipip_gro_loop"], true,
-        "weftd did not bring up the GRO loop: {status}"
+        status["devices"]["offloads"]["kernel_encap"], true,
+        "weftd did not bring up the kernel encapsulation: {status}"
     );
 
     let mut tcpdump = lab
@@ -128,7 +128,6 @@ fn weftd_ipip_bulk_crosses_the_underlay_merged() {
     )
     .unwrap();
     assert_eq!((length, sent), (32 << 20, received), "payload damaged");
-    // A full veth ring waits in the loop's qdisc (or in weftd's retry), never drops.
     let (code, metrics) = n1.http_get(HEALTHZ_ADDR, "/metrics").unwrap();
     assert_eq!(code, 200, "{metrics}");
     let send_errors = metrics
@@ -138,7 +137,7 @@ fn weftd_ipip_bulk_crosses_the_underlay_merged() {
         .and_then(|v| v.parse::<u64>().ok());
     assert_eq!(send_errors, Some(0), "{metrics}");
     let captured = wait_until(
-        "tcpdump to see 3 merged IPIP packets",
+        "tcpdump to see 3 IPIP super-packets",
         Duration::from_secs(10),
         || tcpdump.is_done(),
     );

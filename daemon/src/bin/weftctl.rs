@@ -395,7 +395,7 @@ async fn status(addr: SocketAddr, json: bool) -> anyhow::Result<()> {
             "tun_tso4",
             "udp_segment",
             "udp_gro",
-            "ipip_gro_loop",
+            "kernel_encap",
         ]
         .into_iter()
         .filter(|k| devices["offloads"][*k].as_bool() == Some(true))

@@ -53,31 +53,6 @@ pub fn udp_gso_supported() -> bool {
     })
 }
 
-/// A packet socket that sends whole Ethernet frames out of device `ifindex` (the IPIP
-/// GRO loop, see `gro_loop`). Protocol 0: it receives nothing. Frames go through the
-/// device's qdisc (no `PACKET_QDISC_BYPASS`): that is where they wait when the veth ring
-/// is full, instead of being dropped.
-pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
-    let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    address.sll_family = libc::AF_PACKET as libc::c_ushort;
-    address.sll_ifindex = ifindex as libc::c_int;
-    // SAFETY: `address` is a live sockaddr_ll of the length given.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&address as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    size_buffers(&socket);
-    Ok(socket.into())
-}
-
 /// The IPIP socket: raw IPv4 protocol 4. The kernel prepends the outer header on send
 /// (source = the route's source address, i.e. our PublicIP) and hands us packets with
 /// the outer header on receive; no `ipip` module is needed (MEASUREMENTS.md).

@@ -10,10 +10,11 @@
 //! [`RECONCILE_PERIOD`], so a deleted route comes back). The packets never pass through
 //! here: [`worker`] threads move them between the TUN device and the underlay socket.
 
-pub mod gro_loop;
+pub mod bpf;
 pub mod io;
 pub mod packet;
 pub mod peers;
+pub mod tap_encap;
 pub mod tun;
 pub mod worker;
 
@@ -173,48 +174,43 @@ pub async fn run_with_metrics(
         )],
     };
     let socket = receivers[0].clone();
-    // IPIP sends through the GRO loop where this host allows it (see `gro_loop`).
-    let gro_loop = match encap {
-        Encap::Ipip => {
-            match gro_loop::setup(&netlink, lease.mtu + weft_proto::ipip::OVERHEAD as u32).await {
-                Ok(gro_loop) => {
-                    tracing::info!(
-                        device = gro_loop::TX_DEVICE,
-                        "IPIP leaves through the GRO loop: one underlay packet per 64 KB"
-                    );
-                    Some(gro_loop)
-                }
-                Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), "IPIP GRO loop unavailable; sending segment by segment on the raw socket (slower)");
-                    None
-                }
+    // Super-packets leave whole through the kernel's encapsulation where this host
+    // allows it (see `tap_encap`), else segmented here.
+    let tap_encap = if settings.kernel_encap {
+        match tap_encap::setup(
+            &netlink,
+            &encap,
+            underlay.index,
+            lease.mtu + tap_encap::outer_len(&encap) as u32,
+            queues,
+        )
+        .await
+        {
+            Ok(tap_encap) => {
+                tracing::info!(
+                    device = tap_encap::DEVICE,
+                    "the kernel adds the outer headers (tc program): one underlay packet per 64 KB"
+                );
+                Some(tap_encap)
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "kernel encapsulation unavailable; segmenting and encapsulating in userspace (slower)");
+                None
             }
         }
-        Encap::Vxlan { .. } => None,
+    } else {
+        None
     };
     // VXLAN sends from a few ephemeral ports chosen by inner flow (see
-    // `worker::pick_sender`); IPIP has no ports and sends frames into the GRO loop or
-    // packets from the raw socket.
-    let senders: Vec<OwnedFd> = match (encap, gro_loop) {
-        (Encap::Vxlan { .. }, _) => (0..FLOW_SOCKETS)
+    // `worker::pick_sender`); IPIP from the raw socket (everything, or what the TAP
+    // cannot take).
+    let senders: Vec<OwnedFd> = match encap {
+        Encap::Vxlan { .. } => (0..FLOW_SOCKETS)
             .map(|_| io::vxlan_send_socket())
             .collect::<Result<_, _>>()
             .context("opening the VXLAN sending sockets")?,
-        // In the order of `worker::IPIP_LOOP_SENDER`, `worker::IPIP_RAW_SENDER`.
-        (Encap::Ipip, Some(gro_loop)) => vec![
-            io::packet_socket(gro_loop.tx_index)
-                .with_context(|| format!("opening a packet socket on {}", gro_loop::TX_DEVICE))?,
-            socket.try_clone().context("duplicating the IPIP socket")?,
-        ],
-        (Encap::Ipip, None) => {
-            vec![socket.try_clone().context("duplicating the IPIP socket")?]
-        }
+        Encap::Ipip => vec![socket.try_clone().context("duplicating the IPIP socket")?],
     };
-    let ipip_frames = gro_loop.map(|gro_loop| worker::IpipFrames {
-        local_ip: lease.public_ip,
-        src_mac: gro_loop.tx_mac,
-        dst_mac: gro_loop.gro_mac,
-    });
     let senders = Arc::new(senders);
 
     let table = Arc::new(ArcSwap::from_pointee(PeerTable::empty(subnet_len)));
@@ -226,11 +222,22 @@ pub async fn run_with_metrics(
         metrics: metrics.clone(),
         stop: stop.clone(),
         mtu: lease.mtu as usize,
-        ipip_frames,
     };
     let mut threads = Vec::new();
     for queue in 0..tun.queue_count() {
-        let transmit = (ctx.clone(), tun.clone_queue(queue)?, senders.clone());
+        let tap = match &tap_encap {
+            Some(tap_encap) => Some(worker::TapQueue {
+                fd: tap_encap.queue(queue)?,
+                local_ip: lease.public_ip,
+            }),
+            None => None,
+        };
+        let transmit = worker::TransmitSetup {
+            ctx: ctx.clone(),
+            tun: tun.clone_queue(queue)?,
+            senders: senders.clone(),
+            tap,
+        };
         let receive = match receivers.get(queue) {
             Some(receiver) => Some((ctx.clone(), tun.clone_queue(queue)?, receiver.clone())),
             None => None,
@@ -251,10 +258,11 @@ pub async fn run_with_metrics(
     let offloads = crate::metrics::ActiveOffloads {
         tun_csum: tun.offloads().csum,
         tun_tso4: tun.offloads().tso4,
-        // Super-packets leave in UDP GSO sends exactly when TUN hands them over.
-        udp_segment: vxlan && tun.offloads().tso4,
+        // Super-packets leave in UDP GSO sends when TUN hands them over and the kernel
+        // does not encapsulate them whole.
+        udp_segment: vxlan && tun.offloads().tso4 && tap_encap.is_none(),
         udp_gro: vxlan && crate::metrics::ActiveOffloads::udp_gro_enabled(socket.as_fd()),
-        ipip_gro_loop: gro_loop.is_some() && tun.offloads().tso4,
+        kernel_encap: tap_encap.is_some(),
     };
     metrics.set_up(crate::metrics::DataplaneInfo {
         device: name.clone(),
@@ -340,9 +348,8 @@ pub async fn run_with_metrics(
         tun.set_transient()?;
         drop(tun);
         netlink.delete_link(tun_link.index).await?;
-        if gro_loop.is_some() {
-            gro_loop::remove(&netlink).await?;
-        }
+        // The TAP and its program go with the last descriptor.
+        drop(tap_encap);
         tracing::info!(device = %name, "removed TUN device and routes (--cleanup-on-exit)");
     }
     result

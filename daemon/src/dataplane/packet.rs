@@ -21,9 +21,9 @@ use crate::lease::MacAddr;
 use crate::metrics::DropReason;
 
 /// Bytes reserved in front of the inner packet in every transmit buffer: room for the
-/// largest thing written there, an IPIP frame's Ethernet + outer IPv4 headers (34), and
-/// 16-byte aligned.
-pub const HEADROOM: usize = 48;
+/// largest thing written there, a frame for the encapsulating TAP (vnet header +
+/// Ethernet + VXLAN's outer headers: 74, see `worker::TapQueue`), 16-byte aligned.
+pub const HEADROOM: usize = 80;
 const _: () = assert!(HEADROOM >= weft_proto::ipip::HEADROOM && HEADROOM >= VXLAN_OVERHEAD);
 /// VXLAN header (8) + inner Ethernet header (14).
 pub const VXLAN_OVERHEAD: usize = VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN;

@@ -85,6 +85,21 @@ pub struct Tun {
     offloads: Offloads,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tun,
+    Tap,
+}
+
+impl Kind {
+    fn flag(self) -> libc::c_int {
+        match self {
+            Kind::Tun => libc::IFF_TUN,
+            Kind::Tap => libc::IFF_TAP,
+        }
+    }
+}
+
 /// `struct ifreq` for the TUN ioctls: name + flags.
 #[repr(C)]
 struct IfReq {
@@ -97,6 +112,22 @@ impl Tun {
     /// Creates the device `name` or attaches to the existing persistent one, with
     /// `queues` queues (one per worker), vnet headers on, and `offloads` enabled.
     pub fn open(name: &str, queues: usize, offloads: Offloads) -> Result<Tun, TunError> {
+        Tun::open_kind(name, queues, offloads, Kind::Tun)
+    }
+
+    /// Creates the TAP device `name` (Ethernet frames, vnet headers on) with `queues`
+    /// queues. It is not persistent: it disappears with the last descriptor, i.e. with
+    /// weftd (see `tap_encap`).
+    pub fn open_tap(name: &str, queues: usize) -> Result<Tun, TunError> {
+        Tun::open_kind(name, queues, Offloads::default(), Kind::Tap)
+    }
+
+    fn open_kind(
+        name: &str,
+        queues: usize,
+        offloads: Offloads,
+        kind: Kind,
+    ) -> Result<Tun, TunError> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(TunError::BadName(name.to_owned()));
         }
@@ -113,10 +144,8 @@ impl Tun {
                 .map_err(TunError::Open)?;
             let mut request = IfReq {
                 name: [0; libc::IFNAMSIZ],
-                flags: (libc::IFF_TUN
-                    | libc::IFF_NO_PI
-                    | libc::IFF_VNET_HDR
-                    | libc::IFF_MULTI_QUEUE) as libc::c_short,
+                flags: (kind.flag() | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE)
+                    as libc::c_short,
                 _pad: [0; 22],
             };
             for (dst, src) in request.name.iter_mut().zip(name.bytes()) {
@@ -135,7 +164,7 @@ impl Tun {
             let header_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
             tun.ioctl_ptr(&file, libc::TUNSETVNETHDRSZ, &header_len, "TUNSETVNETHDRSZ")?;
             tun.offloads = tun.set_offloads(&file, offloads)?;
-            if queue == 0 {
+            if queue == 0 && kind == Kind::Tun {
                 tun.ioctl_value(&file, libc::TUNSETPERSIST, 1, "TUNSETPERSIST")?;
             }
             tun.queues.push(file);

@@ -13,7 +13,6 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,8 +31,9 @@ use super::tun::VNET_HDR_LEN;
 use crate::lease::MacAddr;
 use crate::metrics::{Direction, DropReason, Metrics, PeerTally};
 use weft_proto::ipv4::OuterIpv4;
+use weft_proto::udp::UdpChecksum;
 use weft_proto::vnet::{GsoType, VirtioNetHdr, VirtioNetRepr};
-use weft_proto::{flow, gso, ipip};
+use weft_proto::{flow, gso, ipip, vxlan};
 
 /// Packets per `sendmmsg`/`recvmmsg`.
 pub const BATCH: usize = 64;
@@ -51,65 +51,120 @@ pub struct WorkerContext {
     pub stop: Arc<StopSignal>,
     /// Largest inner packet (the overlay MTU).
     pub mtu: usize,
-    /// IPIP with the GRO loop up (`gro_loop`): packets leave as Ethernet frames on a
-    /// packet socket instead of on the raw IPIP socket.
-    pub ipip_frames: Option<IpipFrames>,
 }
 
-/// With the GRO loop up, IPIP's sending sockets: the loop's packet socket, then the raw
-/// IPIP socket.
-pub const IPIP_LOOP_SENDER: usize = 0;
-pub const IPIP_RAW_SENDER: usize = 1;
-/// Without the loop, the raw IPIP socket is the only sending socket.
-const IPIP_ONLY_SENDER: usize = 0;
+/// IPIP's one sending socket when there is no encapsulating TAP (`tap_encap`), and for
+/// the rare super-packet too long for one outer header.
+const IPIP_RAW_SENDER: usize = 0;
 
-/// Whether an IPv4 packet is TCP with payload (not a bare ACK, SYN or FIN).
-#[inline]
-fn carries_tcp_payload(packet: &[u8]) -> bool {
-    let ip_header_len = usize::from(packet[0] & 0x0f) * 4;
-    packet[9] == 6
-        && packet
-            .get(ip_header_len + 12)
-            .is_some_and(|offset| packet.len() > ip_header_len + usize::from(offset >> 4) * 4)
-}
-
-/// The outer headers of IPIP frames written into the GRO loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpipFrames {
+/// A worker's queue of the encapsulating TAP (`tap_encap`): packets, super-packets
+/// whole, leave by one `write` each, and the kernel marks and sends them.
+#[derive(Debug)]
+pub struct TapQueue {
+    pub fd: OwnedFd,
     /// Our PublicIP: the outer source.
     pub local_ip: Ipv4Addr,
-    /// The loop's sending end (frame source) and GRO end (frame destination).
-    pub src_mac: MacAddr,
-    pub dst_mac: MacAddr,
 }
 
-impl IpipFrames {
-    /// Writes Ethernet + outer IPv4 before `buf[inner]`; returns the frame's range.
-    #[inline]
-    fn encap(
+/// The most a TAP frame puts before the inner packet: vnet header, Ethernet, VXLAN's
+/// outer headers.
+const TAP_PREFIX: usize = VNET_HDR_LEN + weft_proto::vxlan::HEADROOM;
+const _: () = assert!(HEADROOM >= TAP_PREFIX);
+
+/// Ports the outer UDP source port is chosen from, by inner flow: the kernel vxlan
+/// device's default (the local ephemeral range).
+const VXLAN_SRC_PORTS: (u16, u16) = (32_768, 61_000);
+
+impl TapQueue {
+    /// Writes `slot[HEADROOM..HEADROOM + inner_len]` (read from TUN with `vnet`) as one
+    /// frame: the complete outer headers in front of it, `vnet` in front of those with
+    /// its offsets moved by their length.
+    fn send(
         &self,
-        buf: &mut [u8],
-        inner: Range<usize>,
+        encap: &Encap,
+        slot: &mut [u8],
+        inner_len: usize,
+        vnet: &VirtioNetRepr,
         peer: &PeerEntry,
         ident: &mut u16,
-    ) -> Result<Range<usize>, weft_proto::error::EncapError> {
+    ) -> Result<(), TapSendError> {
         *ident = ident.wrapping_add(1);
-        let frame = ipip::IpipFrame {
-            outer_src_mac: weft_proto::MacAddr(self.src_mac),
-            outer_dst_mac: weft_proto::MacAddr(self.dst_mac),
-            outer: OuterIpv4 {
-                src_addr: self.local_ip,
-                dst_addr: peer.public_ip,
-                // Forwarded once, from the loop's GRO end to the underlay: leaves with
-                // 64, as from the raw socket and the kernel's ipip.
-                ttl: 65,
-                tos: 0,
-                ident: *ident,
-                dont_frag: true,
-            },
+        let mut outer = OuterIpv4 {
+            src_addr: self.local_ip,
+            dst_addr: peer.public_ip,
+            ttl: super::tap_encap::OUTER_TTL,
+            tos: 0,
+            ident: *ident,
+            dont_frag: true,
         };
-        ipip::encap_frame(buf, inner.start, inner.len(), &frame)
+        let frame = match encap {
+            Encap::Ipip => ipip::encap_frame(
+                slot,
+                HEADROOM,
+                inner_len,
+                &ipip::IpipFrame {
+                    outer_src_mac: weft_proto::MacAddr(super::tap_encap::FRAME_SRC_MAC),
+                    outer_dst_mac: weft_proto::MacAddr(super::tap_encap::FRAME_DST_MAC),
+                    outer,
+                },
+            ),
+            Encap::Vxlan {
+                vni,
+                port,
+                local_mac,
+            } => {
+                // As the kernel's vxlan device: fragments allowed on the way.
+                outer.dont_frag = false;
+                let inner = &slot[HEADROOM..HEADROOM + inner_len];
+                let src_port = flow::flow_src_port(inner, VXLAN_SRC_PORTS.0, VXLAN_SRC_PORTS.1);
+                vxlan::encap_frame(
+                    slot,
+                    HEADROOM,
+                    inner_len,
+                    &vxlan::VxlanFrame {
+                        encap: vxlan::VxlanEncap {
+                            vni: *vni,
+                            src_mac: weft_proto::MacAddr(*local_mac),
+                            dst_mac: weft_proto::MacAddr(peer.vtep_mac),
+                        },
+                        outer_src_mac: weft_proto::MacAddr(super::tap_encap::FRAME_SRC_MAC),
+                        outer_dst_mac: weft_proto::MacAddr(super::tap_encap::FRAME_DST_MAC),
+                        outer,
+                        src_port,
+                        dst_port: *port,
+                        udp_checksum: UdpChecksum::None,
+                    },
+                )
+            }
+        }
+        .map_err(TapSendError::Encap)?;
+        let prefix = (HEADROOM - frame.start) as u16;
+        let mut moved = *vnet;
+        if moved.gso_type != GsoType::None || moved.needs_csum() {
+            moved.hdr_len = moved.hdr_len.saturating_add(prefix);
+            moved.csum_start = moved.csum_start.saturating_add(prefix);
+        }
+        let start = frame.start - VNET_HDR_LEN;
+        moved.emit(&mut VirtioNetHdr::new_unchecked(
+            &mut slot[start..frame.start],
+        ));
+        let bytes = &slot[start..frame.end];
+        // SAFETY: `bytes` is a live, initialised buffer for the whole call; the kernel
+        // only reads it.
+        let rc = unsafe { libc::write(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        if rc < 0 {
+            return Err(TapSendError::Write(io::Error::last_os_error()));
+        }
+        Ok(())
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TapSendError {
+    #[error("no outer header fits: {0}")]
+    Encap(weft_proto::error::EncapError),
+    #[error("writing to the TAP: {0}")]
+    Write(io::Error),
 }
 
 /// Logs at most once per second per call site owner, counting what it held back.
@@ -143,14 +198,9 @@ impl LogLimiter {
     }
 }
 
-/// How long a send waits for room in a full device ring (`ENOBUFS`) before it drops.
-/// The GRO loop's veth ring holds 256 frames and its NAPI thread drains it in tens of
-/// µs; a ring full for longer than this means something is stuck, not busy.
+/// How long a send waits for room in a full device queue (`ENOBUFS`) before it drops:
+/// a queue full for longer than this means something is stuck, not busy.
 const TX_FULL_WAIT: Duration = Duration::from_millis(2);
-
-/// The destination of a frame sent on a packet socket: none, the socket's bound device.
-// SAFETY: all-zero is a valid sockaddr_in (family 0 marks "no address" here).
-const BOUND_DEVICE: libc::sockaddr_in = unsafe { std::mem::zeroed() };
 
 /// Outgoing datagrams waiting for one `sendmmsg`: pointers into buffers owned by the
 /// transmit loop, rebuilt per batch, never reallocated.
@@ -227,14 +277,8 @@ impl SendBatch {
         }
         for n in 0..count {
             let header = &mut self.messages[n].msg_hdr;
-            if self.addresses[n].sin_family == 0 {
-                // A frame for the bound packet socket (`BOUND_DEVICE`).
-                header.msg_name = std::ptr::null_mut();
-                header.msg_namelen = 0;
-            } else {
-                header.msg_name = (&mut self.addresses[n] as *mut libc::sockaddr_in).cast();
-                header.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            }
+            header.msg_name = (&mut self.addresses[n] as *mut libc::sockaddr_in).cast();
+            header.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             header.msg_iov = &mut self.iovecs[n];
             header.msg_iovlen = 1;
             header.msg_control = std::ptr::null_mut();
@@ -408,7 +452,9 @@ struct Transmitter {
     batch: SendBatch,
     log: LogLimiter,
     tally: PeerTally,
-    /// Outer IPv4 ID of the next IPIP frame.
+    /// IPIP through the kernel's encapsulation, when it is up.
+    tap: Option<TapQueue>,
+    /// Outer IPv4 ID of the next IPIP packet written to `tap`.
     ipip_ident: u16,
 }
 
@@ -417,6 +463,7 @@ impl Transmitter {
         ctx: WorkerContext,
         tun: OwnedFd,
         senders: Arc<Vec<OwnedFd>>,
+        tap: Option<TapQueue>,
     ) -> io::Result<Transmitter> {
         set_nonblocking(tun.as_fd())?;
         Ok(Transmitter {
@@ -428,6 +475,7 @@ impl Transmitter {
             batch: SendBatch::new(),
             log: LogLimiter::new(),
             tally: PeerTally::new(Direction::Tx),
+            tap,
             ipip_ident: 0,
         })
     }
@@ -445,6 +493,7 @@ impl Transmitter {
             batch,
             log,
             tally,
+            tap,
             ipip_ident,
         } = self;
         let ctx: &WorkerContext = ctx;
@@ -504,8 +553,35 @@ impl Transmitter {
                 segments as u64,
                 inner.len as u64,
             );
+            let too_long_for_tap = match &*tap {
+                Some(tap) => {
+                    if vnet.gso_type != GsoType::None {
+                        round.super_packets += 1;
+                    }
+                    // Keep packet order: whatever waits for a socket goes first.
+                    train.flush(senders, ctx, log);
+                    batch.flush(senders, ctx, log);
+                    match tap.send(&ctx.encap, slot, inner.len, &vnet, peer, ipip_ident) {
+                        Ok(()) => {
+                            ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
+                            ctx.metrics.tx.add(segments as u64, inner.len as u64);
+                            continue;
+                        }
+                        // Longer than one outer header can say: segmented below.
+                        Err(TapSendError::Encap(_)) if vnet.gso_type != GsoType::None => true,
+                        Err(error) => {
+                            tap_send_failed(ctx, log, &error);
+                            continue;
+                        }
+                    }
+                }
+                None => false,
+            };
+            let packet = &mut slot[HEADROOM..HEADROOM + inner.len];
             if vnet.gso_type != GsoType::None {
-                round.super_packets += 1;
+                if !too_long_for_tap {
+                    round.super_packets += 1;
+                }
                 // Keep packet order: whatever is queued goes first.
                 batch.flush(senders, ctx, log);
                 let packet = &packet[..inner.len];
@@ -523,7 +599,6 @@ impl Transmitter {
                         &mut train.buffer,
                         batch,
                         log,
-                        ipip_ident,
                     ),
                 }
                 continue;
@@ -545,22 +620,7 @@ impl Transmitter {
                     let sender = pick_sender(&slot[inner_range], senders.len());
                     (start, peer.sockaddr, sender)
                 }
-                // TCP data goes through the loop, behind the flow's super-packets, so it
-                // never overtakes them; the rest (ICMP, UDP, bare ACKs) takes the raw
-                // socket: no hop through the loop's NAPI thread, a wake-up less each way.
-                Encap::Ipip => match &ctx.ipip_frames {
-                    Some(frames) if carries_tcp_payload(&slot[inner_range.clone()]) => {
-                        match frames.encap(slot, inner_range, peer, ipip_ident) {
-                            Ok(frame) => (frame.start, BOUND_DEVICE, IPIP_LOOP_SENDER),
-                            Err(error) => {
-                                frame_dropped(ctx, log, &error);
-                                continue;
-                            }
-                        }
-                    }
-                    Some(_) => (HEADROOM, peer.sockaddr, IPIP_RAW_SENDER),
-                    None => (HEADROOM, peer.sockaddr, IPIP_ONLY_SENDER),
-                },
+                Encap::Ipip => (HEADROOM, peer.sockaddr, IPIP_RAW_SENDER),
             };
             batch.push(
                 senders,
@@ -745,9 +805,8 @@ fn send_train(
     }
 }
 
-/// IPIP: neither socket has GSO for IP-in-IP, so the segments of a super-packet leave
-/// in one `sendmmsg`: as frames into the GRO loop (which merges them back into one
-/// packet for the underlay) or, without it, on the raw socket.
+/// IPIP without the encapsulating TAP: a raw socket has no GSO for IP-in-IP, so the
+/// segments of a super-packet leave in one `sendmmsg`, each its own packet.
 // The hot path passes its pieces (sockets, counters, buffers) separately so each
 // borrow stays disjoint; bundling them would only move the arguments into a struct.
 #[allow(clippy::too_many_arguments)]
@@ -760,39 +819,36 @@ fn send_ipip_segments(
     segments: &mut [u8],
     batch: &mut SendBatch,
     log: &mut LogLimiter,
-    ident: &mut u16,
 ) {
-    let headroom = match ctx.ipip_frames {
-        Some(_) => ipip::HEADROOM,
-        None => 0,
-    };
-    let Some(layout) = segment_or_drop(packet, vnet, segments, headroom, ctx, log) else {
+    let Some(layout) = segment_or_drop(packet, vnet, segments, 0, ctx, log) else {
         return;
     };
     for i in 0..layout.count {
         let range = layout.segment(i);
         let len = range.len();
-        let (range, to, sender) = match &ctx.ipip_frames {
-            Some(frames) => match frames.encap(segments, range, peer, ident) {
-                Ok(frame) => (frame, BOUND_DEVICE, IPIP_LOOP_SENDER),
-                Err(error) => {
-                    frame_dropped(ctx, log, &error);
-                    continue;
-                }
-            },
-            None => (range, peer.sockaddr, IPIP_ONLY_SENDER),
-        };
-        batch.push(senders, ctx, log, &mut segments[range], to, len, sender);
+        batch.push(
+            senders,
+            ctx,
+            log,
+            &mut segments[range],
+            peer.sockaddr,
+            len,
+            IPIP_RAW_SENDER,
+        );
     }
     batch.flush(senders, ctx, log);
 }
 
-/// Counts (and logs, rate-limited) an IPIP frame that could not be built.
+/// Counts (and logs, rate-limited) an IPIP packet the TAP did not take.
 #[cold]
-fn frame_dropped(ctx: &WorkerContext, log: &mut LogLimiter, error: &weft_proto::error::EncapError) {
-    ctx.metrics.drop_packet(DropReason::TxTooBig);
+fn tap_send_failed(ctx: &WorkerContext, log: &mut LogLimiter, error: &TapSendError) {
+    let reason = match error {
+        TapSendError::Encap(_) => DropReason::TxTooBig,
+        TapSendError::Write(_) => DropReason::TxSendError,
+    };
+    ctx.metrics.drop_packet(reason);
     if let Some(suppressed) = log.allow() {
-        tracing::warn!(%error, suppressed, "cannot build an IPIP frame");
+        tracing::warn!(%error, suppressed, "IPIP packet not sent");
     }
 }
 
@@ -996,6 +1052,18 @@ const SPIN_WINDOW: Duration = Duration::from_micros(30);
 /// super-packets or batches, or wakes the worker for received data).
 const REPLY_WAIT: Duration = Duration::from_micros(250);
 
+/// What a worker's transmit half is built from.
+#[derive(Debug)]
+pub struct TransmitSetup {
+    pub ctx: WorkerContext,
+    /// The worker's TUN queue.
+    pub tun: OwnedFd,
+    /// The underlay sockets (shared by all workers).
+    pub senders: Arc<Vec<OwnedFd>>,
+    /// The worker's queue of the encapsulating TAP, if the kernel encapsulates.
+    pub tap: Option<TapQueue>,
+}
+
 /// A worker thread: moves packets TUN → underlay (`transmit`) and/or underlay → TUN
 /// (`receive`). With both, one thread serves both directions of a queue, so a request
 /// written to TUN and the reply the kernel queues right back (on the flow's TUN queue,
@@ -1003,11 +1071,16 @@ const REPLY_WAIT: Duration = Duration::from_micros(250);
 /// when the stop signal is raised.
 pub fn run(
     stop: Arc<StopSignal>,
-    transmit: Option<(WorkerContext, OwnedFd, Arc<Vec<OwnedFd>>)>,
+    transmit: Option<TransmitSetup>,
     receive: Option<(WorkerContext, OwnedFd, Arc<OwnedFd>)>,
 ) -> io::Result<()> {
     let mut transmitter = match transmit {
-        Some((ctx, tun, senders)) => Some(Transmitter::new(ctx, tun, senders)?),
+        Some(setup) => Some(Transmitter::new(
+            setup.ctx,
+            setup.tun,
+            setup.senders,
+            setup.tap,
+        )?),
         None => None,
     };
     let mut receiver = receive.map(|(ctx, tun, socket)| Receiver::new(ctx, tun, socket));

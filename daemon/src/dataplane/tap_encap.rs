@@ -1,0 +1,249 @@
+//! Transmit through the kernel's own encapsulation: a TAP device plus a tc program, so
+//! a 64 KB TCP super-packet from TUN leaves as **one** VXLAN or IP-in-IP GSO packet,
+//! with no segmentation in userspace and without the kernel's `vxlan`/`ipip` devices.
+//!
+//! Segmenting in userspace costs a copy of every byte and, for IPIP, one skb per
+//! 1,480-byte segment: no socket or virtio-net header can ask for an IP-in-IP GSO
+//! packet (`SKB_GSO_IPXIP4`), and a TCPv4 GSO packet inside an outer IPv4 header is
+//! refused by `ipip_gso_segment` (weft-bench, IPIP over a raw socket: 2 Gbit/s,
+//! 7.5 CPU-s/GB). One kernel interface does mark a packet as encapsulated:
+//! `bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_ENCAP_*` (what Cilium's and Katran's
+//! encapsulators use). So:
+//!
+//! ```text
+//! worker: [vnet header: TCPv4 GSO][Ethernet][outer headers, complete][inner ≤ 64 KB]
+//!   → one write() into the worker's queue of TAP `weft.encap`
+//!   → tcx ingress program:
+//!       copy the outer headers (20 bytes IPIP, 50 VXLAN) to the stack,
+//!       adjust_room(−len) then adjust_room(+len, ENCAP_L3_IPV4 [| L4_UDP | L2_ETH])
+//!       (the second call is what marks the packet: inner header offsets, GSO type),
+//!       store the headers back, bpf_redirect_neigh(underlay)
+//!   → the underlay device sends it whole (veth, bridges); a NIC or software GSO cuts
+//!     it into 1,500-byte packets, headers copied and fixed, only where it must
+//! ```
+//!
+//! Every header byte is written by userspace with the same code as before
+//! (`weft_proto::{ipip, vxlan}::encap_frame`, the format tested against etherparse and
+//! the kernel); the program only declares them, so it knows nothing of peers, ports or
+//! VNIs and needs no map. `bpf_redirect_neigh` resolves the next hop in the kernel's
+//! FIB and neighbour table, as the kernel's own tunnels do; no netfilter hook sees the
+//! packet, no `ip_forward` is needed and no sysctl is changed.
+//!
+//! Lifetime: the TAP is not persistent and the program hangs on a tcx link held by
+//! weftd, so both vanish with the process, killed or not; a restart builds them afresh.
+//! Needs: CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN, kernel ≥ 6.6 (tcx). Without
+//! them weftd says why, once, and segments in userspace as before.
+
+use std::os::fd::OwnedFd;
+
+use anyhow::Context as _;
+
+use super::bpf::{self, helper, Insn, R0, R1, R10, R2, R3, R4, R5, R6};
+use super::peers::Encap;
+use super::tun::Tun;
+use crate::netlink::Netlink;
+
+/// The TAP device's name.
+pub const DEVICE: &str = "weft.encap";
+/// The program's name (as `bpftool prog` shows it).
+const PROGRAM: &str = "weft_encap";
+
+/// Outer TTL: what the kernel's tunnels and flannel send.
+pub const OUTER_TTL: u8 = 64;
+/// Locally administered unicast addresses for the TAP frames' Ethernet header, which
+/// `bpf_redirect_neigh` replaces with the underlay's (it refuses multicast).
+pub const FRAME_SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const FRAME_DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// The outer headers the program declares, after the frame's Ethernet header.
+pub fn outer_len(encap: &Encap) -> usize {
+    match encap {
+        Encap::Ipip => weft_proto::ipip::OVERHEAD,
+        Encap::Vxlan { .. } => weft_proto::vxlan::OVERHEAD,
+    }
+}
+
+/// `bpf_skb_adjust_room` flags (`BPF_F_ADJ_ROOM_*`) for `encap`.
+fn encap_flags(encap: &Encap) -> u64 {
+    // Keep the segment size: the overlay MTU already leaves room for the headers.
+    const FIXED_GSO: u64 = 1 << 0;
+    const ENCAP_L3_IPV4: u64 = 1 << 1;
+    const ENCAP_L4_UDP: u64 = 1 << 4;
+    const ENCAP_L2_ETH: u64 = 1 << 6;
+    /// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner Ethernet header's length.
+    const fn encap_l2(len: u64) -> u64 {
+        (len & 0xff) << 56
+    }
+    match encap {
+        Encap::Ipip => FIXED_GSO | ENCAP_L3_IPV4,
+        Encap::Vxlan { .. } => {
+            FIXED_GSO
+                | ENCAP_L3_IPV4
+                | ENCAP_L4_UDP
+                | ENCAP_L2_ETH
+                | encap_l2(weft_proto::ethernet::HEADER_LEN as u64)
+        }
+    }
+}
+
+/// The encapsulator, up: one TAP queue per worker; the program stays attached as long
+/// as `_link` is open.
+#[derive(Debug)]
+pub struct TapEncap {
+    tap: Tun,
+    _program: OwnedFd,
+    _link: OwnedFd,
+}
+
+impl TapEncap {
+    /// Queue `n`'s descriptor, for worker `n`.
+    pub fn queue(&self, n: usize) -> std::io::Result<OwnedFd> {
+        self.tap.clone_queue(n % self.tap.queue_count())
+    }
+}
+
+/// Creates the TAP with `queues` queues, loads the program for `encap` → the underlay
+/// device `underlay_index`, and attaches it. `Err` says what this host lacks.
+pub async fn setup(
+    netlink: &Netlink,
+    encap: &Encap,
+    underlay_index: u32,
+    underlay_mtu: u32,
+    queues: usize,
+) -> anyhow::Result<TapEncap> {
+    let tap = Tun::open_tap(DEVICE, queues).with_context(|| format!("creating TAP {DEVICE}"))?;
+    // Before it comes up: no IPv6 addresses, router solicitations or DAD on a device
+    // that only ever carries our own frames inwards (the file is our namespace's).
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{DEVICE}/disable_ipv6"),
+        "1",
+    );
+    // The MTU bounds what the program may grow a non-GSO frame to (Ethernet + the
+    // underlay's MTU): exactly a full-sized packet.
+    let link = netlink.ensure_link_up(DEVICE, Some(underlay_mtu)).await?;
+    let instructions = program(outer_len(encap), encap_flags(encap), underlay_index);
+    let program = bpf::load_sched_cls(PROGRAM, &instructions)?;
+    let tcx = bpf::attach_tcx_ingress(PROGRAM, &program, link.index)?;
+    Ok(TapEncap {
+        tap,
+        _program: program,
+        _link: tcx,
+    })
+}
+
+/// `BPF_ADJ_ROOM_MAC`: make or take room right after the Ethernet header.
+const ADJ_ROOM_MAC: i32 = 1;
+const ADJ_ROOM_FIXED_GSO: i32 = 1;
+const TC_ACT_SHOT: i32 = 2;
+const ETH_HEADER_LEN: i32 = 14;
+/// Stack space for the outer headers (the largest, VXLAN's 50 bytes, rounded up).
+const STACK_HEADERS: i16 = -56;
+
+/// The tc program, in full:
+///
+/// ```text
+/// stack = frame[14 .. 14 + len]                       (bpf_skb_load_bytes)
+/// take len bytes after the Ethernet header            (bpf_skb_adjust_room −len)
+/// make them again, marked as `flags` encapsulation    (bpf_skb_adjust_room +len)
+/// frame[14 .. 14 + len] = stack                       (bpf_skb_store_bytes)
+/// return bpf_redirect_neigh(underlay)                 (TC_ACT_REDIRECT; SHOT if no route)
+/// any helper failing → TC_ACT_SHOT
+/// ```
+pub fn program(len: usize, flags: u64, underlay_index: u32) -> Vec<Insn> {
+    assert!(len as i16 <= -STACK_HEADERS, "{len} bytes of headers");
+    let len = len as i32;
+    let mut p = vec![bpf::mov_reg(R6, R1)];
+    let mut to_drop = Vec::new();
+    let mut check = |p: &mut Vec<Insn>| {
+        to_drop.push(p.len());
+        p.push(bpf::jne_imm(R0, 0, 0));
+    };
+    p.extend([
+        bpf::mov_imm(R2, ETH_HEADER_LEN),
+        bpf::mov_reg(R3, R10),
+        bpf::add_imm(R3, i32::from(STACK_HEADERS)),
+        bpf::mov_imm(R4, len),
+        bpf::call(helper::SKB_LOAD_BYTES),
+    ]);
+    check(&mut p);
+    p.extend([
+        bpf::mov_reg(R1, R6),
+        bpf::mov_imm(R2, -len),
+        bpf::mov_imm(R3, ADJ_ROOM_MAC),
+        bpf::mov_imm(R4, ADJ_ROOM_FIXED_GSO),
+        bpf::mov_imm(R5, 0),
+        bpf::call(helper::SKB_ADJUST_ROOM),
+    ]);
+    check(&mut p);
+    p.extend([
+        bpf::mov_reg(R1, R6),
+        bpf::mov_imm(R2, len),
+        bpf::mov_imm(R3, ADJ_ROOM_MAC),
+    ]);
+    p.extend(bpf::mov_imm64(R4, flags));
+    p.extend([bpf::mov_imm(R5, 0), bpf::call(helper::SKB_ADJUST_ROOM)]);
+    check(&mut p);
+    p.extend([
+        bpf::mov_reg(R1, R6),
+        bpf::mov_imm(R2, ETH_HEADER_LEN),
+        bpf::mov_reg(R3, R10),
+        bpf::add_imm(R3, i32::from(STACK_HEADERS)),
+        bpf::mov_imm(R4, len),
+        bpf::mov_imm(R5, 0),
+        bpf::call(helper::SKB_STORE_BYTES),
+    ]);
+    check(&mut p);
+    p.extend([
+        bpf::mov_imm(R1, underlay_index as i32),
+        bpf::mov_imm(R2, 0),
+        bpf::mov_imm(R3, 0),
+        bpf::mov_imm(R4, 0),
+        bpf::call(helper::REDIRECT_NEIGH),
+        bpf::exit(),
+    ]);
+    let drop = p.len();
+    p.extend([bpf::mov_imm(R0, TC_ACT_SHOT), bpf::exit()]);
+    for at in to_drop {
+        p[at] = bpf::jne_imm(R0, 0, (drop - at - 1) as i16);
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VXLAN: Encap = Encap::Vxlan {
+        vni: 1,
+        port: 8472,
+        local_mac: [2, 0, 0, 0, 0, 9],
+    };
+
+    #[test]
+    fn device_name_fits_ifnamsiz() {
+        assert!(DEVICE.len() < libc::IFNAMSIZ);
+    }
+
+    #[test]
+    fn every_check_jumps_to_the_drop() {
+        for encap in [Encap::Ipip, VXLAN] {
+            let p = program(outer_len(&encap), encap_flags(&encap), 7);
+            let drop = p.len() - 2;
+            assert_eq!(p[drop], bpf::mov_imm(R0, TC_ACT_SHOT));
+            let jumps = (0..drop)
+                .filter(|&i| p[i] == bpf::jne_imm(R0, 0, (drop - i - 1) as i16))
+                .count();
+            assert_eq!(jumps, 4, "one after each helper but the last");
+        }
+    }
+
+    #[test]
+    fn flags_are_the_kernel_encodings() {
+        // BPF_F_ADJ_ROOM_FIXED_GSO | ENCAP_L3_IPV4
+        assert_eq!(encap_flags(&Encap::Ipip), 0x3);
+        // … | ENCAP_L4_UDP | ENCAP_L2_ETH | ENCAP_L2(14)
+        assert_eq!(encap_flags(&VXLAN), 0x0e00_0000_0000_0053);
+        assert_eq!(outer_len(&Encap::Ipip), 20);
+        assert_eq!(outer_len(&VXLAN), 50);
+    }
+}
