@@ -12,7 +12,7 @@ packages=(
   etcd-server etcd-client            # the cluster store, flannel's schema
   containerd runc                    # the container runtime the e2e tests drive
   containernetworking-plugins        # reference CNI plugins (bridge, host-local, portmap, ...)
-  iperf3 iproute2 iputils-ping nftables tcpdump
+  iperf3 iproute2 iputils-ping nftables tcpdump ethtool
   protobuf-compiler libprotobuf-dev  # etcd-client's build script needs protoc and google/protobuf/*.proto
   busybox-static                     # root filesystem of the lab's pods
   pkg-config ca-certificates openssl procps psmisc kmod

@@ -292,10 +292,19 @@ impl Cluster {
         netconf: &NetConf,
         configure: impl Fn(&mut Settings),
     ) -> anyhow::Result<Cluster> {
+        Cluster::weft_with_each(count, netconf, |_, settings| configure(settings))
+    }
+
+    /// [`Cluster::weft`], with `configure(n, settings)` applied to node `n`'s settings.
+    pub fn weft_with_each(
+        count: u8,
+        netconf: &NetConf,
+        configure: impl Fn(u8, &mut Settings),
+    ) -> anyhow::Result<Cluster> {
         let mut cluster = Cluster::new()?;
         for n in 1..=count {
             let i = cluster.add_node(n, netconf)?;
-            configure(&mut cluster.nodes[i].settings);
+            configure(n, &mut cluster.nodes[i].settings);
             cluster.nodes[i].start()?;
             let prefix = cluster.prefix.clone();
             cluster.nodes[i].add_pod(&prefix)?;

@@ -1,0 +1,129 @@
+//! Where the outer headers are added: by the kernel (a TAP plus a tc program,
+//! `dataplane::tap_encap`, the default) or in userspace (`--kernel-encap=false`, and the
+//! fallback where the program cannot load). Both must carry the same bytes, and a node
+//! of one kind must talk to a node of the other, in both directions and on both
+//! backends, while each node reports which path it took.
+
+mod dataplane_support;
+
+use std::time::Duration;
+
+use dataplane_support::{netconf, tcp_transfer, wait_ping, Cluster};
+use weft_daemon::dataplane::bpf;
+use weft_tests::{require_root, wait_until};
+
+const VXLAN: &str = r#"{"Type":"vxlan","VNI":1}"#;
+const IPIP: &str = r#"{"Type":"ipip"}"#;
+
+/// Node 1 lets the kernel encapsulate, node 2 does it in userspace; streams both ways
+/// (several at once, so the receive side coalesces interleaved flows) arrive intact.
+///
+/// Node 1's underlay device is told it cannot segment anything, as a NIC without
+/// tunnel offloads, so the kernel's software GSO must cut node 1's super-packets by the
+/// encapsulation the program declared (veth would otherwise carry them whole, and a
+/// wrongly marked packet would never be cut): the capture then sees only full-sized
+/// packets of at most the underlay MTU, and the bytes still arrive intact.
+fn mixed_nodes_interoperate(backend: &str, outer_protocol: &str) {
+    let cluster = Cluster::weft_with_each(2, &netconf(backend), |n, settings| {
+        settings.kernel_encap = n == 1;
+    })
+    .unwrap();
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let offloads = |i: usize| cluster.nodes[i].metrics().dataplane().unwrap().offloads;
+    assert!(offloads(0).kernel_encap, "node 1: {:?}", offloads(0));
+    assert!(!offloads(1).kernel_encap, "node 2: {:?}", offloads(1));
+    a.ns.run(
+        "ethtool",
+        &[
+            "-K",
+            "eth0",
+            "tso",
+            "off",
+            "gso",
+            "off",
+            "tx-udp_tnl-segmentation",
+            "off",
+            "tx-udp_tnl-csum-segmentation",
+            "off",
+            "tx-ipxip4-segmentation",
+            "off",
+        ],
+    )
+    .unwrap();
+    wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
+    wait_ping(b.pod(), a.pod_ip(), Duration::from_secs(10)).unwrap();
+    let filter = format!(
+        "{outer_protocol} and src host {} and greater 1400",
+        a.public_ip()
+    );
+    let mut capture = cluster
+        .underlay
+        .start_capture(&["-i", "n1", "-nn", "-v", "-l", "-c", "50", &filter])
+        .unwrap();
+    std::thread::scope(|scope| {
+        let streams: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| tcp_transfer(a.pod(), b.pod(), b.pod_ip(), 16 << 20)))
+            .chain(
+                (0..3)
+                    .map(|_| scope.spawn(|| tcp_transfer(b.pod(), a.pod(), a.pod_ip(), 16 << 20))),
+            )
+            .collect();
+        for stream in streams {
+            let (sent, received, length) = stream.join().unwrap().unwrap();
+            assert_eq!(length, 16 << 20);
+            assert_eq!(sent, received, "payload hash differs");
+        }
+    });
+    let captured = wait_until(
+        "50 full-sized packets from node 1",
+        Duration::from_secs(10),
+        || capture.is_done(),
+    );
+    let text = capture.finish();
+    captured.unwrap_or_else(|e| panic!("{e:#}; captured:\n{text}"));
+    // `-v` prints the outer IPv4 header first: "(tos 0x0, ttl 64, …, length N)".
+    let lengths: Vec<usize> = text
+        .lines()
+        .filter_map(|line| line.split(", length ").nth(1))
+        .filter_map(|rest| rest.split(')').next()?.parse().ok())
+        .collect();
+    assert!(lengths.len() >= 50, "{text}");
+    assert!(
+        lengths.iter().all(|&l| l <= 1500),
+        "longer than the MTU: {lengths:?}\n{text}"
+    );
+    assert!(
+        lengths.iter().filter(|&&l| l == 1500).count() >= 40,
+        "{lengths:?}"
+    );
+}
+
+#[test]
+fn vxlan_kernel_and_userspace_encapsulation_interoperate() {
+    if !require_root("vxlan_kernel_and_userspace_encapsulation_interoperate") {
+        return;
+    }
+    mixed_nodes_interoperate(VXLAN, "udp port 8472");
+}
+
+#[test]
+fn ipip_kernel_and_userspace_encapsulation_interoperate() {
+    if !require_root("ipip_kernel_and_userspace_encapsulation_interoperate") {
+        return;
+    }
+    mixed_nodes_interoperate(IPIP, "ip proto 4");
+}
+
+/// What weftd logs when the kernel refuses the program must say which program and why
+/// (the verifier's words), not just "permission denied" or "invalid argument".
+#[test]
+fn a_refused_program_is_named_with_the_verifiers_reason() {
+    if !require_root("a_refused_program_is_named_with_the_verifiers_reason") {
+        return;
+    }
+    // Returns r0 without ever setting it.
+    let error = bpf::load_sched_cls("weft_test_bad", &[bpf::exit()]).unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("weft_test_bad"), "{text}");
+    assert!(text.contains("verifier:") && text.contains("R0"), "{text}");
+}
