@@ -575,3 +575,38 @@ proptest! {
         let _ = settings(&config, &flags, &env);
     }
 }
+
+#[test]
+fn data_plane_knobs_default_to_kernel_encapsulation_and_no_busy_polling() {
+    let fx = Fixture::new();
+    let s = settings(&fx.config(""), &[], &[]).unwrap();
+    assert!(s.kernel_encap);
+    assert_eq!(s.busy_poll, Duration::ZERO);
+
+    let s = settings(
+        &fx.config("busy-poll = \"20ms\"\n"),
+        &["--kernel-encap=false"],
+        &[],
+    )
+    .unwrap();
+    assert!(!s.kernel_encap);
+    assert_eq!(s.busy_poll, Duration::from_millis(20));
+    let s = settings(&fx.config(""), &[], &[("WEFTD_BUSY_POLL", "500us")]).unwrap();
+    assert_eq!(s.busy_poll, Duration::from_micros(500));
+    assert_eq!(
+        settings(&fx.config(""), &["--busy-poll=0"], &[])
+            .unwrap()
+            .busy_poll,
+        Duration::ZERO
+    );
+}
+
+#[test]
+fn a_busy_poll_beyond_a_second_or_without_unit_is_refused_by_name() {
+    let fx = Fixture::new();
+    for bad in ["2s", "20", "fast", "-1ms"] {
+        let text = error(&fx.config(""), &[&format!("--busy-poll={bad}")], &[]);
+        assert!(text.contains("--busy-poll"), "{bad}: {text}");
+        assert!(text.contains("at most 1s"), "{bad}: {text}");
+    }
+}

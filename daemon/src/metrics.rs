@@ -98,6 +98,9 @@ pub struct Metrics {
     /// Sends retried because the device's ring was full (`ENOBUFS`): backpressure that
     /// was waited out instead of dropped.
     pub tx_full_waits: AtomicU64,
+    /// Times a data-plane worker slept in `poll` and was woken by a packet: on a
+    /// virtual machine each costs tens of µs of latency (see `--busy-poll`).
+    pub worker_wakeups: AtomicU64,
     /// Route changes the periodic reconcile had to make (a route deleted or altered by
     /// someone else and put back); changes caused by peer events are not counted.
     pub route_reconcile_fixes: AtomicU64,
@@ -347,6 +350,7 @@ impl Metrics {
             tx_syscalls: self.tx_syscalls.load(Ordering::Relaxed),
             rx_syscalls: self.rx_syscalls.load(Ordering::Relaxed),
             tx_full_waits: self.tx_full_waits.load(Ordering::Relaxed),
+            worker_wakeups: self.worker_wakeups.load(Ordering::Relaxed),
             route_reconcile_fixes: self.route_reconcile_fixes.load(Ordering::Relaxed),
             drops: DropReason::ALL.map(|reason| (reason.name(), self.drops(reason))),
         }
@@ -363,6 +367,7 @@ pub struct MetricsSnapshot {
     pub tx_syscalls: u64,
     pub rx_syscalls: u64,
     pub tx_full_waits: u64,
+    pub worker_wakeups: u64,
     pub route_reconcile_fixes: u64,
     /// `(reason, count)` for every [`DropReason`], in [`DropReason::ALL`] order.
     pub drops: [(&'static str, u64); DropReason::ALL.len()],

@@ -185,6 +185,12 @@ impl Collector for NodeCollector {
                 "Underlay sends retried because the device's ring was full (waited out, not dropped)",
                 s.tx_full_waits,
             )?;
+            counter(
+                e,
+                "weft_worker_wakeups",
+                "Times a data-plane worker slept and was woken by a packet (each costs latency; see --busy-poll)",
+                s.worker_wakeups,
+            )?;
             labelled_counters(
                 e,
                 "weft_drops",

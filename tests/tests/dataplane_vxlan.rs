@@ -177,3 +177,37 @@ fn concurrent_tcp_streams_arrive_intact() {
         }
     });
 }
+
+/// `--busy-poll`: a worker that keeps polling is not woken for each request of a
+/// request/response exchange, which is where a sleeping worker's latency comes from;
+/// with weftd's own short windows, every ping 10 ms apart wakes one.
+#[test]
+fn busy_polling_workers_are_not_woken_for_each_ping() {
+    if !require_root("busy_polling_workers_are_not_woken_for_each_ping") {
+        return;
+    }
+    let wakeups_during_pings = |busy_poll: Duration| {
+        let cluster = Cluster::weft_with(2, &netconf(VXLAN), |settings| {
+            settings.busy_poll = busy_poll;
+        })
+        .unwrap();
+        let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+        wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
+        let before = a.metrics().snapshot().worker_wakeups;
+        let ip = b.pod_ip().to_string();
+        a.pod()
+            .run(
+                "ping",
+                &["-n", "-q", "-c", "20", "-i", "0.01", "-W", "1", &ip],
+            )
+            .unwrap();
+        a.metrics().snapshot().worker_wakeups - before
+    };
+    let default_windows = wakeups_during_pings(Duration::ZERO);
+    let busy = wakeups_during_pings(Duration::from_secs(1));
+    assert!(
+        default_windows >= 15,
+        "{default_windows} wake-ups for 20 pings"
+    );
+    assert!(busy <= 3, "{busy} wake-ups for 20 pings while busy polling");
+}

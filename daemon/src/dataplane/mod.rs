@@ -222,6 +222,7 @@ pub async fn run_with_metrics(
         metrics: metrics.clone(),
         stop: stop.clone(),
         mtu: lease.mtu as usize,
+        busy_poll: settings.busy_poll,
     };
     let mut threads = Vec::new();
     for queue in 0..tun.queue_count() {

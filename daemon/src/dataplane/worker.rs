@@ -51,6 +51,8 @@ pub struct WorkerContext {
     pub stop: Arc<StopSignal>,
     /// Largest inner packet (the overlay MTU).
     pub mtu: usize,
+    /// `--busy-poll`: the least time a worker polls after its last packet.
+    pub busy_poll: Duration,
 }
 
 /// IPIP's one sending socket when there is no encapsulating TAP (`tap_encap`), and for
@@ -1074,6 +1076,11 @@ pub fn run(
     transmit: Option<TransmitSetup>,
     receive: Option<(WorkerContext, OwnedFd, Arc<OwnedFd>)>,
 ) -> io::Result<()> {
+    let busy_poll = transmit
+        .as_ref()
+        .map(|setup| setup.ctx.busy_poll)
+        .or(receive.as_ref().map(|(ctx, ..)| ctx.busy_poll))
+        .unwrap_or_default();
     let mut transmitter = match transmit {
         Some(setup) => Some(Transmitter::new(
             setup.ctx,
@@ -1103,7 +1110,8 @@ pub fn run(
                 REPLY_WAIT
             } else {
                 SPIN_WINDOW
-            };
+            }
+            .max(busy_poll);
             woke = false;
             continue;
         }
@@ -1118,6 +1126,9 @@ pub fn run(
             return Ok(());
         }
         woke = true;
+        if let Some(ctx) = transmitter.as_ref().map(|t| &t.ctx) {
+            ctx.metrics.worker_wakeups.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
