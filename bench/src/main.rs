@@ -133,6 +133,7 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into()),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        weftd_env: weftd_env(),
         runs: Vec::new(),
     };
     let total = paths.len() * tests.len();
@@ -209,10 +210,7 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
         .with_context(|| format!("writing {}", svg_path.display()))?;
 
     println!();
-    println!(
-        "weft-bench {} · {} s per test · kernel {} · {} CPUs",
-        results.started, results.seconds, results.kernel, results.cpus
-    );
+    println!("weft-bench {}", results.describe());
     print!("{}", results.table());
     println!(
         "wrote {} and {} ({} s in all)",
@@ -221,6 +219,17 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
         clock.elapsed().as_secs()
     );
     Ok(results)
+}
+
+/// The `WEFTD_*` variables of our environment (contract §4: every flag is also
+/// `WEFTD_<NAME>`), which every weftd of the lab inherits.
+fn weftd_env() -> Vec<String> {
+    let mut vars: Vec<String> = std::env::vars()
+        .filter(|(name, _)| name.starts_with("WEFTD_"))
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    vars.sort();
+    vars
 }
 
 fn pair_of(lab: &PathLab) -> Pair<'_> {

@@ -152,10 +152,26 @@ pub struct Results {
     /// `uname -r`.
     pub kernel: String,
     pub cpus: usize,
+    /// `WEFTD_*` settings the weftd under test inherited (e.g. `WEFTD_BUSY_POLL=20ms`):
+    /// a run with them is not a run with the defaults, and says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weftd_env: Vec<String>,
     pub runs: Vec<Run>,
 }
 
 impl Results {
+    /// The run's one-line description: when, how long, where, and any weftd settings.
+    pub fn describe(&self) -> String {
+        let mut line = format!(
+            "{} · {} s per test · kernel {} · {} CPUs",
+            self.started, self.seconds, self.kernel, self.cpus
+        );
+        if !self.weftd_env.is_empty() {
+            let _ = write!(line, " · weftd with {}", self.weftd_env.join(" "));
+        }
+        line
+    }
+
     pub fn value(&self, path: Path, test: Test) -> Option<f64> {
         self.find(path, test).and_then(|r| r.value)
     }
@@ -334,6 +350,7 @@ pub(crate) mod tests {
             seconds: 10,
             kernel: "6.18.0".into(),
             cpus: 2,
+            weftd_env: Vec::new(),
             runs,
         }
     }
@@ -398,5 +415,23 @@ pub(crate) mod tests {
         assert_eq!(rfc3339_utc(t), "2026-11-23T18:37:32Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339_utc(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn a_run_with_weftd_settings_says_so_in_its_description_and_json() {
+        let mut results = sample();
+        assert!(!results.describe().contains("weftd with"));
+        assert!(!serde_json::to_string(&results)
+            .unwrap()
+            .contains("weftd_env"));
+        results.weftd_env = vec!["WEFTD_BUSY_POLL=20ms".into()];
+        assert!(results
+            .describe()
+            .ends_with("2 CPUs · weftd with WEFTD_BUSY_POLL=20ms"));
+        let json = serde_json::to_string(&results).unwrap();
+        assert!(
+            json.contains(r#""weftd_env":["WEFTD_BUSY_POLL=20ms"]"#),
+            "{json}"
+        );
     }
 }

@@ -72,11 +72,8 @@ pub fn render(results: &Results) -> String {
         r##"<text x="{MARGIN}" y="30" font-size="20" font-weight="600" fill="#212121">weft-bench: pod to pod across two lab nodes</text>"##
     );
     let subtitle = format!(
-        "{} · {} s per test · kernel {} · {} CPUs · ratios are weft ÷ {} in this run (dashed line)",
-        results.started,
-        results.seconds,
-        results.kernel,
-        results.cpus,
+        "{} · ratios are weft ÷ {} in this run (dashed line)",
+        results.describe(),
         ANCHOR.name()
     );
     let _ = writeln!(
