@@ -2,7 +2,8 @@
 //! manifest parses and has the expected objects, every weftd flag in the DaemonSet and
 //! the systemd unit is one the real `weftd --help` lists and its value is accepted by
 //! the settings loader, the conflist passes the CNI plugin's own validation, the example
-//! TOML and environment load, and the unit grants exactly CAP_NET_ADMIN + CAP_NET_RAW.
+//! TOML and environment load, and the unit grants exactly CAP_NET_ADMIN, CAP_NET_RAW and
+//! CAP_BPF.
 //! No root and no cluster needed (only the built `weftd` binary, for its `--help`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +16,7 @@ use weft_config::cni::{CniNetConf, SUPPORTED_VERSIONS};
 use weft_config::{NetConf, Settings, SettingsError};
 
 /// The capabilities weftd needs (deploy/README.md says what each is for).
-const NEEDED_CAPS: [&str; 2] = ["CAP_NET_ADMIN", "CAP_NET_RAW"];
+const NEEDED_CAPS: [&str; 3] = ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_BPF"];
 
 fn deploy(rel: &str) -> PathBuf {
     weft_tests::workspace_root().join("deploy").join(rel)
@@ -298,7 +299,7 @@ fn daemonset_weftd_flags_are_real_and_accepted() {
     let settings = check_weftd_invocation("DaemonSet weftd", &args, &env_list, &paths);
     assert_eq!(settings.public_ip, Some("192.0.2.21".parse().unwrap()));
 
-    // Least privilege: not privileged, only the two capabilities added, all dropped.
+    // Least privilege: not privileged, only the three capabilities added, all dropped.
     let sc = &weftd["securityContext"];
     assert_ne!(sc["privileged"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
@@ -580,7 +581,7 @@ fn parse_unit(text: &str) -> BTreeMap<(String, String), Vec<String>> {
 }
 
 #[test]
-fn systemd_unit_grants_exactly_net_admin_and_net_raw() {
+fn systemd_unit_grants_exactly_net_admin_net_raw_and_bpf() {
     let unit = parse_unit(&read("systemd/weftd.service"));
     let service = |key: &str| -> Vec<String> {
         unit.get(&("Service".to_owned(), key.to_owned()))
@@ -601,6 +602,17 @@ fn systemd_unit_grants_exactly_net_admin_and_net_raw() {
     };
     let needed: BTreeSet<String> = NEEDED_CAPS.iter().map(|c| c.to_string()).collect();
     assert_eq!(words("CapabilityBoundingSet"), needed);
+    // CAP_BPF is useless if seccomp refuses bpf(2): `~@privileged` holds it, so a later
+    // allow-list entry must give it back (systemd applies the entries in order).
+    let filters = service("SystemCallFilter");
+    let denied = filters
+        .iter()
+        .position(|f| f.starts_with('~') && f.contains("@privileged"));
+    let allowed = filters.iter().rposition(|f| f == "bpf");
+    assert!(
+        matches!((denied, allowed), (Some(d), Some(a)) if a > d),
+        "SystemCallFilter= must allow bpf after denying @privileged: {filters:?}"
+    );
     assert_eq!(words("AmbientCapabilities"), needed);
     assert_eq!(one("NoNewPrivileges"), "yes");
     let user = one("User");

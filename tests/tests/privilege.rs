@@ -1,10 +1,11 @@
 //! Least privilege (issue 9, item 9): the real weftd, run as an unprivileged user with
-//! only the capabilities `deploy/systemd/weftd.service` grants (CAP_NET_ADMIN +
-//! CAP_NET_RAW, read from the unit file), becomes ready, carries pod traffic between two
-//! nodes and installs and removes its masquerade rules; without CAP_NET_ADMIN it stops
-//! with one clear error line (not a panic). The `ipip` backend without CAP_NET_RAW fails
-//! the same way, and with it works as UID 0 limited to the two capabilities — the
-//! DaemonSet's securityContext.
+//! only the capabilities `deploy/systemd/weftd.service` grants (CAP_NET_ADMIN,
+//! CAP_NET_RAW and CAP_BPF, read from the unit file), becomes ready, lets the kernel add
+//! the outer headers, carries pod traffic between two nodes and installs and removes its
+//! masquerade rules; without CAP_NET_ADMIN it stops with one clear error line (not a
+//! panic). The `ipip` backend without CAP_NET_RAW fails the same way, and with it works
+//! as UID 0 limited to CAP_NET_ADMIN + CAP_NET_RAW, encapsulating in userspace for want
+//! of CAP_BPF.
 //!
 //! How weftd is started, inside a lab node's namespace (`ip netns exec`, which gives the
 //! command a private mount namespace):
@@ -31,6 +32,7 @@ use weft_tests::netns::{Child, Netns};
 const UID: u32 = 65534;
 const CAP_NET_ADMIN_BIT: u64 = 1 << 12;
 const CAP_NET_RAW_BIT: u64 = 1 << 13;
+const CAP_BPF_BIT: u64 = 1 << 39;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `sh -c LAUNCHER launcher <identity> <dev dir> <caps> <program> <args>...`: with
@@ -261,6 +263,21 @@ fn assert_clean_failure(what: &str, status: ExitStatus, log: &str, mentions: &[&
     }
 }
 
+/// `devices.offloads.kernel_encap` of node `n`'s `/v1/status`, once its data plane is up.
+fn kernel_encap(lab: &Lab, n: usize) -> Option<bool> {
+    let ns = lab.node_ns(n).ok()?;
+    let mut state = None;
+    let _ = weft_tests::wait_until("the data plane in /v1/status", READY_TIMEOUT, || {
+        state = ns
+            .http_get(HEALTHZ_ADDR, "/v1/status")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|status| status["devices"]["offloads"]["kernel_encap"].as_bool());
+        state.is_some()
+    });
+    state
+}
+
 fn nft_table_exists(ns: &Netns) -> bool {
     ns.run("nft", &["list", "table", "ip", "weft"]).is_ok()
 }
@@ -287,8 +304,8 @@ fn lab(nodes: usize, backend: Backend) -> Lab {
 }
 
 #[test]
-fn weftd_runs_unprivileged_with_only_net_admin_and_net_raw() {
-    if !weft_tests::require_root("weftd_runs_unprivileged_with_only_net_admin_and_net_raw") {
+fn weftd_runs_unprivileged_with_only_the_units_capabilities() {
+    if !weft_tests::require_root("weftd_runs_unprivileged_with_only_the_units_capabilities") {
         return;
     }
     assert!(
@@ -296,7 +313,11 @@ fn weftd_runs_unprivileged_with_only_net_admin_and_net_raw() {
         "setpriv, mknod and nft are needed (scripts/setup.sh)"
     );
     let granted = unit_capabilities();
-    assert_eq!(granted, ["net_admin", "net_raw"], "what the unit grants");
+    assert_eq!(
+        granted,
+        ["net_admin", "net_raw", "bpf"],
+        "what the unit grants"
+    );
     let granted: Vec<&str> = granted.iter().map(String::as_str).collect();
     let mut lab = lab(3, Backend::Vxlan);
 
@@ -307,11 +328,19 @@ fn weftd_runs_unprivileged_with_only_net_admin_and_net_raw() {
     n2.wait_ready().unwrap();
 
     let (uid, eff, bnd, amb) = n1.credentials().unwrap();
-    let bits = CAP_NET_ADMIN_BIT | CAP_NET_RAW_BIT;
+    let bits = CAP_NET_ADMIN_BIT | CAP_NET_RAW_BIT | CAP_BPF_BIT;
     assert_eq!(uid, UID, "weftd must not run as root here");
     assert_eq!(eff, bits, "effective capabilities {eff:#x}");
     assert_eq!(bnd, bits, "bounding set {bnd:#x}");
     assert_eq!(amb, bits, "ambient set {amb:#x} (what nft inherits)");
+
+    // CAP_BPF is what lets the kernel add the outer headers.
+    assert_eq!(
+        kernel_encap(&lab, 1),
+        Some(true),
+        "kernel encapsulation with the unit's capabilities\n{}",
+        n1.log_text()
+    );
 
     // Everything weftd is for works: subnet.env, masquerade rules, pod traffic.
     let (subnet, _) = lab.node_subnet(1).unwrap();
@@ -411,6 +440,20 @@ fn ipip_backend_needs_net_raw() {
         (uid, eff, bnd),
         (0, bits, bits),
         "capabilities {eff:#x} / {bnd:#x}"
+    );
+    // Without CAP_BPF the kernel encapsulation is off, said once, and the rest works.
+    assert_eq!(
+        kernel_encap(&lab, 1),
+        Some(false),
+        "{}",
+        with_raw.log_text()
+    );
+    assert!(
+        with_raw
+            .log_text()
+            .contains("kernel encapsulation unavailable"),
+        "{}",
+        with_raw.log_text()
     );
     assert!(
         with_raw.stop().unwrap().success(),
