@@ -854,6 +854,19 @@ fn tap_send_failed(ctx: &WorkerContext, log: &mut LogLimiter, error: &TapSendErr
     }
 }
 
+/// How many packets of at most the overlay MTU the packet behind `vnet` (a header from
+/// [`rx_vnet_header`]) stands for: 1, or a super-packet's segment count.
+fn wire_segments(vnet: &[u8; VNET_HDR_LEN], len: usize) -> u64 {
+    let Ok(repr) = VirtioNetRepr::parse(&VirtioNetHdr::new_unchecked(&vnet[..])) else {
+        return 1;
+    };
+    if repr.gso_type == GsoType::None || repr.gso_size == 0 {
+        return 1;
+    }
+    let payload = len.saturating_sub(usize::from(repr.hdr_len));
+    payload.div_ceil(usize::from(repr.gso_size)).max(1) as u64
+}
+
 /// Control-message space per received datagram (one `UDP_GRO` int: CMSG_SPACE(4) = 24).
 const RX_CONTROL_LEN: usize = 64;
 
@@ -1286,17 +1299,19 @@ impl<'a> RxOutput<'a> {
         let start = offset - VNET_HDR_LEN;
         let vnet = rx_vnet_header(&mut datagram[offset..offset + len], self.ctx.mtu);
         datagram[start..offset].copy_from_slice(&vnet);
-        self.packets += 1;
+        // A whole super-packet counts as the segments it stands for, as on transmit.
+        let segments = wire_segments(&vnet, len);
+        self.packets += segments;
         self.bytes += len as u64;
         self.publish();
         if let Err(error) = write_packet(self.tun.as_fd(), &datagram[start..offset + len]) {
             // Counted as delivered just above: take it back.
-            self.packets -= 1;
+            self.packets -= segments;
             self.bytes -= len as u64;
-            self.published.0 -= 1;
+            self.published.0 -= segments;
             self.published.1 -= len as u64;
             let rx = &self.ctx.metrics.rx;
-            rx.packets.fetch_sub(1, Ordering::Relaxed);
+            rx.packets.fetch_sub(segments, Ordering::Relaxed);
             rx.bytes.fetch_sub(len as u64, Ordering::Relaxed);
             self.write_failed(&error);
         }
@@ -1423,5 +1438,25 @@ mod tests {
         let len = unsafe { libc::CMSG_LEN(2) } as usize;
         assert_eq!(std::mem::size_of::<SegmentControl>(), space);
         assert_eq!(std::mem::offset_of!(SegmentControl, size) + 2, len);
+    }
+
+    #[test]
+    fn a_super_packet_counts_as_its_segments() {
+        let header = |gso_type, hdr_len, gso_size| {
+            let mut bytes = [0u8; VNET_HDR_LEN];
+            VirtioNetRepr {
+                gso_type,
+                hdr_len,
+                gso_size,
+                ..VirtioNetRepr::default()
+            }
+            .emit(&mut VirtioNetHdr::new_unchecked(&mut bytes[..]));
+            bytes
+        };
+        assert_eq!(wire_segments(&header(GsoType::None, 0, 0), 1400), 1);
+        let tso = header(GsoType::TcpV4, 52, 1398);
+        assert_eq!(wire_segments(&tso, 52 + 3 * 1398), 3);
+        assert_eq!(wire_segments(&tso, 52 + 3 * 1398 + 10), 4);
+        assert_eq!(wire_segments(&header(GsoType::TcpV4, 52, 0), 9000), 1);
     }
 }
