@@ -53,17 +53,103 @@ pub fn udp_gso_supported() -> bool {
     })
 }
 
-/// The IPIP socket: raw IPv4 protocol 4. The kernel prepends the outer header on send
-/// (source = the route's source address, i.e. our PublicIP) and hands us packets with
-/// the outer header on receive; no `ipip` module is needed (MEASUREMENTS.md).
-pub fn ipip_socket() -> io::Result<OwnedFd> {
-    let socket = Socket::new(
-        Domain::IPV4,
-        Type::RAW,
-        Some(Protocol::from(libc::IPPROTO_IPIP)),
-    )?;
-    size_buffers(&socket);
-    Ok(socket.into())
+/// The IPIP sockets: raw IPv4 protocol 4, `count` of them, one per receiving worker.
+/// The kernel prepends the outer header on send (source = the route's source address,
+/// i.e. our PublicIP) and hands us packets with the outer header on receive; no `ipip`
+/// module is needed (MEASUREMENTS.md).
+///
+/// Raw sockets have no `SO_REUSEPORT` spreading: every one of them gets every packet.
+/// So each carries a classic BPF filter that keeps only its share of the inner flows
+/// ([`ipip_share_filter`]); a packet is cloned to each socket (no data copy; one clone
+/// per 64 KB with super-packets) and queued on exactly one, and receive spreads over
+/// the workers as VXLAN's reuseport group does.
+pub fn ipip_sockets(count: usize) -> io::Result<Vec<OwnedFd>> {
+    let count = count.max(1);
+    (0..count)
+        .map(|index| {
+            let socket = Socket::new(
+                Domain::IPV4,
+                Type::RAW,
+                Some(Protocol::from(libc::IPPROTO_IPIP)),
+            )?;
+            if count > 1 {
+                attach_filter(&socket, &ipip_share_filter(index as u32, count as u32))?;
+            }
+            size_buffers(&socket);
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// Classic BPF for raw IPIP socket `index` of `count`: accept a packet when a hash of
+/// its inner flow (addresses, plus ports for TCP and UDP: ICMP's third word changes with
+/// every echo) modulo `count` is `index`. Packets too short to hold the inner headers go
+/// to socket 0. Offsets assume the usual 20-byte outer and inner IPv4 headers; options
+/// only make a flow hash other bytes, still the same ones for every packet of it.
+pub fn ipip_share_filter(index: u32, count: u32) -> Vec<libc::sock_filter> {
+    const LD_LEN: u16 = 0x80;
+    const LD_W_ABS: u16 = 0x20;
+    const LD_B_ABS: u16 = 0x30;
+    const TAX: u16 = 0x07;
+    const TXA: u16 = 0x87;
+    const XOR_X: u16 = 0xac;
+    const RSH_K: u16 = 0x74;
+    const AND_K: u16 = 0x54;
+    const MOD_K: u16 = 0x94;
+    const JA: u16 = 0x05;
+    const JEQ_K: u16 = 0x15;
+    const JGE_K: u16 = 0x35;
+    const RET_K: u16 = 0x06;
+    const ACCEPT: u32 = u32::MAX;
+    const INNER: u32 = 20;
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    vec![
+        op(LD_LEN, 0, 0, 0),
+        op(JGE_K, 1, 0, INNER + 24),
+        op(RET_K, 0, 0, if index == 0 { ACCEPT } else { 0 }),
+        op(LD_W_ABS, 0, 0, INNER + 12), // inner source
+        op(TAX, 0, 0, 0),
+        op(LD_W_ABS, 0, 0, INNER + 16), // inner destination
+        op(XOR_X, 0, 0, 0),
+        op(TAX, 0, 0, 0),
+        op(LD_B_ABS, 0, 0, INNER + 9), // inner protocol
+        op(JEQ_K, 3, 0, 6),
+        op(JEQ_K, 2, 0, 17),
+        op(TXA, 0, 0, 0),
+        op(JA, 0, 0, 2),
+        op(LD_W_ABS, 0, 0, INNER + 20), // ports
+        op(XOR_X, 0, 0, 0),
+        op(TAX, 0, 0, 0),
+        op(RSH_K, 0, 0, 16),
+        op(XOR_X, 0, 0, 0),
+        op(AND_K, 0, 0, 0xffff),
+        op(MOD_K, 0, 0, count),
+        op(JEQ_K, 0, 1, index),
+        op(RET_K, 0, 0, ACCEPT),
+        op(RET_K, 0, 0, 0),
+    ]
+}
+
+fn attach_filter(socket: &Socket, filter: &[libc::sock_filter]) -> io::Result<()> {
+    let program = libc::sock_fprog {
+        len: filter.len() as libc::c_ushort,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: valid socket fd; `program` points at `filter`, which outlives the call
+    // (the kernel copies the program).
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&program as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Asks for `UDP_GRO`: trains of equal datagrams (a peer's `UDP_SEGMENT` send) arrive

@@ -162,16 +162,18 @@ pub async fn run_with_metrics(
     };
     // Receiving sockets, one per receive worker. VXLAN: UDP sockets sharing the port
     // with SO_REUSEPORT, so the kernel spreads peers' flows (distinct source ports, see
-    // `worker::pick_sender`) over the workers. IPIP: a single raw socket, as every raw
-    // socket receives a copy of every packet.
+    // `worker::pick_sender`) over the workers. IPIP: raw sockets, each filtering for its
+    // share of the inner flows (every raw socket sees every packet; see `io::ipip_sockets`).
     let receivers: Vec<Arc<OwnedFd>> = match encap {
         Encap::Vxlan { port, .. } => (0..queues)
             .map(|_| io::vxlan_socket(port).map(Arc::new))
             .collect::<Result<_, _>>()
             .with_context(|| format!("binding UDP 0.0.0.0:{port} for VXLAN"))?,
-        Encap::Ipip => vec![Arc::new(
-            io::ipip_socket().context("opening the raw IPIP socket")?,
-        )],
+        Encap::Ipip => io::ipip_sockets(queues)
+            .context("opening the raw IPIP sockets")?
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
     };
     let socket = receivers[0].clone();
     // Super-packets leave whole through the kernel's encapsulation where this host
