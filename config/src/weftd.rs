@@ -818,11 +818,16 @@ fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "is not an address:port such as 127.0.0.1:9842 or [::1]:9842".to_owned())
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || "is not a duration such as 5s, 500ms, 2m or 1h".to_owned();
+/// `"250ms"` → `Some((250, "ms"))`: the leading whole number and what follows it.
+fn number_and_unit(s: &str) -> Option<(u64, &str)> {
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(digits_end);
-    let n: u64 = number.parse().map_err(|_| bad())?;
+    Some((number.parse().ok()?, unit))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || "is not a duration such as 5s, 500ms, 2m or 1h".to_owned();
+    let (n, unit) = number_and_unit(s).ok_or_else(bad)?;
     let duration = match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
@@ -867,9 +872,7 @@ fn parse_busy_poll(s: &str) -> Result<Duration, String> {
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(digits_end);
-    let n: u64 = number.parse().map_err(|_| bad())?;
+    let (n, unit) = number_and_unit(s).ok_or_else(bad)?;
     let duration = match unit {
         "us" | "µs" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),

@@ -8,7 +8,7 @@ mod dataplane_support;
 
 use std::time::Duration;
 
-use dataplane_support::{netconf, tcp_transfer, wait_ping, Cluster};
+use dataplane_support::{concurrent_transfers, netconf, wait_ping, Cluster};
 use weft_daemon::dataplane::bpf;
 use weft_tests::{require_root, wait_until};
 
@@ -60,20 +60,7 @@ fn mixed_nodes_interoperate(backend: &str, outer_protocol: &str) {
         .underlay
         .start_capture(&["-i", "n1", "-nn", "-v", "-l", "-c", "50", &filter])
         .unwrap();
-    std::thread::scope(|scope| {
-        let streams: Vec<_> = (0..3)
-            .map(|_| scope.spawn(|| tcp_transfer(a.pod(), b.pod(), b.pod_ip(), 16 << 20)))
-            .chain(
-                (0..3)
-                    .map(|_| scope.spawn(|| tcp_transfer(b.pod(), a.pod(), a.pod_ip(), 16 << 20))),
-            )
-            .collect();
-        for stream in streams {
-            let (sent, received, length) = stream.join().unwrap().unwrap();
-            assert_eq!(length, 16 << 20);
-            assert_eq!(sent, received, "payload hash differs");
-        }
-    });
+    concurrent_transfers(a, b, 3, 3, 16 << 20);
     let captured = wait_until(
         "50 full-sized packets from node 1",
         Duration::from_secs(10),

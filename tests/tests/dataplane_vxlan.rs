@@ -6,7 +6,9 @@ mod dataplane_support;
 
 use std::time::{Duration, Instant};
 
-use dataplane_support::{netconf, ping_once, tcp_transfer, wait_ping, Cluster};
+use dataplane_support::{
+    concurrent_transfers, netconf, ping_once, tcp_transfer, wait_ping, Cluster,
+};
 use weft_daemon::lease::PeerEvent;
 use weft_tests::{require_root, wait_until};
 
@@ -162,20 +164,7 @@ fn concurrent_tcp_streams_arrive_intact() {
     let cluster = Cluster::weft(2, &netconf(VXLAN)).unwrap();
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
-    std::thread::scope(|scope| {
-        let streams: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| tcp_transfer(a.pod(), b.pod(), b.pod_ip(), 16 << 20)))
-            .chain(
-                (0..2)
-                    .map(|_| scope.spawn(|| tcp_transfer(b.pod(), a.pod(), a.pod_ip(), 16 << 20))),
-            )
-            .collect();
-        for stream in streams {
-            let (sent, received, length) = stream.join().unwrap().unwrap();
-            assert_eq!(length, 16 << 20);
-            assert_eq!(sent, received, "payload hash differs");
-        }
-    });
+    concurrent_transfers(a, b, 4, 2, 16 << 20);
 }
 
 /// `--busy-poll`: a worker that keeps polling is not woken for each request of a

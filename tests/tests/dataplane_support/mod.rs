@@ -371,6 +371,25 @@ impl Cluster {
 }
 
 /// One ping from `from` (a namespace) to `to`, 1 s timeout.
+/// `forward` transfers of `bytes` from `a`'s pod to `b`'s and `backward` the other way,
+/// all at once; each must arrive whole and intact.
+pub fn concurrent_transfers(a: &Node, b: &Node, forward: usize, backward: usize, bytes: usize) {
+    std::thread::scope(|scope| {
+        let streams: Vec<_> = (0..forward)
+            .map(|_| scope.spawn(|| tcp_transfer(a.pod(), b.pod(), b.pod_ip(), bytes)))
+            .chain(
+                (0..backward)
+                    .map(|_| scope.spawn(|| tcp_transfer(b.pod(), a.pod(), a.pod_ip(), bytes))),
+            )
+            .collect();
+        for stream in streams {
+            let (sent, received, length) = stream.join().unwrap().unwrap();
+            assert_eq!(length, bytes);
+            assert_eq!(sent, received, "payload hash differs");
+        }
+    });
+}
+
 pub fn ping_once(from: &Netns, to: Ipv4Addr) -> bool {
     from.run("ping", &["-c", "1", "-W", "1", &to.to_string()])
         .is_ok()
