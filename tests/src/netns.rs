@@ -306,6 +306,17 @@ impl Capture {
             .is_none_or(|child| child.try_wait().ok().flatten().is_some())
     }
 
+    /// What tcpdump printed once it has exited by itself (its `-c` count reached)
+    /// within `timeout`; otherwise an error naming `what` with what it had printed.
+    pub fn wait_done(mut self, what: &str, timeout: std::time::Duration) -> anyhow::Result<String> {
+        let done = crate::wait_until(what, timeout, || self.is_done());
+        let text = self.finish();
+        match done {
+            Ok(()) => Ok(text),
+            Err(e) => Err(anyhow::anyhow!("{e:#}; captured:\n{text}")),
+        }
+    }
+
     /// What tcpdump printed, after stopping it if it still runs.
     pub fn finish(mut self) -> String {
         let Some(mut child) = self.tcpdump.take() else {

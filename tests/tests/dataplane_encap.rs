@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dataplane_support::{concurrent_transfers, netconf, wait_ping, Cluster};
 use weft_daemon::dataplane::bpf;
-use weft_tests::{require_root, wait_until};
+use weft_tests::require_root;
 
 const VXLAN: &str = r#"{"Type":"vxlan","VNI":1}"#;
 const IPIP: &str = r#"{"Type":"ipip"}"#;
@@ -56,18 +56,14 @@ fn mixed_nodes_interoperate(backend: &str, outer_protocol: &str) {
         "{outer_protocol} and src host {} and greater 1400",
         a.public_ip()
     );
-    let mut capture = cluster
+    let capture = cluster
         .underlay
         .start_capture(&["-i", "n1", "-nn", "-v", "-l", "-c", "50", &filter])
         .unwrap();
     concurrent_transfers(a, b, 3, 3, 16 << 20);
-    let captured = wait_until(
-        "50 full-sized packets from node 1",
-        Duration::from_secs(10),
-        || capture.is_done(),
-    );
-    let text = capture.finish();
-    captured.unwrap_or_else(|e| panic!("{e:#}; captured:\n{text}"));
+    let text = capture
+        .wait_done("50 full-sized packets from node 1", Duration::from_secs(10))
+        .unwrap();
     // `-v` prints the outer IPv4 header first: "(tos 0x0, ttl 64, …, length N)".
     let lengths: Vec<usize> = text
         .lines()

@@ -106,7 +106,7 @@ fn weftd_ipip_bulk_crosses_the_underlay_whole() {
         "weftd did not bring up the kernel encapsulation: {status}"
     );
 
-    let mut tcpdump = lab
+    let tcpdump = lab
         .node_ns(2)
         .unwrap()
         .start_capture(&[
@@ -136,13 +136,12 @@ fn weftd_ipip_bulk_crosses_the_underlay_whole() {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<u64>().ok());
     assert_eq!(send_errors, Some(0), "{metrics}");
-    let captured = wait_until(
-        "tcpdump to see 3 IPIP super-packets",
-        Duration::from_secs(10),
-        || tcpdump.is_done(),
-    );
-    let text = tcpdump.finish();
-    captured.unwrap_or_else(|e| panic!("{e:#}; captured:\n{text}"));
+    let text = tcpdump
+        .wait_done(
+            "tcpdump to see 3 IPIP super-packets",
+            Duration::from_secs(10),
+        )
+        .unwrap();
     assert!(
         text.contains("ttl 64") && text.contains("proto IPIP (4)"),
         "{text}"

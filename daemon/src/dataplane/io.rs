@@ -5,7 +5,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
 /// Socket buffer size asked for with `SO_{RCV,SND}BUFFORCE`: big enough that a burst
 /// of GSO super-datagrams is not dropped (MEASUREMENTS.md: with default buffers most
@@ -73,7 +73,7 @@ pub fn ipip_sockets(count: usize) -> io::Result<Vec<OwnedFd>> {
                 Some(Protocol::from(libc::IPPROTO_IPIP)),
             )?;
             if count > 1 {
-                attach_filter(&socket, &ipip_share_filter(index as u32, count as u32))?;
+                socket.attach_filter(&ipip_share_filter(index as u32, count as u32))?;
             }
             size_buffers(&socket);
             Ok(socket.into())
@@ -86,7 +86,7 @@ pub fn ipip_sockets(count: usize) -> io::Result<Vec<OwnedFd>> {
 /// every echo) modulo `count` is `index`. Packets too short to hold the inner headers go
 /// to socket 0. Offsets assume the usual 20-byte outer and inner IPv4 headers; options
 /// only make a flow hash other bytes, still the same ones for every packet of it.
-pub fn ipip_share_filter(index: u32, count: u32) -> Vec<libc::sock_filter> {
+pub fn ipip_share_filter(index: u32, count: u32) -> Vec<SockFilter> {
     const LD_LEN: u16 = 0x80;
     const LD_W_ABS: u16 = 0x20;
     const LD_B_ABS: u16 = 0x30;
@@ -102,7 +102,7 @@ pub fn ipip_share_filter(index: u32, count: u32) -> Vec<libc::sock_filter> {
     const RET_K: u16 = 0x06;
     const ACCEPT: u32 = u32::MAX;
     const INNER: u32 = 20;
-    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let op = SockFilter::new;
     vec![
         op(LD_LEN, 0, 0, 0),
         op(JGE_K, 1, 0, INNER + 24),
@@ -128,28 +128,6 @@ pub fn ipip_share_filter(index: u32, count: u32) -> Vec<libc::sock_filter> {
         op(RET_K, 0, 0, ACCEPT),
         op(RET_K, 0, 0, 0),
     ]
-}
-
-fn attach_filter(socket: &Socket, filter: &[libc::sock_filter]) -> io::Result<()> {
-    let program = libc::sock_fprog {
-        len: filter.len() as libc::c_ushort,
-        filter: filter.as_ptr().cast_mut(),
-    };
-    // SAFETY: valid socket fd; `program` points at `filter`, which outlives the call
-    // (the kernel copies the program).
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&program as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Asks for `UDP_GRO`: trains of equal datagrams (a peer's `UDP_SEGMENT` send) arrive

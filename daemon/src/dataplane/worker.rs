@@ -555,35 +555,29 @@ impl Transmitter {
                 segments as u64,
                 inner.len as u64,
             );
-            let too_long_for_tap = match &*tap {
-                Some(tap) => {
-                    if vnet.gso_type != GsoType::None {
-                        round.super_packets += 1;
+            if vnet.gso_type != GsoType::None {
+                round.super_packets += 1;
+            }
+            if let Some(tap) = &*tap {
+                // Keep packet order: whatever waits for a socket goes first.
+                train.flush(senders, ctx, log);
+                batch.flush(senders, ctx, log);
+                match tap.send(&ctx.encap, slot, inner.len, &vnet, peer, ipip_ident) {
+                    Ok(()) => {
+                        ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
+                        ctx.metrics.tx.add(segments as u64, inner.len as u64);
+                        continue;
                     }
-                    // Keep packet order: whatever waits for a socket goes first.
-                    train.flush(senders, ctx, log);
-                    batch.flush(senders, ctx, log);
-                    match tap.send(&ctx.encap, slot, inner.len, &vnet, peer, ipip_ident) {
-                        Ok(()) => {
-                            ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
-                            ctx.metrics.tx.add(segments as u64, inner.len as u64);
-                            continue;
-                        }
-                        // Longer than one outer header can say: segmented below.
-                        Err(TapSendError::Encap(_)) if vnet.gso_type != GsoType::None => true,
-                        Err(error) => {
-                            tap_send_failed(ctx, log, &error);
-                            continue;
-                        }
+                    // Longer than one outer header can say: segmented below.
+                    Err(TapSendError::Encap(_)) if vnet.gso_type != GsoType::None => {}
+                    Err(error) => {
+                        tap_send_failed(ctx, log, &error);
+                        continue;
                     }
                 }
-                None => false,
-            };
+            }
             let packet = &mut slot[HEADROOM..HEADROOM + inner.len];
             if vnet.gso_type != GsoType::None {
-                if !too_long_for_tap {
-                    round.super_packets += 1;
-                }
                 // Keep packet order: whatever is queued goes first.
                 batch.flush(senders, ctx, log);
                 let packet = &packet[..inner.len];
