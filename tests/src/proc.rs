@@ -21,9 +21,26 @@ impl ProcId {
         start_time(pid).map(|start_time| ProcId { pid, start_time })
     }
 
-    /// Whether this very process still exists (not a zombie, not a recycled PID).
+    /// Whether this very process still exists (not a recycled PID) with a thread that
+    /// has not exited. A killed multi-threaded process shows its leader as a zombie
+    /// while other threads are still closing files (a TUN device, a listening socket);
+    /// it is alive until the last of them is gone.
     pub fn is_alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
+        start_time(self.pid) == Some(self.start_time) && has_live_thread(self.pid)
+    }
+
+    /// SIGTERM if it is still this process; waits up to `grace` for it to exit, then
+    /// SIGKILLs it ([`ProcId::kill`]).
+    pub fn terminate(&self, grace: Duration) {
+        if !self.is_alive() {
+            return;
+        }
+        let Ok(raw) = i32::try_from(self.pid) else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+        let _ = crate::wait_until("process to exit after SIGTERM", grace, || !self.is_alive());
+        self.kill();
     }
 
     /// SIGKILL if it is still this process; waits (bounded) until it is gone. Zombies of
@@ -51,11 +68,21 @@ pub fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
-        .unwrap_or(false)
+/// Whether any thread of `pid` is neither a zombie nor dead.
+fn has_live_thread(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(|task| task.ok()).any(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rfind(')')
+                    .and_then(|i| s.get(i + 2..i + 3))
+                    .map(str::to_owned)
+            })
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 /// PIDs of live processes whose command line contains `needle` as one argument (exact

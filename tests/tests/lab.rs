@@ -360,3 +360,44 @@ fn a_panicking_test_leaves_no_lab_behind() {
     assert!(state.etc_netns.iter().all(|d| !d.exists()));
     assert!(!weft_tests::lab::state::state_file(&state.prefix).exists());
 }
+
+/// `weft-lab weftd stop` from another process than `up` stops the daemon gracefully and
+/// returns only once it is gone: a `start` right after it finds the health port free.
+#[test]
+fn weft_lab_weftd_stop_then_start_right_away() {
+    if !require_root("weft_lab_weftd_stop_then_start_right_away") {
+        return;
+    }
+    let prefix = weft_tests::run_prefix();
+    let _guard = DownOnDrop(prefix.clone());
+    weft_lab(&["up", "--nodes", "2", "--prefix", &prefix]);
+    weft_lab(&["pod", "add", "--fast", "--prefix", &prefix, "n1", "a"]);
+    weft_lab(&["pod", "add", "--fast", "--prefix", &prefix, "n2", "b"]);
+    let info = lab_info(&prefix);
+    let b = pod_ip(&info, "b");
+    let log = weft_tests::lab::state::LabState::load(&prefix)
+        .unwrap()
+        .dir
+        .join("n1/weftd.log");
+    let ping = || {
+        weft_lab(&[
+            "exec", "--prefix", &prefix, "a", "--", "ping", "-c1", "-w5", "-q", &b,
+        ])
+    };
+    ping();
+    for round in 0..2 {
+        weft_lab(&["weftd", "--prefix", &prefix, "stop", "n1"]);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            text.matches("signal=SIGTERM").count(),
+            round + 1,
+            "stop {round} was not a SIGTERM that weftd handled:\n{text}"
+        );
+        weft_lab(&["weftd", "--prefix", &prefix, "start", "n1"]);
+        ping();
+    }
+    // After a crash too.
+    weft_lab(&["weftd", "--prefix", &prefix, "kill9", "n1"]);
+    weft_lab(&["weftd", "--prefix", &prefix, "start", "n1"]);
+    ping();
+}

@@ -675,10 +675,17 @@ impl Lab {
         self.save()
     }
 
-    /// Stops weftd on node `n` gracefully (SIGTERM, SIGKILL after 10 s).
+    /// Stops weftd on node `n` gracefully (SIGTERM, SIGKILL after 10 s) and returns once
+    /// it is gone, also when this lab was attached to (`weft-lab weftd stop`) and the
+    /// daemon is not our child.
     pub fn stop_weftd(&mut self, n: usize) -> anyhow::Result<()> {
+        const GRACE: Duration = Duration::from_secs(10);
         if let Some(mut c) = self.weftd.remove(&n) {
-            c.terminate(Duration::from_secs(10));
+            c.terminate(GRACE);
+        }
+        let what = format!("weftd n{n}");
+        for p in self.state.processes.iter().filter(|p| p.what == what) {
+            p.proc.terminate(GRACE);
         }
         self.kill9_weftd(n)
     }
