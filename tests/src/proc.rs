@@ -32,28 +32,25 @@ impl ProcId {
     /// SIGTERM if it is still this process; waits up to `grace` for it to exit, then
     /// SIGKILLs it ([`ProcId::kill`]).
     pub fn terminate(&self, grace: Duration) {
-        if !self.is_alive() {
-            return;
-        }
-        let Ok(raw) = i32::try_from(self.pid) else {
-            return;
-        };
-        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
-        let _ = crate::wait_until("process to exit after SIGTERM", grace, || !self.is_alive());
+        self.signal_and_wait(Signal::SIGTERM, grace);
         self.kill();
     }
 
     /// SIGKILL if it is still this process; waits (bounded) until it is gone. Zombies of
     /// processes that are not our children are reaped by their parent or by init.
     pub fn kill(&self) {
+        self.signal_and_wait(Signal::SIGKILL, Duration::from_secs(5));
+    }
+
+    fn signal_and_wait(&self, signal: Signal, timeout: Duration) {
         if !self.is_alive() {
             return;
         }
         let Ok(raw) = i32::try_from(self.pid) else {
             return;
         };
-        let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-        let _ = crate::wait_until("process to exit", Duration::from_secs(5), || {
+        let _ = kill(Pid::from_raw(raw), signal);
+        let _ = crate::wait_until(&format!("process to exit after {signal}"), timeout, || {
             !self.is_alive()
         });
     }
