@@ -104,6 +104,12 @@ pub struct Metrics {
     /// Route changes the periodic reconcile had to make (a route deleted or altered by
     /// someone else and put back); changes caused by peer events are not counted.
     pub route_reconcile_fixes: AtomicU64,
+    /// The underlay device's transmit errors and drops as the kernel reports them,
+    /// sampled at every route reconcile. A packet the kernel drops after weft handed it
+    /// over (the underlay link down, a full queue) is counted here, not in `drops`;
+    /// with kernel encapsulation that is every failure after the tc program.
+    pub underlay_tx_errors: AtomicU64,
+    pub underlay_tx_dropped: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     /// What the data plane set up, published once it is up (see [`Metrics::set_up`]).
     dataplane: OnceLock<DataplaneInfo>,
@@ -352,6 +358,8 @@ impl Metrics {
             tx_full_waits: self.tx_full_waits.load(Ordering::Relaxed),
             worker_wakeups: self.worker_wakeups.load(Ordering::Relaxed),
             route_reconcile_fixes: self.route_reconcile_fixes.load(Ordering::Relaxed),
+            underlay_tx_errors: self.underlay_tx_errors.load(Ordering::Relaxed),
+            underlay_tx_dropped: self.underlay_tx_dropped.load(Ordering::Relaxed),
             drops: DropReason::ALL.map(|reason| (reason.name(), self.drops(reason))),
         }
     }
@@ -369,6 +377,8 @@ pub struct MetricsSnapshot {
     pub tx_full_waits: u64,
     pub worker_wakeups: u64,
     pub route_reconcile_fixes: u64,
+    pub underlay_tx_errors: u64,
+    pub underlay_tx_dropped: u64,
     /// `(reason, count)` for every [`DropReason`], in [`DropReason::ALL`] order.
     pub drops: [(&'static str, u64); DropReason::ALL.len()],
 }

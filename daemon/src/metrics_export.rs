@@ -13,6 +13,7 @@
 //! | `weft_drops_total` | counter | `reason` (one per [`DropReason`]) |
 //! | `weft_encap_errors_total`, `weft_decap_errors_total` | counter | |
 //! | `weft_route_reconcile_fixes_total` | counter | |
+//! | `weft_underlay_tx_errors_total`, `weft_underlay_tx_dropped_total` | counter | the underlay device's, sampled every 2 s |
 //! | `weft_etcd_watch_restarts_total`, `weft_lease_renewals_total`, `weft_lease_losses_total`, `weft_lease_reacquisitions_total`, `weft_subnet_race_retries_total` | counter | |
 //! | `weft_lease_held`, `weft_lease_expiry_timestamp_seconds` | gauge | |
 //! | `weft_peers`, `weft_etcd_reachable`, `weft_ready`, `weft_dataplane_up` | gauge | |
@@ -212,6 +213,18 @@ impl Collector for NodeCollector {
             )?;
             counter(
                 e,
+                "weft_underlay_tx_errors",
+                "The underlay device's transmit errors as the kernel counts them (packets it could not send after weft handed them over)",
+                s.underlay_tx_errors,
+            )?;
+            counter(
+                e,
+                "weft_underlay_tx_dropped",
+                "The underlay device's transmit drops as the kernel counts them",
+                s.underlay_tx_dropped,
+            )?;
+            counter(
+                e,
                 "weft_route_reconcile_fixes",
                 "Routes the periodic reconcile had to add, replace or remove",
                 s.route_reconcile_fixes,
@@ -301,6 +314,7 @@ impl Collector for NodeCollector {
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
+    use std::sync::atomic::Ordering;
 
     use super::*;
 
@@ -356,6 +370,7 @@ mod tests {
             Ipv4Addr::new(192, 0, 2, 9),
         );
         metrics.drop_packet(DropReason::RxWrongVni);
+        metrics.underlay_tx_errors.store(7, Ordering::Relaxed);
         let page = render(NodeCollector {
             control,
             dataplane: Some(metrics),
@@ -373,6 +388,8 @@ mod tests {
         assert_eq!(value("weft_bytes_total{direction=\"tx\"}"), 300.0);
         assert_eq!(value("weft_drops_total{reason=\"rx_wrong_vni\"}"), 1.0);
         assert_eq!(value("weft_decap_errors_total"), 1.0);
+        assert_eq!(value("weft_underlay_tx_errors_total"), 7.0);
+        assert_eq!(value("weft_underlay_tx_dropped_total"), 0.0);
         assert_eq!(
             value(
                 "weft_peer_packets_total{peer=\"10.244.4.0/24\",public_ip=\"192.0.2.4\",direction=\"rx\"}"

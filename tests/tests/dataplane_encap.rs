@@ -6,9 +6,10 @@
 
 mod dataplane_support;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use dataplane_support::{concurrent_transfers, netconf, wait_ping, Cluster};
+use dataplane_support::{concurrent_transfers, netconf, ping_once, wait_ping, Cluster};
 use weft_daemon::dataplane::bpf;
 use weft_tests::require_root;
 
@@ -109,4 +110,43 @@ fn a_refused_program_is_named_with_the_verifiers_reason() {
     let text = error.to_string();
     assert!(text.contains("weft_test_bad"), "{text}");
     assert!(text.contains("verifier:") && text.contains("R0"), "{text}");
+}
+
+/// A packet the kernel drops after weft handed it on (here: the underlay switch port is
+/// down) never reaches weft's own drop counters, so weft reports the underlay device's
+/// transmit counters too; and traffic resumes once the port is back.
+#[test]
+fn packets_the_underlay_drops_show_in_weft_metrics() {
+    if !require_root("packets_the_underlay_drops_show_in_weft_metrics") {
+        return;
+    }
+    let cluster = Cluster::weft(2, &netconf(VXLAN)).unwrap();
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    assert!(a.metrics().dataplane().unwrap().offloads.kernel_encap);
+    wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
+    let dropped = || a.metrics().underlay_tx_dropped.load(Ordering::Relaxed);
+    let before = dropped();
+    // Node 1's eth0 is a veth whose other end, `n1`, sits on the underlay's bridge.
+    cluster
+        .underlay
+        .run("ip", &["link", "set", "n1", "down"])
+        .unwrap();
+    const LOST: u64 = 3;
+    for _ in 0..LOST {
+        assert!(
+            !ping_once(a.pod(), b.pod_ip()),
+            "switch port down, yet a reply"
+        );
+    }
+    weft_tests::wait_until(
+        "the underlay's transmit drops in weft's metrics",
+        Duration::from_secs(10),
+        || dropped() >= before + LOST,
+    )
+    .unwrap();
+    cluster
+        .underlay
+        .run("ip", &["link", "set", "n1", "up"])
+        .unwrap();
+    wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
 }

@@ -319,6 +319,7 @@ pub async fn run_with_metrics(
                     }
                     Err(error) => tracing::warn!(error = %format!("{error:#}"), "route reconcile failed"),
                 }
+                sample_underlay_stats(&netlink, &lease.underlay_iface, &metrics).await;
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -428,6 +429,18 @@ fn apply_event(peers: &mut BTreeMap<Ipv4Net, Peer>, event: PeerEvent, own_subnet
             );
             tracing::info!(peers = peers.len(), "peer snapshot");
         }
+    }
+}
+
+/// Copies the underlay device's transmit error and drop counters into the metrics:
+/// the kernel's count of packets it could not send, which with kernel encapsulation
+/// includes weft's own after the tc program handed them on. A failed lookup keeps the
+/// last values (the next reconcile tries again).
+async fn sample_underlay_stats(netlink: &Netlink, underlay: &str, metrics: &Metrics) {
+    if let Ok(Some(link)) = netlink.link(underlay).await {
+        use std::sync::atomic::Ordering::Relaxed;
+        metrics.underlay_tx_errors.store(link.tx_errors, Relaxed);
+        metrics.underlay_tx_dropped.store(link.tx_dropped, Relaxed);
     }
 }
 

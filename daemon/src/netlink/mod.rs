@@ -55,6 +55,9 @@ pub struct Link {
     pub up: bool,
     /// The hardware address (none on TUN and other L3 devices).
     pub mac: Option<[u8; 6]>,
+    /// Transmit errors and drops as the kernel counts them for the device.
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
 }
 
 impl Link {
@@ -65,12 +68,18 @@ impl Link {
             mtu: 0,
             up: message.header.flags.contains(LinkFlags::Up),
             mac: None,
+            tx_errors: 0,
+            tx_dropped: 0,
         };
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => link.name.clone_from(name),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::Address(bytes) => link.mac = bytes.as_slice().try_into().ok(),
+                LinkAttribute::Stats64(stats) => {
+                    link.tx_errors = stats.tx_errors;
+                    link.tx_dropped = stats.tx_dropped;
+                }
                 _ => {}
             }
         }
