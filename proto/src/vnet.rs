@@ -210,6 +210,17 @@ impl VirtioNetRepr {
         self.flags & flags::NEEDS_CSUM != 0
     }
 
+    /// How many packets of at most `gso_size` payload bytes the `packet_len`-byte packet
+    /// behind this header stands for: 1 unless it is a GSO super-packet with a segment
+    /// size, else its payload (after `hdr_len`) divided into segments, rounded up.
+    pub fn segments(&self, packet_len: usize) -> usize {
+        if self.gso_type == GsoType::None || self.gso_size == 0 {
+            return 1;
+        }
+        let payload = packet_len.saturating_sub(usize::from(self.hdr_len));
+        payload.div_ceil(usize::from(self.gso_size)).max(1)
+    }
+
     pub const fn header_len(&self) -> usize {
         HEADER_LEN
     }
@@ -229,6 +240,21 @@ impl VirtioNetRepr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_super_packet_stands_for_its_segments() {
+        let tso = |gso_size| VirtioNetRepr {
+            gso_type: GsoType::TcpV4,
+            hdr_len: 52,
+            gso_size,
+            ..VirtioNetRepr::default()
+        };
+        assert_eq!(VirtioNetRepr::default().segments(1400), 1);
+        assert_eq!(tso(1398).segments(52 + 3 * 1398), 3);
+        assert_eq!(tso(1398).segments(52 + 3 * 1398 + 1), 4);
+        assert_eq!(tso(1398).segments(40), 1);
+        assert_eq!(tso(0).segments(9000), 1);
+    }
 
     #[test]
     fn layout_is_little_endian_linux_struct() {

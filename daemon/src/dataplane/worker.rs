@@ -150,14 +150,7 @@ impl TapQueue {
         moved.emit(&mut VirtioNetHdr::new_unchecked(
             &mut slot[start..frame.start],
         ));
-        let bytes = &slot[start..frame.end];
-        // SAFETY: `bytes` is a live, initialised buffer for the whole call; the kernel
-        // only reads it.
-        let rc = unsafe { libc::write(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-        if rc < 0 {
-            return Err(TapSendError::Write(io::Error::last_os_error()));
-        }
-        Ok(())
+        write_packet(self.fd.as_fd(), &slot[start..frame.end]).map_err(TapSendError::Write)
     }
 }
 
@@ -310,9 +303,9 @@ impl SendBatch {
                 if error.raw_os_error() == Some(libc::ENOBUFS)
                     && full_since.get_or_insert_with(Instant::now).elapsed() < TX_FULL_WAIT
                 {
-                    // The device's ring is full (the GRO loop's veth while its NAPI thread
-                    // catches up): yield to it and retry instead of dropping what TCP would
-                    // only send again.
+                    // The device's queue is full for a moment (a burst the underlay is
+                    // still draining): yield to it and retry instead of dropping what TCP
+                    // would only send again.
                     ctx.metrics.tx_full_waits.fetch_add(1, Ordering::Relaxed);
                     // SAFETY: sched_yield has no preconditions.
                     unsafe { libc::sched_yield() };
@@ -542,12 +535,7 @@ impl Transmitter {
                 ctx.metrics.drop_packet(DropReason::TxNoPeer);
                 continue;
             };
-            let segments = match vnet.gso_type {
-                GsoType::None => 1,
-                _ => (inner.len.saturating_sub(usize::from(vnet.hdr_len)))
-                    .div_ceil(usize::from(vnet.gso_size).max(1))
-                    .max(1),
-            };
+            let segments = vnet.segments(inner.len);
             tally.count(
                 &ctx.metrics,
                 peer.subnet,
@@ -851,14 +839,8 @@ fn tap_send_failed(ctx: &WorkerContext, log: &mut LogLimiter, error: &TapSendErr
 /// How many packets of at most the overlay MTU the packet behind `vnet` (a header from
 /// [`rx_vnet_header`]) stands for: 1, or a super-packet's segment count.
 fn wire_segments(vnet: &[u8; VNET_HDR_LEN], len: usize) -> u64 {
-    let Ok(repr) = VirtioNetRepr::parse(&VirtioNetHdr::new_unchecked(&vnet[..])) else {
-        return 1;
-    };
-    if repr.gso_type == GsoType::None || repr.gso_size == 0 {
-        return 1;
-    }
-    let payload = len.saturating_sub(usize::from(repr.hdr_len));
-    payload.div_ceil(usize::from(repr.gso_size)).max(1) as u64
+    VirtioNetRepr::parse(&VirtioNetHdr::new_unchecked(&vnet[..]))
+        .map_or(1, |repr| repr.segments(len) as u64)
 }
 
 /// Control-message space per received datagram (one `UDP_GRO` int: CMSG_SPACE(4) = 24).
