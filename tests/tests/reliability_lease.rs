@@ -188,11 +188,15 @@ fn subnet_taken_after_a_revoke_stops_routing_until_it_is_free_again() {
         !udp_bound(&lab, 1, port)
     })
     .unwrap();
-    let log = log_text(&lab, 1);
-    assert!(
-        log.contains("stopped routing this node's subnet"),
-        "weftd says it stopped routing:\n{log}"
-    );
+    // The workers close their sockets before the data plane's teardown (TUN, TAP and
+    // its tc link) ends and weftd says why: wait for the words, not just the socket.
+    if let Err(e) = wait_until(
+        "weftd to say it stopped routing",
+        Duration::from_secs(15),
+        || log_text(&lab, 1).contains("stopped routing this node's subnet"),
+    ) {
+        panic!("{e:#}; weftd's log:\n{}", log_text(&lab, 1));
+    }
     assert_eq!(
         stored(&lab, &key).map(|(_, ip)| ip),
         Some(intruder),
