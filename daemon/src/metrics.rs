@@ -101,6 +101,13 @@ pub struct Metrics {
     /// Times a data-plane worker slept in `poll` and was woken by a packet: on a
     /// virtual machine each costs tens of µs of latency (see `--busy-poll`).
     pub worker_wakeups: AtomicU64,
+    /// Waits for the reply to a request a worker woke up to send (see
+    /// `dataplane::reply_wait`) that a packet ended, and that ran out first.
+    pub reply_waits_answered: AtomicU64,
+    pub reply_waits_expired: AtomicU64,
+    /// Time workers spent polling for packets instead of sleeping, in ns: what they
+    /// spend for latency (each polling round yields the CPU to whoever needs it).
+    pub worker_polling_ns: AtomicU64,
     /// Route changes the periodic reconcile had to make (a route deleted or altered by
     /// someone else and put back); changes caused by peer events are not counted.
     pub route_reconcile_fixes: AtomicU64,
@@ -357,6 +364,9 @@ impl Metrics {
             rx_syscalls: self.rx_syscalls.load(Ordering::Relaxed),
             tx_full_waits: self.tx_full_waits.load(Ordering::Relaxed),
             worker_wakeups: self.worker_wakeups.load(Ordering::Relaxed),
+            reply_waits_answered: self.reply_waits_answered.load(Ordering::Relaxed),
+            reply_waits_expired: self.reply_waits_expired.load(Ordering::Relaxed),
+            worker_polling_ns: self.worker_polling_ns.load(Ordering::Relaxed),
             route_reconcile_fixes: self.route_reconcile_fixes.load(Ordering::Relaxed),
             underlay_tx_errors: self.underlay_tx_errors.load(Ordering::Relaxed),
             underlay_tx_dropped: self.underlay_tx_dropped.load(Ordering::Relaxed),
@@ -376,6 +386,9 @@ pub struct MetricsSnapshot {
     pub rx_syscalls: u64,
     pub tx_full_waits: u64,
     pub worker_wakeups: u64,
+    pub reply_waits_answered: u64,
+    pub reply_waits_expired: u64,
+    pub worker_polling_ns: u64,
     pub route_reconcile_fixes: u64,
     pub underlay_tx_errors: u64,
     pub underlay_tx_dropped: u64,

@@ -10,6 +10,8 @@
 //! | `weft_packets_total`, `weft_bytes_total` | counter | `direction` = `tx` (TUN → peers) / `rx` (peers → TUN) |
 //! | `weft_peer_packets_total`, `weft_peer_bytes_total` | counter | `peer` (subnet), `public_ip`, `direction` |
 //! | `weft_syscalls_total` | counter | `direction` |
+//! | `weft_worker_wakeups_total`, `weft_worker_polling_seconds_total` | counter | |
+//! | `weft_reply_waits_total` | counter | `result` = `answered` / `expired` |
 //! | `weft_drops_total` | counter | `reason` (one per [`DropReason`]) |
 //! | `weft_encap_errors_total`, `weft_decap_errors_total` | counter | |
 //! | `weft_route_reconcile_fixes_total` | counter | |
@@ -192,6 +194,22 @@ impl Collector for NodeCollector {
                 "Times a data-plane worker slept and was woken by a packet (each costs latency; see --busy-poll)",
                 s.worker_wakeups,
             )?;
+            labelled_counters(
+                e,
+                "weft_reply_waits",
+                "Waits for the reply to a request a worker woke up to send, by how they ended (each expired wait halves the next)",
+                "result",
+                &[
+                    ("answered", s.reply_waits_answered),
+                    ("expired", s.reply_waits_expired),
+                ],
+            )?;
+            ConstCounter::new(s.worker_polling_ns as f64 / 1e9).encode(e.encode_descriptor(
+                "weft_worker_polling_seconds",
+                "Time data-plane workers spent polling for packets instead of sleeping (each round yields the CPU)",
+                None,
+                MetricType::Counter,
+            )?)?;
             labelled_counters(
                 e,
                 "weft_drops",

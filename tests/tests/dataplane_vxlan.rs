@@ -4,12 +4,14 @@
 
 mod dataplane_support;
 
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use dataplane_support::{
     concurrent_transfers, netconf, ping_once, tcp_transfer, wait_ping, Cluster,
 };
 use weft_daemon::lease::PeerEvent;
+use weft_tests::netns::spawn_in;
 use weft_tests::{require_root, wait_until};
 
 const VXLAN: &str = r#"{"Type":"vxlan","VNI":1,"Port":8472}"#;
@@ -199,4 +201,84 @@ fn busy_polling_workers_are_not_woken_for_each_ping() {
         "{default_windows} wake-ups for 20 pings"
     );
     assert!(busy <= 3, "{busy} wake-ups for 20 pings while busy polling");
+}
+
+/// A server that answers later than a worker's longest reply wait (here after 1 ms):
+/// each node's worker wakes for a lone packet (the request on the client's node, the
+/// answer on the server's) and would poll for a reply that comes too late. The wait
+/// halves with each one that runs out, so a few run out and then the workers sleep;
+/// a fixed wait would run out on every exchange, on both nodes.
+#[test]
+fn replies_slower_than_the_reply_wait_stop_the_waiting() {
+    if !require_root("replies_slower_than_the_reply_wait_stop_the_waiting") {
+        return;
+    }
+    const EXCHANGES: usize = 100;
+    // Longer than `reply_wait::MAX_WAIT` (250 µs) by far, as a busy server or a
+    // distant node would be.
+    const SERVER_DELAY: Duration = Duration::from_millis(1);
+    let cluster = Cluster::weft(2, &netconf(VXLAN)).unwrap();
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = spawn_in(b.pod().name(), move || {
+        let socket = UdpSocket::bind("0.0.0.0:9000")?;
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        ready_tx.send(()).ok();
+        let mut buf = [0u8; 64];
+        for _ in 0..EXCHANGES {
+            let (len, from) = socket.recv_from(&mut buf)?;
+            // The server's work, not synchronisation: the answer is late on purpose.
+            std::thread::sleep(SERVER_DELAY);
+            socket.send_to(&buf[..len], from)?;
+        }
+        Ok(())
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("echo server bound");
+    let before = (a.metrics().snapshot(), b.metrics().snapshot());
+    let server_ip = b.pod_ip();
+    let answered = spawn_in(a.pod().name(), move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = [0u8; 64];
+        for n in 0..EXCHANGES {
+            let request = (n as u32).to_be_bytes();
+            socket.send_to(&request, (server_ip, 9000))?;
+            let len = socket
+                .recv(&mut buf)
+                .map_err(|e| anyhow::anyhow!("exchange {n}: no answer: {e}"))?;
+            anyhow::ensure!(buf[..len] == request, "exchange {n}: wrong answer");
+            // The client's think time, so that its node's worker is asleep when the
+            // next request comes, as between a real client's requests.
+            std::thread::sleep(SERVER_DELAY);
+        }
+        Ok(EXCHANGES)
+    })
+    .join()
+    .expect("client thread")
+    .unwrap();
+    server.join().expect("server thread").unwrap();
+    let after = (a.metrics().snapshot(), b.metrics().snapshot());
+
+    assert_eq!(answered, EXCHANGES);
+    for (node, before, after) in [
+        ("client", &before.0, &after.0),
+        ("server", &before.1, &after.1),
+    ] {
+        let expired = after.reply_waits_expired - before.reply_waits_expired;
+        let answered = after.reply_waits_answered - before.reply_waits_answered;
+        let polled = Duration::from_nanos(after.worker_polling_ns - before.worker_polling_ns);
+        eprintln!("{node}'s node: {expired} waits expired, {answered} answered, polled {polled:?}");
+        // Each worker's wait runs out at 250, 125, 62.5 and 31.25 µs at most, then is
+        // gone (fewer if the pings before had shortened it); the node has up to 4
+        // workers, though one flow meets one or two.
+        assert!(
+            (1..=16).contains(&expired),
+            "{node}'s node: {expired} reply waits expired over {EXCHANGES} late answers"
+        );
+        assert_eq!(answered, 0, "{node}'s node: a 1 ms answer caught by a wait");
+    }
 }

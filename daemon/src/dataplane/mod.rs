@@ -14,6 +14,7 @@ pub mod bpf;
 pub mod io;
 pub mod packet;
 pub mod peers;
+pub mod reply_wait;
 pub mod tap_encap;
 pub mod tun;
 pub mod worker;

@@ -4,7 +4,8 @@
 //! owns its buffers (allocated once, reused forever), batches its syscalls (`sendmmsg`,
 //! `recvmmsg`), loads the peer table once per batch and never takes a lock, allocates
 //! or hops a channel per packet. A thread sleeps only in `poll` (on its TUN queue, its
-//! socket and the stop signal) after [`SPIN_WINDOW`] without traffic.
+//! socket and the stop signal) after [`SPIN_WINDOW`] without traffic, and once the wait
+//! for a request's reply ([`ReplyWait`]) is over.
 //!
 //! Transmit: TUN read (non-blocking, until empty or the batch is full) → parse inner
 //! IPv4 → peer lookup by destination → write VXLAN + Ethernet headers into the headroom
@@ -27,6 +28,7 @@ use super::packet::{
     HEADROOM, VXLAN_OVERHEAD,
 };
 use super::peers::{Encap, PeerEntry, PeerTable};
+use super::reply_wait::{self, ReplyWait, WaitEnd};
 use super::tun::VNET_HDR_LEN;
 use crate::lease::MacAddr;
 use crate::metrics::{Direction, DropReason, Metrics, PeerTally};
@@ -1033,15 +1035,7 @@ impl Receiver {
 /// windows gained no RTT and cost throughput, busy spinning without yielding made both
 /// worse.
 const SPIN_WINDOW: Duration = Duration::from_micros(30);
-
-/// How long a worker keeps polling after it woke up for a lone packet from TUN and sent
-/// it, with nothing received: a request, whose reply comes back to this worker (the TUN
-/// queue that sends a flow is the one the reply was last written to, and the socket is
-/// chosen by the same flow) about one underlay round trip later. Catching the reply
-/// awake saves the worker's wake-up (tens of µs here, no halt polling in this VM) on
-/// every request/response exchange; bulk traffic never starts this window (it comes as
-/// super-packets or batches, or wakes the worker for received data).
-const REPLY_WAIT: Duration = Duration::from_micros(250);
+const _: () = assert!(SPIN_WINDOW.as_nanos() == reply_wait::MIN_WAIT.as_nanos());
 
 /// What a worker's transmit half is built from.
 #[derive(Debug)]
@@ -1080,10 +1074,36 @@ pub fn run(
         None => None,
     };
     let mut receiver = receive.map(|(ctx, tun, socket)| Receiver::new(ctx, tun, socket));
+    let metrics = transmitter
+        .as_ref()
+        .map(|t| Arc::clone(&t.ctx.metrics))
+        .or(receiver.as_ref().map(|r| Arc::clone(&r.ctx.metrics)));
     let mut last_busy = Instant::now();
     let mut spin_window = SPIN_WINDOW;
     // Whether the worker slept in `poll` since it last had work.
     let mut woke = true;
+    // A request (a lone packet the worker woke up for) catches its reply awake if the
+    // worker keeps polling until it comes; `ReplyWait` learns how long that is worth.
+    let mut reply_wait = ReplyWait::new();
+    // Since when the worker has been polling without work, if it is.
+    let mut polling_since: Option<Instant> = None;
+    let account_polling = |since: &mut Option<Instant>, now: Instant| {
+        if let (Some(since), Some(metrics)) = (since.take(), metrics.as_ref()) {
+            let polled = now.saturating_duration_since(since).as_nanos();
+            metrics
+                .worker_polling_ns
+                .fetch_add(u64::try_from(polled).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+    };
+    let count_wait_end = |end: WaitEnd| {
+        if let Some(metrics) = metrics.as_ref() {
+            let counter = match end {
+                WaitEnd::Answered => &metrics.reply_waits_answered,
+                WaitEnd::Expired => &metrics.reply_waits_expired,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     loop {
         let sent = match transmitter.as_mut() {
             Some(transmitter) => transmitter.pump(),
@@ -1093,30 +1113,43 @@ pub fn run(
             Some(receiver) => receiver.pump(),
             None => false,
         };
+        let now = Instant::now();
         if sent.packets > 0 || received {
-            last_busy = Instant::now();
-            spin_window = if woke && !received && sent.is_lone_packet() {
-                REPLY_WAIT
-            } else {
-                SPIN_WINDOW
+            account_polling(&mut polling_since, now);
+            if received {
+                if let Some(end) = reply_wait.received(now) {
+                    count_wait_end(end);
+                }
             }
-            .max(busy_poll);
+            if woke && !received && sent.is_lone_packet() {
+                reply_wait.request_sent(now);
+            }
+            last_busy = now;
+            spin_window = SPIN_WINDOW.max(busy_poll);
             woke = false;
             continue;
         }
-        if last_busy.elapsed() < spin_window {
+        if reply_wait.expire_if_due(now) {
+            count_wait_end(WaitEnd::Expired);
+        }
+        let awake_until = reply_wait
+            .deadline()
+            .map_or(last_busy + spin_window, |d| d.max(last_busy + spin_window));
+        if now < awake_until {
+            polling_since.get_or_insert(now);
             // SAFETY: sched_yield has no preconditions.
             unsafe { libc::sched_yield() };
             continue;
         }
+        account_polling(&mut polling_since, now);
         let tun = transmitter.as_ref().map(|t| t.tun.as_fd());
         let socket = receiver.as_ref().map(|r| r.socket.as_fd());
         if !wait_readable(tun, socket, &stop)? {
             return Ok(());
         }
         woke = true;
-        if let Some(ctx) = transmitter.as_ref().map(|t| &t.ctx) {
-            ctx.metrics.worker_wakeups.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = metrics.as_ref() {
+            metrics.worker_wakeups.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
