@@ -652,6 +652,25 @@ async fn weftctl_leases_shows_ttl_and_reservations() {
     let expiry = ours.split_whitespace().last().unwrap_or_default();
     assert!(expiry.starts_with("59m") || expiry == "1h00m", "{ours}");
 
+    // Piped into a reader that is gone (`weftctl leases | head -0`): it ends on SIGPIPE
+    // like other Unix tools, without a panic on stderr.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(weft_tests::bin_path("weftctl"))
+        .args(["leases", "--etcd-endpoints", &etcd.endpoint()])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+
     // Unreachable etcd: one clear line and a non-zero exit.
     let out = std::process::Command::new(weft_tests::bin_path("weftctl"))
         .args(["leases", "--etcd-endpoints", "http://127.0.0.1:1"])

@@ -170,6 +170,10 @@ struct LeaseRow {
 }
 
 fn main() -> ExitCode {
+    // Piped into `head`, end quietly as other Unix tools do: the Rust runtime ignores
+    // SIGPIPE, and printing to the closed pipe would then panic.
+    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is valid.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let tracing_run = matches!(cli.command, Command::Trace { .. });
     let runtime = match tokio::runtime::Builder::new_current_thread()

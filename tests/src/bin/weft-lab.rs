@@ -128,6 +128,10 @@ enum WeftdAction {
 }
 
 fn main() -> ExitCode {
+    // Piped into `head`, end quietly as other Unix tools do: the Rust runtime ignores
+    // SIGPIPE, and printing to the closed pipe would then panic.
+    // SAFETY: first thing in main, before any other thread exists; SIG_DFL is valid.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
