@@ -1,0 +1,161 @@
+//! A userspace data plane that polls must stop polling when the traffic stops: after
+//! pings, a TCP transfer and request/response exchanges with a server slower than the
+//! reply wait, every weftd worker thread goes back to sleep, and the daemons use next
+//! to no CPU while the cluster is idle.
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use weft_tests::lab::{Lab, LabSpec};
+use weft_tests::netns::spawn_in;
+use weft_tests::{require_root, wait_until};
+
+/// How long the idle daemons are watched.
+const WINDOW: Duration = Duration::from_secs(3);
+/// CPU both daemons may use in that window together: 1% of one CPU (the route
+/// reconcile every 2 s, etcd keep-alives). One polling worker would use 100%.
+const IDLE_CPU_LIMIT: Duration = Duration::from_millis(30);
+
+/// (name, state) of each `weft-q*` worker thread of `pid`.
+fn workers(pid: u32) -> Vec<(String, char)> {
+    let mut workers = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return workers;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let state = stat[close + 1..].trim_start().chars().next().unwrap_or('?');
+        if name.starts_with("weft-q") {
+            workers.push((name, state));
+        }
+    }
+    workers
+}
+
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of the file, 11 and 12 after the name.
+    [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn workers_sleep_and_weftd_idles_once_traffic_stops() {
+    if !require_root("workers_sleep_and_weftd_idles_once_traffic_stops") {
+        return;
+    }
+    let mut lab = Lab::start(LabSpec::weft(2)).unwrap();
+    lab.add_pod(1, "pa").unwrap();
+    let server_ip = lab.add_pod(2, "pb").unwrap().to_string();
+    let pids: Vec<u32> = (1..=2)
+        .map(|n| lab.weftd_pid(n).expect("weftd runs").pid)
+        .collect();
+
+    // Traffic of every kind the workers poll for: requests answered at once, a bulk
+    // transfer, and requests answered after 1 ms (longer than any reply wait).
+    lab.exec(
+        "pa",
+        &[
+            "ping", "-n", "-q", "-c", "100", "-i", "0.005", "-W", "1", &server_ip,
+        ],
+    )
+    .unwrap();
+    let pb = lab.netns_of("pb").unwrap();
+    let mut command = pb.command("iperf3");
+    command
+        .args(["-s", "-1", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut iperf_server = pb.spawn(command).unwrap();
+    wait_until("iperf3 server to listen", Duration::from_secs(5), || {
+        !iperf_server.is_running()
+            || pb
+                .run("ss", &["-Hltn", "sport = :5201"])
+                .is_ok_and(|out| !out.trim().is_empty())
+    })
+    .unwrap();
+    lab.exec("pa", &["iperf3", "-c", &server_ip, "-p", "5201", "-t", "1"])
+        .unwrap();
+    wait_until("iperf3 server to exit", Duration::from_secs(10), || {
+        !iperf_server.is_running()
+    })
+    .unwrap();
+
+    const EXCHANGES: usize = 50;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let echo = spawn_in(pb.name(), move || {
+        let socket = UdpSocket::bind("0.0.0.0:9000")?;
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        ready_tx.send(()).ok();
+        let mut buf = [0u8; 16];
+        for _ in 0..EXCHANGES {
+            let (len, from) = socket.recv_from(&mut buf)?;
+            // The server's work: its answer is late on purpose.
+            std::thread::sleep(Duration::from_millis(1));
+            socket.send_to(&buf[..len], from)?;
+        }
+        anyhow::Ok(())
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("echo server bound");
+    let target = format!("{server_ip}:9000");
+    spawn_in(lab.netns_of("pa").unwrap().name(), move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = [0u8; 16];
+        for n in 0..EXCHANGES {
+            socket.send_to(b"request", &target)?;
+            socket
+                .recv(&mut buf)
+                .map_err(|e| anyhow::anyhow!("request {n}: no answer: {e}"))?;
+        }
+        anyhow::Ok(())
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    echo.join().unwrap().unwrap();
+
+    // Every worker is asleep soon after the last packet...
+    wait_until(
+        "every weftd worker to sleep",
+        Duration::from_secs(5),
+        || {
+            pids.iter().all(|&pid| {
+                let workers = workers(pid);
+                !workers.is_empty() && workers.iter().all(|(_, state)| *state == 'S')
+            })
+        },
+    )
+    .unwrap_or_else(|e| {
+        let states: Vec<_> = pids.iter().map(|&pid| workers(pid)).collect();
+        panic!("{e:#}: {states:?}")
+    });
+    // ...and the daemons stay idle.
+    let ticks_per_second = u64::try_from(
+        // SAFETY: sysconf has no preconditions.
+        unsafe { libc::sysconf(libc::_SC_CLK_TCK) },
+    )
+    .unwrap();
+    let before: u64 = pids.iter().map(|&pid| process_ticks(pid)).sum();
+    // A measurement window, not a synchronisation.
+    std::thread::sleep(WINDOW);
+    let after: u64 = pids.iter().map(|&pid| process_ticks(pid)).sum();
+    let used = Duration::from_millis((after - before) * 1000 / ticks_per_second);
+    println!("two idle weftds used {used:?} of CPU in {WINDOW:?}");
+    assert!(
+        used <= IDLE_CPU_LIMIT,
+        "two idle weftds used {used:?} of CPU in {WINDOW:?} (limit {IDLE_CPU_LIMIT:?})"
+    );
+}
