@@ -145,6 +145,8 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
         cli.seconds
     );
 
+    // Labs kept up for the round trip, measured at the end.
+    let mut kept: Vec<(Path, PathLab)> = Vec::new();
     for &path in &paths {
         let prefix = weft_tests::run_prefix();
         print!("== {}: building the lab ({prefix}-*) ... ", path.name());
@@ -177,7 +179,7 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
                 continue;
             }
         };
-        for &m in &tests {
+        for &m in tests.iter().filter(|&&m| m != Measurement::Rtt) {
             done += 1;
             print!("[{done}/{total}] {} {} ... ", path.name(), m.name());
             flush();
@@ -193,8 +195,42 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
             println!("{}", shown.join(", "));
             results.runs.extend(runs);
         }
-        drop(lab);
+        if tests.contains(&Measurement::Rtt) {
+            kept.push((path, lab));
+        }
     }
+
+    // The round trip last, every path's lab still up, the paths taking turns: this VM's
+    // latency drifts over minutes, which paths measured minutes apart would compare.
+    if !kept.is_empty() {
+        println!(
+            "== rtt: {} pings per path, the paths taking turns of {}",
+            rtt_count(cli.seconds),
+            measure::RTT_TURN
+        );
+        let pairs: Vec<Pair<'_>> = kept.iter().map(|(_, lab)| pair_of(lab)).collect();
+        let medians = measure::rtt_medians_interleaved(&pairs, rtt_count(cli.seconds));
+        for ((path, _), median) in kept.iter().zip(medians) {
+            done += 1;
+            let run = match median {
+                Ok(us) => {
+                    println!(
+                        "[{done}/{total}] {} rtt ... {} µs",
+                        path.name(),
+                        results::format_value(us)
+                    );
+                    Run::ok(*path, Test::Rtt, us)
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    println!("[{done}/{total}] {} rtt ... FAILED: {error}", path.name());
+                    Run::failed(*path, Test::Rtt, error)
+                }
+            };
+            results.runs.push(run);
+        }
+    }
+    drop(kept);
 
     results.runs.sort_by_key(|r| {
         let path = Path::ALL.iter().position(|p| p.name() == r.path);
@@ -232,6 +268,11 @@ fn weftd_env() -> Vec<String> {
     vars
 }
 
+/// Pings per path for a test of `seconds`: 100 a second, 10 ms apart.
+fn rtt_count(seconds: u64) -> u32 {
+    u32::try_from(seconds * 100).unwrap_or(u32::MAX).min(3_000)
+}
+
 fn pair_of(lab: &PathLab) -> Pair<'_> {
     Pair {
         src: lab.src(),
@@ -265,8 +306,8 @@ fn measure_one(pair: Pair<'_>, path: Path, m: Measurement, seconds: u64) -> Vec<
                     .udp_kpps_delivered()?]
             }
             Measurement::Rtt => {
-                let count = u32::try_from(seconds * 100).unwrap_or(u32::MAX).min(3_000);
-                vec![measure::rtt_median_us(pair, count)?]
+                let mut medians = measure::rtt_medians_interleaved(&[pair], rtt_count(seconds));
+                vec![medians.pop().context("no rtt measured")??]
             }
         })
     })();

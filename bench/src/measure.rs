@@ -127,23 +127,60 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> anyhow::Result<std::process
     })
 }
 
-/// Median ICMP echo round trip in µs over `count` pings 10 ms apart.
-pub fn rtt_median_us(pair: Pair<'_>, count: u32) -> anyhow::Result<f64> {
+/// Pings per turn when several paths take turns (half a second at 10 ms apart).
+pub const RTT_TURN: u32 = 50;
+
+/// The median ICMP echo round trip in µs of each pair, over `count` pings 10 ms apart,
+/// the pairs taking turns of [`RTT_TURN`] pings. This VM's latency drifts over minutes
+/// (the kernel's own rtt read 53, 64, 77 and 97 µs in one lab within minutes): paths
+/// measured one after the other would compare that drift, paths measured in turns see
+/// the same machine. A pair whose ping fails drops out with its error.
+pub fn rtt_medians_interleaved(pairs: &[Pair<'_>], count: u32) -> Vec<anyhow::Result<f64>> {
+    let mut samples: Vec<anyhow::Result<Vec<f64>>> = pairs.iter().map(|_| Ok(Vec::new())).collect();
+    let mut left = count;
+    while left > 0 {
+        let turn = left.min(RTT_TURN);
+        left -= turn;
+        for (pair, samples) in pairs.iter().zip(samples.iter_mut()) {
+            if let Ok(times) = samples {
+                match ping_times_us(*pair, turn) {
+                    Ok(more) => times.extend(more),
+                    Err(e) => *samples = Err(e),
+                }
+            }
+        }
+    }
+    samples
+        .into_iter()
+        .map(|samples| {
+            let mut samples = samples?;
+            anyhow::ensure!(
+                samples.len() * 2 >= count as usize,
+                "only {} of {count} pings answered",
+                samples.len()
+            );
+            median(&mut samples).context("no ping answered")
+        })
+        .collect()
+}
+
+/// The round trips in µs of `count` pings 10 ms apart (the unanswered ones left out).
+fn ping_times_us(pair: Pair<'_>, count: u32) -> anyhow::Result<Vec<f64>> {
     let mut cmd = pair.src.command("ping");
     let deadline = count / 100 + 5;
     cmd.args(["-n", "-i", "0.01", "-W", "1"])
         .args(["-c", &count.to_string(), "-w", &deadline.to_string()])
         .arg(pair.dst_ip.to_string());
     let output = run_bounded(cmd, Duration::from_secs(u64::from(deadline) + 5))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let mut samples = parse_ping_times_us(&stdout);
+    let times = parse_ping_times_us(&String::from_utf8_lossy(&output.stdout));
+    // ping exits 1 when replies were missing (counted by the caller), 2 on an error.
     anyhow::ensure!(
-        samples.len() * 2 >= count as usize,
-        "only {} of {count} pings answered: {}",
-        samples.len(),
+        !times.is_empty() || output.status.code() == Some(1),
+        "ping failed ({}): {}",
+        output.status,
         String::from_utf8_lossy(&output.stderr).trim()
     );
-    median(&mut samples).context("no ping answered")
+    Ok(times)
 }
 
 /// The `time=0.055 ms` of each reply line of `ping -n`, in µs.

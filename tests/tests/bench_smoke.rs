@@ -41,12 +41,13 @@ fn bench_measures_what_works_reports_what_fails_and_exits_non_zero() {
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
 
-    // A progress line per run, then the table with the failure named.
+    // A progress line per run (the round trips last, the paths taking turns), then the
+    // table with the failure named.
     for line in [
         "[1/4] veth tcp-1 ... ",
-        "[2/4] veth rtt ... ",
-        "[3/4] weft-vxlan tcp-1 ... skipped",
-        "[4/4] weft-vxlan rtt ... skipped",
+        "[2/4] weft-vxlan tcp-1 ... skipped",
+        "[3/4] weft-vxlan rtt ... skipped",
+        "[4/4] veth rtt ... ",
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }
