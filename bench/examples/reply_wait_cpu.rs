@@ -112,25 +112,11 @@ fn main() -> anyhow::Result<()> {
 
 /// User + system CPU time of the processes, all their threads, in seconds.
 fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let mut ticks = 0u64;
-    for pid in pids {
-        let path = format!("/proc/{pid}/stat");
-        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        // The command name (field 2) may hold spaces; the fields after it do not.
-        let after_name = stat
-            .rsplit_once(')')
-            .with_context(|| format!("{path}: no ')'"))?
-            .1;
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        // utime and stime are fields 14 and 15, i.e. 11 and 12 after the name.
-        for index in [11, 12] {
-            ticks += fields
-                .get(index)
-                .and_then(|f| f.parse::<u64>().ok())
-                .with_context(|| format!("{path}: field {}", index + 3))?;
-        }
-    }
-    Ok(ticks as f64 / ticks_per_second)
+    pids.iter()
+        .map(|&pid| {
+            weft_tests::proc::cpu_time(pid)
+                .map(|t| t.as_secs_f64())
+                .with_context(|| format!("no process {pid}"))
+        })
+        .sum()
 }

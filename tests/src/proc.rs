@@ -65,6 +65,21 @@ pub fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// User + system CPU time `pid` has used, all its threads together (fields 14 and 15 of
+/// `/proc/<pid>/stat`), or `None` if it does not exist.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+    // `fields` starts at field 3: utime and stime are its 12th and 13th.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(Duration::from_nanos(
+        (utime + stime).saturating_mul(1_000_000_000) / ticks_per_second.max(1),
+    ))
+}
+
 /// Whether any thread of `pid` is neither a zombie nor dead.
 fn has_live_thread(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

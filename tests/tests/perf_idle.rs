@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use weft_tests::lab::{Lab, LabSpec};
 use weft_tests::netns::spawn_in;
+use weft_tests::proc::cpu_time;
 use weft_tests::{require_root, wait_until};
 
 /// How long the idle daemons are watched.
@@ -36,17 +37,6 @@ fn workers(pid: u32) -> Vec<(String, char)> {
         }
     }
     workers
-}
-
-fn process_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime: fields 14 and 15 of the file, 11 and 12 after the name.
-    [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum()
 }
 
 #[test]
@@ -143,16 +133,15 @@ fn workers_sleep_and_weftd_idles_once_traffic_stops() {
         panic!("{e:#}: {states:?}")
     });
     // ...and the daemons stay idle.
-    let ticks_per_second = u64::try_from(
-        // SAFETY: sysconf has no preconditions.
-        unsafe { libc::sysconf(libc::_SC_CLK_TCK) },
-    )
-    .unwrap();
-    let before: u64 = pids.iter().map(|&pid| process_ticks(pid)).sum();
+    let cpu = || -> Duration {
+        pids.iter()
+            .map(|&pid| cpu_time(pid).expect("weftd runs"))
+            .sum()
+    };
+    let before = cpu();
     // A measurement window, not a synchronisation.
     std::thread::sleep(WINDOW);
-    let after: u64 = pids.iter().map(|&pid| process_ticks(pid)).sum();
-    let used = Duration::from_millis((after - before) * 1000 / ticks_per_second);
+    let used = cpu() - before;
     println!("two idle weftds used {used:?} of CPU in {WINDOW:?}");
     assert!(
         used <= IDLE_CPU_LIMIT,
