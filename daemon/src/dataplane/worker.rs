@@ -1079,7 +1079,7 @@ pub fn run(
         .map(|t| Arc::clone(&t.ctx.metrics))
         .or(receiver.as_ref().map(|r| Arc::clone(&r.ctx.metrics)));
     let mut last_busy = Instant::now();
-    let mut spin_window = SPIN_WINDOW;
+    let spin_window = SPIN_WINDOW.max(busy_poll);
     // Whether the worker slept in `poll` since it last had work.
     let mut woke = true;
     // A request (a lone packet the worker woke up for) catches its reply awake if the
@@ -1125,7 +1125,6 @@ pub fn run(
                 reply_wait.request_sent(now);
             }
             last_busy = now;
-            spin_window = SPIN_WINDOW.max(busy_poll);
             woke = false;
             continue;
         }
