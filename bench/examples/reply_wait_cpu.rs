@@ -10,13 +10,12 @@
 //! ```
 
 use std::net::UdpSocket;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
 use weft_tests::lab::{Lab, LabSpec};
-use weft_tests::netns::spawn_in;
+use weft_tests::netns::{spawn_in, spawn_udp_echo};
 
 #[derive(Parser)]
 struct Args {
@@ -46,24 +45,7 @@ fn main() -> anyhow::Result<()> {
 
     let delay = Duration::from_micros(args.delay_us);
     let exchanges = args.exchanges;
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let server = spawn_in(&lab.pod("pb")?.netns.clone(), move || {
-        let socket = UdpSocket::bind(("0.0.0.0", PORT))?;
-        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
-        ready_tx.send(()).ok();
-        let mut buf = [0u8; 64];
-        for _ in 0..exchanges {
-            let (len, from) = socket.recv_from(&mut buf)?;
-            if !delay.is_zero() {
-                std::thread::sleep(delay);
-            }
-            socket.send_to(&buf[..len], from)?;
-        }
-        Ok(())
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .context("server did not start")?;
+    let server = spawn_udp_echo(&lab.pod("pb")?.netns, PORT, exchanges, delay)?;
 
     let cpu_before = cpu_seconds(&daemons)?;
     let think = Duration::from_micros(args.think_us);

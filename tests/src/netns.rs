@@ -45,6 +45,42 @@ pub fn spawn_in<T: Send + 'static>(
     })
 }
 
+/// A UDP echo server on `0.0.0.0:port` in namespace `ns` that answers `exchanges`
+/// datagrams, each `delay` after it came (the server's work: a late answer on purpose),
+/// then ends. Returns once the socket is bound, so nothing sent after this is lost.
+pub fn spawn_udp_echo(
+    ns: &str,
+    port: u16,
+    exchanges: usize,
+    delay: Duration,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let server = spawn_in(ns, move || {
+        let socket = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        bound_tx.send(()).ok();
+        let mut buf = [0u8; 64];
+        for _ in 0..exchanges {
+            let (len, from) = socket.recv_from(&mut buf)?;
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
+            socket.send_to(&buf[..len], from)?;
+        }
+        Ok(())
+    });
+    if bound_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        // The thread ended before binding (its error says why), or still has not bound.
+        if server.is_finished() {
+            if let Ok(Err(e)) = server.join() {
+                return Err(e.context(format!("UDP echo server in {ns}")));
+            }
+        }
+        anyhow::bail!("UDP echo server in {ns} did not bind port {port}");
+    }
+    Ok(server)
+}
+
 /// A network namespace `ip netns add <name>`; deleted on Drop. Dropping kills nothing:
 /// children are owned by their [`Child`] guards.
 #[derive(Debug)]

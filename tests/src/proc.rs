@@ -82,19 +82,26 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
 
 /// Whether any thread of `pid` is neither a zombie nor dead.
 fn has_live_thread(pid: u32) -> bool {
+    threads(pid)
+        .iter()
+        .any(|(_, state)| *state != 'Z' && *state != 'X')
+}
+
+/// `(name, state)` of each thread of `pid` (`comm` and the state letter of
+/// `/proc/<pid>/task/<tid>/stat`: `R`, `S`, `Z`...); empty if `pid` does not exist.
+pub fn threads(pid: u32) -> Vec<(String, char)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
+        return Vec::new();
     };
-    tasks.filter_map(|task| task.ok()).any(|task| {
-        std::fs::read_to_string(task.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                s.rfind(')')
-                    .and_then(|i| s.get(i + 2..i + 3))
-                    .map(str::to_owned)
-            })
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+            let state = stat.get(close + 2..)?.chars().next()?;
+            Some((stat.get(open + 1..close)?.to_owned(), state))
+        })
+        .collect()
 }
 
 /// PIDs of live processes whose command line contains `needle` as one argument (exact

@@ -11,7 +11,7 @@ use dataplane_support::{
     concurrent_transfers, netconf, ping_once, tcp_transfer, wait_ping, Cluster,
 };
 use weft_daemon::lease::PeerEvent;
-use weft_tests::netns::spawn_in;
+use weft_tests::netns::{spawn_in, spawn_udp_echo};
 use weft_tests::{require_root, wait_until};
 
 const VXLAN: &str = r#"{"Type":"vxlan","VNI":1,"Port":8472}"#;
@@ -221,23 +221,7 @@ fn replies_slower_than_the_reply_wait_stop_the_waiting() {
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
 
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = spawn_in(b.pod().name(), move || {
-        let socket = UdpSocket::bind("0.0.0.0:9000")?;
-        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
-        ready_tx.send(()).ok();
-        let mut buf = [0u8; 64];
-        for _ in 0..EXCHANGES {
-            let (len, from) = socket.recv_from(&mut buf)?;
-            // The server's work, not synchronisation: the answer is late on purpose.
-            std::thread::sleep(SERVER_DELAY);
-            socket.send_to(&buf[..len], from)?;
-        }
-        Ok(())
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("echo server bound");
+    let server = spawn_udp_echo(b.pod().name(), 9000, EXCHANGES, SERVER_DELAY).unwrap();
     let before = (a.metrics().snapshot(), b.metrics().snapshot());
     let server_ip = b.pod_ip();
     let answered = spawn_in(a.pod().name(), move || {

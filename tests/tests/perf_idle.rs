@@ -7,7 +7,7 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use weft_tests::lab::{Lab, LabSpec};
-use weft_tests::netns::spawn_in;
+use weft_tests::netns::{spawn_in, spawn_udp_echo};
 use weft_tests::proc::cpu_time;
 use weft_tests::{require_root, wait_until};
 
@@ -19,24 +19,9 @@ const IDLE_CPU_LIMIT: Duration = Duration::from_millis(30);
 
 /// (name, state) of each `weft-q*` worker thread of `pid`.
 fn workers(pid: u32) -> Vec<(String, char)> {
-    let mut workers = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return workers;
-    };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_owned();
-        let state = stat[close + 1..].trim_start().chars().next().unwrap_or('?');
-        if name.starts_with("weft-q") {
-            workers.push((name, state));
-        }
-    }
-    workers
+    let mut threads = weft_tests::proc::threads(pid);
+    threads.retain(|(name, _)| name.starts_with("weft-q"));
+    threads
 }
 
 #[test]
@@ -82,23 +67,8 @@ fn workers_sleep_and_weftd_idles_once_traffic_stops() {
     .unwrap();
 
     const EXCHANGES: usize = 50;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let echo = spawn_in(pb.name(), move || {
-        let socket = UdpSocket::bind("0.0.0.0:9000")?;
-        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
-        ready_tx.send(()).ok();
-        let mut buf = [0u8; 16];
-        for _ in 0..EXCHANGES {
-            let (len, from) = socket.recv_from(&mut buf)?;
-            // The server's work: its answer is late on purpose.
-            std::thread::sleep(Duration::from_millis(1));
-            socket.send_to(&buf[..len], from)?;
-        }
-        anyhow::Ok(())
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("echo server bound");
+    // Answers after 1 ms: later than any reply wait.
+    let echo = spawn_udp_echo(pb.name(), 9000, EXCHANGES, Duration::from_millis(1)).unwrap();
     let target = format!("{server_ip}:9000");
     spawn_in(lab.netns_of("pa").unwrap().name(), move || {
         let socket = UdpSocket::bind("0.0.0.0:0")?;
