@@ -1059,11 +1059,13 @@ pub fn run(
     transmit: Option<TransmitSetup>,
     receive: Option<(WorkerContext, OwnedFd, Arc<OwnedFd>)>,
 ) -> io::Result<()> {
-    let busy_poll = transmit
+    // Both halves share one context's settings and counters.
+    let ctx = transmit
         .as_ref()
-        .map(|setup| setup.ctx.busy_poll)
-        .or(receive.as_ref().map(|(ctx, ..)| ctx.busy_poll))
-        .unwrap_or_default();
+        .map(|setup| &setup.ctx)
+        .or(receive.as_ref().map(|(ctx, ..)| ctx));
+    let busy_poll = ctx.map_or(Duration::ZERO, |ctx| ctx.busy_poll);
+    let metrics = ctx.map(|ctx| Arc::clone(&ctx.metrics));
     let mut transmitter = match transmit {
         Some(setup) => Some(Transmitter::new(
             setup.ctx,
@@ -1074,10 +1076,6 @@ pub fn run(
         None => None,
     };
     let mut receiver = receive.map(|(ctx, tun, socket)| Receiver::new(ctx, tun, socket));
-    let metrics = transmitter
-        .as_ref()
-        .map(|t| Arc::clone(&t.ctx.metrics))
-        .or(receiver.as_ref().map(|r| Arc::clone(&r.ctx.metrics)));
     let mut last_busy = Instant::now();
     let spin_window = SPIN_WINDOW.max(busy_poll);
     // Whether the worker slept in `poll` since it last had work.
