@@ -184,14 +184,7 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
             print!("[{done}/{total}] {} {} ... ", path.name(), m.name());
             flush();
             let runs = measure_one(pair_of(&lab), path, m, cli.seconds);
-            let shown: Vec<String> = runs
-                .iter()
-                .map(|r| match (&r.value, &r.error) {
-                    (Some(v), _) => format!("{} {}", results::format_value(*v), r.unit),
-                    (None, Some(e)) => format!("FAILED: {e}"),
-                    (None, None) => "no value".into(),
-                })
-                .collect();
+            let shown: Vec<String> = runs.iter().map(progress).collect();
             println!("{}", shown.join(", "));
             results.runs.extend(runs);
         }
@@ -213,20 +206,14 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
         for ((path, _), median) in kept.iter().zip(medians) {
             done += 1;
             let run = match median {
-                Ok(us) => {
-                    println!(
-                        "[{done}/{total}] {} rtt ... {} µs",
-                        path.name(),
-                        results::format_value(us)
-                    );
-                    Run::ok(*path, Test::Rtt, us)
-                }
-                Err(e) => {
-                    let error = format!("{e:#}");
-                    println!("[{done}/{total}] {} rtt ... FAILED: {error}", path.name());
-                    Run::failed(*path, Test::Rtt, error)
-                }
+                Ok(us) => Run::ok(*path, Test::Rtt, us),
+                Err(e) => Run::failed(*path, Test::Rtt, format!("{e:#}")),
             };
+            println!(
+                "[{done}/{total}] {} rtt ... {}",
+                path.name(),
+                progress(&run)
+            );
             results.runs.push(run);
         }
     }
@@ -255,6 +242,15 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
         clock.elapsed().as_secs()
     );
     Ok(results)
+}
+
+/// A run's result on its progress line: `12.4 Gbit/s`, or `FAILED: why`.
+fn progress(run: &Run) -> String {
+    match (&run.value, &run.error) {
+        (Some(v), _) => format!("{} {}", results::format_value(*v), run.unit),
+        (None, Some(e)) => format!("FAILED: {e}"),
+        (None, None) => "no value".into(),
+    }
 }
 
 /// The `WEFTD_*` variables of our environment (contract §4: every flag is also
