@@ -84,6 +84,51 @@ impl DropReason {
     }
 }
 
+/// What the periodic reconcile found missing or altered and put back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Repair {
+    /// The TUN device (`weft.<VNI>`/`weft.ipip`) was gone or down: re-created.
+    Tun,
+    /// The encapsulating TAP (`weft.encap`) was gone or down: re-created.
+    Tap,
+    /// The tc program on the TAP was detached: attached again.
+    TcProgram,
+    /// `cni0` was gone, or lost its address or MTU.
+    Bridge,
+    /// The masquerade table (`--ip-masq`) was gone or altered.
+    Masquerade,
+    /// The FORWARD accept rules (`--forward-rules`) were gone or altered.
+    ForwardRules,
+    /// The underlay device was re-created (new ifindex): program and sockets follow it.
+    Underlay,
+}
+
+impl Repair {
+    /// Every kind, for exporters that list them all (including the zero ones).
+    pub const ALL: [Repair; 7] = [
+        Repair::Tun,
+        Repair::Tap,
+        Repair::TcProgram,
+        Repair::Bridge,
+        Repair::Masquerade,
+        Repair::ForwardRules,
+        Repair::Underlay,
+    ];
+
+    /// Stable snake_case name, used as the `what` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Repair::Tun => "tun",
+            Repair::Tap => "tap",
+            Repair::TcProgram => "tc_program",
+            Repair::Bridge => "bridge",
+            Repair::Masquerade => "masquerade",
+            Repair::ForwardRules => "forward_rules",
+            Repair::Underlay => "underlay",
+        }
+    }
+}
+
 /// All data-plane counters of one node. Shared as `Arc<Metrics>`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -118,6 +163,7 @@ pub struct Metrics {
     pub underlay_tx_errors: AtomicU64,
     pub underlay_tx_dropped: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    repairs: [AtomicU64; Repair::ALL.len()],
     /// What the data plane set up, published once it is up (see [`Metrics::set_up`]).
     dataplane: OnceLock<DataplaneInfo>,
     /// True between [`Metrics::set_up`] and [`Metrics::set_down`].
@@ -289,6 +335,16 @@ impl Metrics {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one repair of `what`.
+    pub fn count_repair(&self, what: Repair) {
+        self.repairs[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Repairs of `what` so far.
+    pub fn repairs(&self, what: Repair) -> u64 {
+        self.repairs[what as usize].load(Ordering::Relaxed)
+    }
+
     /// Packets dropped so far for `reason`.
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize].load(Ordering::Relaxed)
@@ -371,6 +427,7 @@ impl Metrics {
             underlay_tx_errors: self.underlay_tx_errors.load(Ordering::Relaxed),
             underlay_tx_dropped: self.underlay_tx_dropped.load(Ordering::Relaxed),
             drops: DropReason::ALL.map(|reason| (reason.name(), self.drops(reason))),
+            repairs: Repair::ALL.map(|what| (what.name(), self.repairs(what))),
         }
     }
 }
@@ -394,6 +451,8 @@ pub struct MetricsSnapshot {
     pub underlay_tx_dropped: u64,
     /// `(reason, count)` for every [`DropReason`], in [`DropReason::ALL`] order.
     pub drops: [(&'static str, u64); DropReason::ALL.len()],
+    /// `(what, count)` for every [`Repair`], in [`Repair::ALL`] order.
+    pub repairs: [(&'static str, u64); Repair::ALL.len()],
 }
 
 #[cfg(test)]
@@ -448,6 +507,9 @@ mod tests {
     fn reasons_are_indexed_in_order() {
         for (n, reason) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, n);
+        }
+        for (n, what) in Repair::ALL.iter().enumerate() {
+            assert_eq!(*what as usize, n);
         }
     }
 }

@@ -15,6 +15,7 @@
 //! | `weft_drops_total` | counter | `reason` (one per [`DropReason`]) |
 //! | `weft_encap_errors_total`, `weft_decap_errors_total` | counter | |
 //! | `weft_route_reconcile_fixes_total` | counter | |
+//! | `weft_dataplane_repairs_total` | counter | `what` (one per [`Repair`](crate::metrics::Repair)) |
 //! | `weft_underlay_tx_errors_total`, `weft_underlay_tx_dropped_total` | counter | the underlay device's, sampled every 2 s |
 //! | `weft_etcd_watch_restarts_total`, `weft_lease_renewals_total`, `weft_lease_losses_total`, `weft_lease_reacquisitions_total`, `weft_subnet_race_retries_total` | counter | |
 //! | `weft_lease_held`, `weft_lease_expiry_timestamp_seconds` | gauge | |
@@ -246,6 +247,13 @@ impl Collector for NodeCollector {
                 "weft_route_reconcile_fixes",
                 "Routes the periodic reconcile had to add, replace or remove",
                 s.route_reconcile_fixes,
+            )?;
+            labelled_counters(
+                e,
+                "weft_dataplane_repairs",
+                "Parts of the data plane the reconcile found missing or altered and put back",
+                "what",
+                &s.repairs,
             )?;
             gauge(
                 e,
