@@ -95,10 +95,7 @@ impl StatusReport {
     pub fn new(sources: &HealthSources) -> Self {
         let mut report = StatusReport::from_status(&sources.control);
         report.dataplane = sources.dataplane.as_ref().map(|m| m.snapshot());
-        report.devices = sources
-            .dataplane
-            .as_ref()
-            .and_then(|m| m.dataplane().cloned());
+        report.devices = sources.dataplane.as_ref().and_then(|m| m.dataplane());
         if let Some(m) = &sources.dataplane {
             report.peer_traffic = m
                 .peer_traffic()

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
 
@@ -164,8 +164,9 @@ pub struct Metrics {
     pub underlay_tx_dropped: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     repairs: [AtomicU64; Repair::ALL.len()],
-    /// What the data plane set up, published once it is up (see [`Metrics::set_up`]).
-    dataplane: OnceLock<DataplaneInfo>,
+    /// What the data plane set up, published whenever it is (re)built (see
+    /// [`Metrics::set_up`]).
+    dataplane: Mutex<Option<DataplaneInfo>>,
     /// True between [`Metrics::set_up`] and [`Metrics::set_down`].
     up: AtomicBool,
     /// Per-peer traffic, one entry per (subnet, PublicIP) ever seen. The lock is taken
@@ -288,6 +289,12 @@ pub struct DataplaneInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vni: Option<u32>,
     pub offloads: ActiveOffloads,
+    /// How packets leave: `kernel_encap` (TAP + tc program) or `userspace`.
+    pub transmit_path: &'static str,
+    /// Why the userspace path is taken when it is: `--kernel-encap=false`, what the
+    /// host lacks, or the run-time failure the workers fell back from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transmit_path_reason: Option<String>,
 }
 
 impl ActiveOffloads {
@@ -351,10 +358,9 @@ impl Metrics {
     }
 
     /// Publishes what the data plane set up and marks it up (call when devices, sockets
-    /// and workers are in place).
+    /// and workers are in place, again after each rebuild).
     pub fn set_up(&self, info: DataplaneInfo) {
-        // Set once per process: a data plane runs once per weftd.
-        let _ = self.dataplane.set(info);
+        *self.dataplane.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
         self.up.store(true, Ordering::Release);
     }
 
@@ -364,9 +370,12 @@ impl Metrics {
     }
 
     /// What the data plane set up, while it is up.
-    pub fn dataplane(&self) -> Option<&DataplaneInfo> {
+    pub fn dataplane(&self) -> Option<DataplaneInfo> {
         if self.up.load(Ordering::Acquire) {
-            self.dataplane.get()
+            self.dataplane
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
         } else {
             None
         }

@@ -139,6 +139,7 @@ pub const PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const ATTACH_TCX_INGRESS: u32 = 46;
 
 const CMD_PROG_LOAD: libc::c_long = 5;
+const CMD_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const CMD_LINK_CREATE: libc::c_long = 28;
 /// Bytes of `union bpf_attr` we pass (every field we do not set is zero, which the
 /// kernel requires of fields it knows and ignores).
@@ -191,16 +192,45 @@ impl Attr {
     }
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<OwnedFd> {
+fn bpf_call(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a zero-initialised, 8-aligned `union bpf_attr` image of ATTR_LEN
     // bytes that lives across the call; every pointer stored in it (instructions,
-    // license, log buffer) points at memory the caller keeps alive until we return.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), ATTR_LEN) };
-    if fd < 0 {
+    // license, log buffer, info buffer) points at memory the caller keeps alive until
+    // we return.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), ATTR_LEN) };
+    if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(rc)
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<OwnedFd> {
+    let fd = bpf_call(cmd, attr)?;
     // SAFETY: on success these commands return a new file descriptor that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// The ifindex a tcx link is attached to, or 0 once it was detached (`bpftool link
+/// detach`) or its device deleted: the kernel clears the link's device then, while the
+/// descriptor stays valid.
+pub fn tcx_link_ifindex(link: &OwnedFd) -> io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    // `struct bpf_link_info`: type, id, prog_id, then (8-aligned) the union whose tcx
+    // member starts with the ifindex. Asking for fewer bytes than the kernel's struct is
+    // allowed; it copies what fits.
+    const TCX_IFINDEX: usize = 16;
+    #[repr(C, align(8))]
+    struct LinkInfo([u8; 64]);
+    let mut info = LinkInfo([0; 64]);
+    let mut attr = Attr::new();
+    attr.u32(0, link.as_raw_fd() as u32);
+    attr.u32(4, info.0.len() as u32);
+    attr.u64(8, info.0.as_mut_ptr() as u64);
+    bpf_call(CMD_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let bytes: [u8; 4] = info.0[TCX_IFINDEX..TCX_IFINDEX + 4]
+        .try_into()
+        .expect("four bytes");
+    Ok(u32::from_ne_bytes(bytes))
 }
 
 /// Loads `program` as a tc classifier; on refusal the error carries the verifier's verdict.

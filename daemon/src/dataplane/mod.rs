@@ -14,6 +14,7 @@ pub mod bpf;
 pub mod io;
 pub mod packet;
 pub mod peers;
+pub mod repair;
 pub mod reply_wait;
 pub mod tap_encap;
 pub mod tun;
@@ -32,9 +33,10 @@ use tokio::sync::{mpsc, watch};
 use weft_config::{Backend, Settings};
 
 use crate::lease::{LocalLease, Peer, PeerEvent};
-use crate::metrics::Metrics;
-use crate::netlink::{bridge, Netlink, Route};
+use crate::metrics::{Metrics, Repair};
+use crate::netlink::{bridge, Link, Netlink, Route};
 use peers::{compatible, Encap, PeerTable};
+use repair::{Built, DeviceState, Observed, PlaneFaults, RepairPlan};
 use tun::{Offloads, Tun};
 use worker::WorkerContext;
 
@@ -110,7 +112,6 @@ pub async fn run_with_metrics(
         .await
         .with_context(|| format!("setting up bridge {BRIDGE}"))?;
 
-    // The TUN VTEP: persistent, so it (and its routes) survive a restart.
     let name = device_name(&backend);
     // Super-packets are only worth taking from TUN when they can leave in one UDP GSO
     // send (VXLAN); IPIP segments them into one sendmmsg batch either way.
@@ -124,27 +125,8 @@ pub async fn run_with_metrics(
         }
     };
     let queues = worker_queues();
-    let tun =
-        Tun::open(&name, queues, wanted).with_context(|| format!("opening TUN device {name}"))?;
-    if tun.offloads() == wanted {
-        tracing::info!(device = %name, offloads = ?tun.offloads(), "TUN offloads: TSO super-packets are segmented in userspace");
-    } else {
-        tracing::warn!(device = %name, ?wanted, active = ?tun.offloads(), "this kernel refuses some TUN offloads; using the slower path");
-    }
-    let tun_link = netlink.ensure_link_up(&name, Some(lease.mtu)).await?;
-    // Like flannel's `.0/32` on flannel.<VNI>: traffic this host originates towards
-    // other nodes' pods gets a source inside our subnet, which peers accept.
-    netlink
-        .ensure_address(tun_link.index, Ipv4Net::new(lease.subnet.network(), 32)?)
-        .await?;
-
     let underlay = netlink.require_link(&lease.underlay_iface).await?;
-    let underlay_net = netlink
-        .addresses(underlay.index)
-        .await?
-        .into_iter()
-        .find(|net| net.addr() == lease.public_ip)
-        .map(|net| net.trunc());
+    let underlay_net = underlay_subnet(&netlink, underlay.index, lease.public_ip).await?;
 
     let (encap, direct_routing) = match backend {
         Backend::Vxlan {
@@ -165,6 +147,8 @@ pub async fn run_with_metrics(
     // with SO_REUSEPORT, so the kernel spreads peers' flows (distinct source ports, see
     // `worker::pick_sender`) over the workers. IPIP: raw sockets, each filtering for its
     // share of the inner flows (every raw socket sees every packet; see `io::ipip_sockets`).
+    // Sockets are bound to no device, so they outlive plane rebuilds and a re-created
+    // underlay device.
     let receivers: Vec<Arc<OwnedFd>> = match encap {
         Encap::Vxlan { port, .. } => (0..queues)
             .map(|_| io::vxlan_socket(port).map(Arc::new))
@@ -176,34 +160,6 @@ pub async fn run_with_metrics(
             .map(Arc::new)
             .collect(),
     };
-    let socket = receivers[0].clone();
-    // Super-packets leave whole through the kernel's encapsulation where this host
-    // allows it (see `tap_encap`), else segmented here.
-    let tap_encap = if settings.kernel_encap {
-        match tap_encap::setup(
-            &netlink,
-            &encap,
-            underlay.index,
-            lease.mtu + tap_encap::outer_len(&encap) as u32,
-            queues,
-        )
-        .await
-        {
-            Ok(tap_encap) => {
-                tracing::info!(
-                    device = tap_encap::DEVICE,
-                    "the kernel adds the outer headers (tc program): one underlay packet per 64 KB"
-                );
-                Some(tap_encap)
-            }
-            Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "kernel encapsulation unavailable; segmenting and encapsulating in userspace (slower)");
-                None
-            }
-        }
-    } else {
-        None
-    };
     // VXLAN sends from a few ephemeral ports chosen by inner flow (see
     // `worker::pick_sender`); IPIP from the raw socket (everything, or what the TAP
     // cannot take).
@@ -212,89 +168,65 @@ pub async fn run_with_metrics(
             .map(|_| io::vxlan_send_socket())
             .collect::<Result<_, _>>()
             .context("opening the VXLAN sending sockets")?,
-        Encap::Ipip => vec![socket.try_clone().context("duplicating the IPIP socket")?],
+        Encap::Ipip => vec![receivers[0]
+            .try_clone()
+            .context("duplicating the IPIP socket")?],
     };
-    let senders = Arc::new(senders);
-
-    let table = Arc::new(ArcSwap::from_pointee(PeerTable::empty(subnet_len)));
-    let stop = Arc::new(io::StopSignal::new().context("creating the stop eventfd")?);
-    let ctx = WorkerContext {
-        encap,
-        own_subnet: lease.subnet,
-        peers: table.clone(),
-        metrics: metrics.clone(),
-        stop: stop.clone(),
-        mtu: lease.mtu as usize,
+    let shared = Shared {
         busy_poll: settings.busy_poll,
+        kernel_encap: settings.kernel_encap,
+        name: name.clone(),
+        lease: lease.clone(),
+        encap,
+        wanted,
+        queues,
+        receivers,
+        senders: Arc::new(senders),
+        table: Arc::new(ArcSwap::from_pointee(PeerTable::empty(subnet_len))),
+        metrics: metrics.clone(),
     };
-    let mut threads = Vec::new();
-    for queue in 0..tun.queue_count() {
-        let tap = match &tap_encap {
-            Some(tap_encap) => Some(worker::TapQueue {
-                fd: tap_encap.queue(queue)?,
-                local_ip: lease.public_ip,
-            }),
-            None => None,
-        };
-        let transmit = worker::TransmitSetup {
-            ctx: ctx.clone(),
-            tun: tun.clone_queue(queue)?,
-            senders: senders.clone(),
-            tap,
-        };
-        let receive = match receivers.get(queue) {
-            Some(receiver) => Some((ctx.clone(), tun.clone_queue(queue)?, receiver.clone())),
-            None => None,
-        };
-        let stop = stop.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("weft-q{queue}"))
-                .spawn(move || worker::run(stop, Some(transmit), receive))?,
-        );
-    }
+    let plane = Plane::start(&netlink, &shared, &underlay).await?;
+    let tun_index = plane.built.tun_index;
 
     if settings.ip_masq {
         crate::masq::install(lease.netconf.network, lease.subnet)
             .context("installing the masquerade rules")?;
     }
-    let vxlan = matches!(encap, Encap::Vxlan { .. });
-    let offloads = crate::metrics::ActiveOffloads {
-        tun_csum: tun.offloads().csum,
-        tun_tso4: tun.offloads().tso4,
-        // Super-packets leave in UDP GSO sends when TUN hands them over and the kernel
-        // does not encapsulate them whole.
-        udp_segment: vxlan && tun.offloads().tso4 && tap_encap.is_none(),
-        udp_gro: vxlan && crate::metrics::ActiveOffloads::udp_gro_enabled(socket.as_fd()),
-        kernel_encap: tap_encap.is_some(),
-    };
-    metrics.set_up(crate::metrics::DataplaneInfo {
-        device: name.clone(),
-        bridge: BRIDGE.to_owned(),
-        backend: lease.netconf.backend.type_name(),
-        vni: match encap {
-            Encap::Vxlan { vni, .. } => Some(vni),
-            Encap::Ipip => None,
-        },
-        offloads,
-    });
+    metrics.set_up(plane.info(&shared));
     tracing::info!(
         device = %name, subnet = %lease.subnet, public_ip = %lease.public_ip,
-        mtu = lease.mtu, ?offloads, "data plane up"
+        mtu = lease.mtu, offloads = ?plane.info(&shared).offloads, "data plane up"
     );
 
-    let state = RouteInputs {
+    let mut state = RouteInputs {
         own_subnet: lease.subnet,
         encap,
         direct_routing,
         underlay_net,
-        tun_index: tun_link.index,
+        tun_index,
         underlay_index: underlay.index,
     };
+    let mut repairs = Repairer {
+        netlink: &netlink,
+        shared: &shared,
+        gateway,
+        underlay_missing_logged: false,
+        pending: Vec::new(),
+        tap_failure: None,
+    };
+    // `None` between a failed rebuild and the next attempt.
+    let mut plane = Some(plane);
     let mut peers: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
     let mut reconcile = tokio::time::interval(RECONCILE_PERIOD);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
+        let faults = plane.as_ref().map(|plane| plane.faults.clone());
+        let fault_reported = async {
+            match &faults {
+                Some(faults) => faults.reported().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             event = events.recv() => match event {
                 Some(event) => {
@@ -305,14 +237,22 @@ pub async fn run_with_metrics(
                         apply_event(&mut peers, event, &lease.subnet);
                     }
                     let (routes, table_input) = state.desired(&peers);
-                    table.store(Arc::new(PeerTable::build(subnet_len, &encap, table_input)));
+                    shared.table.store(Arc::new(PeerTable::build(subnet_len, &encap, table_input)));
                     if let Err(error) = sync_routes(&netlink, &routes).await {
                         tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
                     }
                 }
                 None => break Ok(()),
             },
+            // A worker's fault is repaired at once, not at the next tick.
+            () = fault_reported => {
+                repairs.check(&mut plane, &mut state).await;
+                if let Err(error) = sync_routes(&netlink, &state.desired(&peers).0).await {
+                    tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
+                }
+            }
             _ = reconcile.tick() => {
+                repairs.check(&mut plane, &mut state).await;
                 let (routes, _) = state.desired(&peers);
                 match sync_routes(&netlink, &routes).await {
                     Ok(fixes) => {
@@ -331,17 +271,10 @@ pub async fn run_with_metrics(
     };
 
     metrics.set_down();
-    stop.raise();
-    let joined = tokio::task::spawn_blocking(move || {
-        for thread in threads {
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(%error, "worker ended with an error"),
-                Err(_) => tracing::error!("worker panicked"),
-            }
-        }
-    });
-    joined.await.context("joining workers")?;
+    let devices = match plane {
+        Some(plane) => Some(plane.stop().await?),
+        None => None,
+    };
 
     if settings.ip_masq {
         if let Err(error) = crate::masq::remove() {
@@ -350,14 +283,420 @@ pub async fn run_with_metrics(
     }
     if settings.cleanup_on_exit {
         sync_routes(&netlink, &[]).await?;
-        tun.set_transient()?;
-        drop(tun);
-        netlink.delete_link(tun_link.index).await?;
-        // The TAP and its program go with the last descriptor.
-        drop(tap_encap);
+        if let Some((tun, tap_encap)) = devices {
+            tun.set_transient()?;
+            // The TAP and its program go with the last descriptor.
+            drop((tun, tap_encap));
+        }
+        if let Some(link) = netlink.link(&name).await? {
+            netlink.delete_link(link.index).await?;
+        }
         tracing::info!(device = %name, "removed TUN device and routes (--cleanup-on-exit)");
     }
     result
+}
+
+/// The underlay subnet our PublicIP sits in (for DirectRouting), if it is on `index`.
+async fn underlay_subnet(
+    netlink: &Netlink,
+    index: u32,
+    public_ip: Ipv4Addr,
+) -> anyhow::Result<Option<Ipv4Net>> {
+    Ok(netlink
+        .addresses(index)
+        .await?
+        .into_iter()
+        .find(|net| net.addr() == public_ip)
+        .map(|net| net.trunc()))
+}
+
+/// What outlives a plane rebuild: settings, the sockets, the peer table.
+#[derive(Debug)]
+struct Shared {
+    busy_poll: Duration,
+    kernel_encap: bool,
+    /// The TUN device's name.
+    name: String,
+    lease: LocalLease,
+    encap: Encap,
+    wanted: Offloads,
+    queues: usize,
+    receivers: Vec<Arc<OwnedFd>>,
+    senders: Arc<Vec<OwnedFd>>,
+    table: Arc<ArcSwap<PeerTable>>,
+    metrics: Arc<Metrics>,
+}
+
+/// One generation of the devices and the workers on them.
+#[derive(Debug)]
+struct Plane {
+    tun: Tun,
+    tap: Option<tap_encap::TapEncap>,
+    /// Why packets leave through the userspace path, when they do.
+    userspace_reason: Option<String>,
+    built: Built,
+    stop: Arc<io::StopSignal>,
+    faults: Arc<PlaneFaults>,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Plane {
+    /// Opens (or creates) the TUN device, sets up the TAP and its program where wanted
+    /// and possible, and starts one worker per queue.
+    async fn start(netlink: &Netlink, shared: &Shared, underlay: &Link) -> anyhow::Result<Plane> {
+        let name = &shared.name;
+        let lease = &shared.lease;
+        // The TUN VTEP: persistent, so it (and its routes) survive a restart.
+        let tun = Tun::open(name, shared.queues, shared.wanted)
+            .with_context(|| format!("opening TUN device {name}"))?;
+        if tun.offloads() == shared.wanted {
+            tracing::info!(device = %name, offloads = ?tun.offloads(), "TUN offloads: TSO super-packets are segmented in userspace");
+        } else {
+            tracing::warn!(device = %name, wanted = ?shared.wanted, active = ?tun.offloads(), "this kernel refuses some TUN offloads; using the slower path");
+        }
+        let tun_link = netlink.ensure_link_up(name, Some(lease.mtu)).await?;
+        // Like flannel's `.0/32` on flannel.<VNI>: traffic this host originates towards
+        // other nodes' pods gets a source inside our subnet, which peers accept.
+        netlink
+            .ensure_address(tun_link.index, tun_address(lease.subnet))
+            .await?;
+
+        // Super-packets leave whole through the kernel's encapsulation where this host
+        // allows it (see `tap_encap`), else segmented here.
+        let (tap, userspace_reason) = if shared.kernel_encap {
+            match tap_encap::setup(
+                netlink,
+                &shared.encap,
+                underlay.index,
+                lease.mtu + tap_encap::outer_len(&shared.encap) as u32,
+                shared.queues,
+            )
+            .await
+            {
+                Ok(tap) => {
+                    tracing::info!(
+                        device = tap_encap::DEVICE,
+                        "the kernel adds the outer headers (tc program): one underlay packet per 64 KB"
+                    );
+                    (Some(tap), None)
+                }
+                Err(error) => {
+                    let reason = format!("kernel encapsulation unavailable: {error:#}");
+                    tracing::warn!(%reason, "segmenting and encapsulating in userspace (slower)");
+                    (None, Some(reason))
+                }
+            }
+        } else {
+            (None, Some("--kernel-encap=false".to_owned()))
+        };
+
+        let stop = Arc::new(io::StopSignal::new().context("creating the stop eventfd")?);
+        let faults = Arc::new(PlaneFaults::default());
+        let ctx = WorkerContext {
+            encap: shared.encap,
+            own_subnet: lease.subnet,
+            peers: shared.table.clone(),
+            metrics: shared.metrics.clone(),
+            stop: stop.clone(),
+            mtu: lease.mtu as usize,
+            busy_poll: shared.busy_poll,
+            faults: faults.clone(),
+        };
+        let mut plane = Plane {
+            built: Built {
+                tun_index: tun_link.index,
+                tap_index: tap.as_ref().map(tap_encap::TapEncap::index),
+                underlay_index: underlay.index,
+                mtu: lease.mtu,
+            },
+            tun,
+            tap,
+            userspace_reason,
+            stop,
+            faults,
+            threads: Vec::new(),
+        };
+        for queue in 0..plane.tun.queue_count() {
+            let tap = match &plane.tap {
+                Some(tap_encap) => Some(worker::TapQueue {
+                    fd: tap_encap.queue(queue)?,
+                    local_ip: lease.public_ip,
+                }),
+                None => None,
+            };
+            let transmit = worker::TransmitSetup {
+                ctx: ctx.clone(),
+                tun: plane.tun.clone_queue(queue)?,
+                senders: shared.senders.clone(),
+                tap,
+            };
+            let receive = match shared.receivers.get(queue) {
+                Some(receiver) => {
+                    Some((ctx.clone(), plane.tun.clone_queue(queue)?, receiver.clone()))
+                }
+                None => None,
+            };
+            let stop = plane.stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("weft-q{queue}"))
+                .spawn(move || worker::run(stop, Some(transmit), receive));
+            match thread {
+                Ok(thread) => plane.threads.push(thread),
+                Err(error) => {
+                    // Stop the workers already running before giving up.
+                    let _ = plane.stop().await;
+                    return Err(error).context("starting a data-plane worker");
+                }
+            }
+        }
+        Ok(plane)
+    }
+
+    /// Stops and joins the workers; hands back the devices (dropping the TAP deletes it).
+    async fn stop(mut self) -> anyhow::Result<(Tun, Option<tap_encap::TapEncap>)> {
+        self.stop.raise();
+        let threads = std::mem::take(&mut self.threads);
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                match thread.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, "worker ended with an error"),
+                    Err(_) => tracing::error!("worker panicked"),
+                }
+            }
+        })
+        .await
+        .context("joining workers")?;
+        Ok((self.tun, self.tap))
+    }
+
+    /// What `/v1/status` and `/readyz` show of this plane.
+    fn info(&self, shared: &Shared) -> crate::metrics::DataplaneInfo {
+        let vxlan = matches!(shared.encap, Encap::Vxlan { .. });
+        let offloads = crate::metrics::ActiveOffloads {
+            tun_csum: self.tun.offloads().csum,
+            tun_tso4: self.tun.offloads().tso4,
+            // Super-packets leave in UDP GSO sends when TUN hands them over and the kernel
+            // does not encapsulate them whole.
+            udp_segment: vxlan && self.tun.offloads().tso4 && self.tap.is_none(),
+            udp_gro: vxlan
+                && crate::metrics::ActiveOffloads::udp_gro_enabled(shared.receivers[0].as_fd()),
+            kernel_encap: self.tap.is_some(),
+        };
+        crate::metrics::DataplaneInfo {
+            device: shared.name.clone(),
+            bridge: BRIDGE.to_owned(),
+            backend: shared.lease.netconf.backend.type_name(),
+            vni: match shared.encap {
+                Encap::Vxlan { vni, .. } => Some(vni),
+                Encap::Ipip => None,
+            },
+            offloads,
+            transmit_path: if self.tap.is_some() {
+                "kernel_encap"
+            } else {
+                "userspace"
+            },
+            transmit_path_reason: self.userspace_reason.clone(),
+        }
+    }
+}
+
+/// The TUN device's address: the subnet's network address as a /32.
+fn tun_address(subnet: Ipv4Net) -> Ipv4Net {
+    Ipv4Net::new(subnet.network(), 32).expect("/32 is a valid prefix")
+}
+
+/// The reconcile's device checks (see [`repair`]).
+struct Repairer<'a> {
+    netlink: &'a Netlink,
+    shared: &'a Shared,
+    /// cni0's address.
+    gateway: Ipv4Net,
+    underlay_missing_logged: bool,
+    /// Why the plane is being rebuilt, counted once the rebuild succeeds.
+    pending: Vec<Repair>,
+    /// What the workers of the last plane said of the TAP, if they gave up on it.
+    tap_failure: Option<String>,
+}
+
+impl Repairer<'_> {
+    /// Observes the devices, repairs what [`repair::plan`] says, and keeps the plane and
+    /// the route inputs pointing at the devices as they are now. Failures are logged
+    /// and tried again at the next reconcile; they never end the data plane.
+    async fn check(&mut self, slot: &mut Option<Plane>, routes: &mut RouteInputs) {
+        if let Err(error) = self.check_bridge().await {
+            tracing::warn!(error = %format!("{error:#}"), "repairing {BRIDGE} failed; retrying at the next reconcile");
+        }
+        let result = match slot {
+            Some(plane) => self.check_plane(plane).await,
+            None => Ok(Some(Vec::new())),
+        };
+        let rebuild = match result {
+            Ok(rebuild) => rebuild,
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "data-plane repair failed; retrying at the next reconcile");
+                None
+            }
+        };
+        let Some(rebuild) = rebuild else {
+            return;
+        };
+        if let Some(old) = slot.take() {
+            let what: Vec<&str> = rebuild.iter().map(|r| r.name()).collect();
+            tracing::warn!(?what, "rebuilding the data plane's devices and workers");
+            self.tap_failure = old.faults.tap_failed();
+            self.pending.extend(rebuild);
+            // The old workers and devices go first: the new TAP takes the same name, and
+            // the old one disappears with its last descriptor.
+            self.shared.metrics.set_down();
+            match old.stop().await {
+                Ok(devices) => drop(devices),
+                Err(error) => tracing::warn!(error = %format!("{error:#}"), "stopping the workers"),
+            }
+        }
+        match self.start(routes).await {
+            Ok(plane) => *slot = Some(plane),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "rebuilding the data plane failed; retrying at the next reconcile");
+            }
+        }
+    }
+
+    /// Repairs what can be repaired in place; `Some(reasons)` when the plane must be
+    /// rebuilt.
+    async fn check_plane(&mut self, plane: &Plane) -> anyhow::Result<Option<Vec<Repair>>> {
+        let observed = self.observe(plane).await?;
+        let todo = repair::plan(&observed, &plane.built);
+        if todo.underlay_missing {
+            if !self.underlay_missing_logged {
+                tracing::warn!(
+                    iface = %self.shared.lease.underlay_iface,
+                    "the underlay device is gone; waiting for it to come back"
+                );
+                self.underlay_missing_logged = true;
+            }
+            return Ok(None);
+        }
+        self.underlay_missing_logged = false;
+        self.fix_in_place(&todo).await?;
+        Ok((!todo.rebuild.is_empty()).then_some(todo.rebuild))
+    }
+
+    async fn observe(&self, plane: &Plane) -> anyhow::Result<Observed> {
+        let state = |link: &Link| DeviceState {
+            index: link.index,
+            up: link.up,
+            mtu: link.mtu,
+        };
+        let tun = self.netlink.link(&self.shared.name).await?;
+        let tun_has_address = match &tun {
+            Some(link) => self
+                .netlink
+                .addresses(link.index)
+                .await?
+                .contains(&tun_address(self.shared.lease.subnet)),
+            None => false,
+        };
+        let tap = match &plane.tap {
+            Some(_) => Some(
+                self.netlink
+                    .link(tap_encap::DEVICE)
+                    .await?
+                    .as_ref()
+                    .map(state),
+            ),
+            None => None,
+        };
+        let underlay = self.netlink.link(&self.shared.lease.underlay_iface).await?;
+        Ok(Observed {
+            tun: tun.as_ref().map(state),
+            tun_has_address,
+            tun_lost: plane.faults.tun_lost(),
+            tap,
+            program_attached: plane
+                .tap
+                .as_ref()
+                .is_some_and(tap_encap::TapEncap::attached),
+            tap_failed: plane.faults.tap_failed().is_some(),
+            underlay: underlay.as_ref().map(state),
+        })
+    }
+
+    async fn fix_in_place(&self, todo: &RepairPlan) -> anyhow::Result<()> {
+        let metrics = &self.shared.metrics;
+        let name = &self.shared.name;
+        if todo.fix_tun {
+            let link = self
+                .netlink
+                .ensure_link_up(name, Some(self.shared.lease.mtu))
+                .await?;
+            self.netlink
+                .ensure_address(link.index, tun_address(self.shared.lease.subnet))
+                .await?;
+            metrics.count_repair(Repair::Tun);
+            tracing::warn!(device = %name, "repaired the TUN device (up, MTU, address)");
+        }
+        if todo.fix_tap {
+            self.netlink.ensure_link_up(tap_encap::DEVICE, None).await?;
+            metrics.count_repair(Repair::Tap);
+            tracing::warn!(
+                device = tap_encap::DEVICE,
+                "set the encapsulating TAP up again"
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a new plane on the devices as they are now, and points the routes at it.
+    async fn start(&mut self, routes: &mut RouteInputs) -> anyhow::Result<Plane> {
+        let underlay = self
+            .netlink
+            .require_link(&self.shared.lease.underlay_iface)
+            .await?;
+        let mut plane = Plane::start(self.netlink, self.shared, &underlay).await?;
+        if plane.tap.is_none() {
+            if let (Some(failure), Some(reason)) = (&self.tap_failure, &plane.userspace_reason) {
+                plane.userspace_reason = Some(format!("{failure}; then {reason}"));
+            }
+        }
+        let metrics = &self.shared.metrics;
+        for what in self.pending.drain(..) {
+            metrics.count_repair(what);
+        }
+        self.tap_failure = None;
+        routes.tun_index = plane.built.tun_index;
+        if routes.underlay_index != underlay.index {
+            routes.underlay_index = underlay.index;
+            routes.underlay_net =
+                underlay_subnet(self.netlink, underlay.index, self.shared.lease.public_ip).await?;
+        }
+        let info = plane.info(self.shared);
+        tracing::warn!(transmit_path = info.transmit_path, "data plane rebuilt");
+        metrics.set_up(info);
+        Ok(plane)
+    }
+
+    /// Puts cni0 back (created, its MTU, up, its address) if anything about it changed.
+    async fn check_bridge(&self) -> anyhow::Result<()> {
+        let state = bridge::ensure_bridge(
+            self.netlink.handle(),
+            BRIDGE,
+            self.gateway,
+            self.shared.lease.mtu,
+        )
+        .await?;
+        if state.created
+            || state.mtu_changed
+            || state.brought_up
+            || state.added_address
+            || !state.removed_addresses.is_empty()
+        {
+            self.shared.metrics.count_repair(Repair::Bridge);
+            tracing::warn!(?state, "repaired {BRIDGE}");
+        }
+        Ok(())
+    }
 }
 
 /// What the route and peer-table computation depends on besides the peers.

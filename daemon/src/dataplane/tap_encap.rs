@@ -87,15 +87,28 @@ fn encap_flags(encap: &Encap) -> u64 {
 }
 
 /// The encapsulator, up: one TAP queue per worker; the program stays attached as long
-/// as `_link` is open.
+/// as `link` is open.
 #[derive(Debug)]
 pub struct TapEncap {
     tap: Tun,
+    /// The TAP's ifindex when it was set up (a re-created device has another).
+    index: u32,
     _program: OwnedFd,
-    _link: OwnedFd,
+    link: OwnedFd,
 }
 
 impl TapEncap {
+    /// The TAP's ifindex.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Whether the program is still attached to the TAP (someone may have detached the
+    /// link, e.g. with `bpftool link detach`, or deleted the device under it).
+    pub fn attached(&self) -> bool {
+        bpf::tcx_link_ifindex(&self.link).is_ok_and(|ifindex| ifindex == self.index)
+    }
+
     /// Queue `n`'s descriptor, for worker `n`.
     pub fn queue(&self, n: usize) -> std::io::Result<OwnedFd> {
         self.tap.clone_queue(n % self.tap.queue_count())
@@ -126,8 +139,9 @@ pub async fn setup(
     let tcx = bpf::attach_tcx_ingress(PROGRAM, &program, link.index)?;
     Ok(TapEncap {
         tap,
+        index: link.index,
         _program: program,
-        _link: tcx,
+        link: tcx,
     })
 }
 

@@ -28,6 +28,7 @@ use super::packet::{
     HEADROOM, VXLAN_OVERHEAD,
 };
 use super::peers::{Encap, PeerEntry, PeerTable};
+use super::repair::PlaneFaults;
 use super::reply_wait::{self, ReplyWait, WaitEnd};
 use super::tun::VNET_HDR_LEN;
 use crate::lease::MacAddr;
@@ -55,6 +56,8 @@ pub struct WorkerContext {
     pub mtu: usize,
     /// `--busy-poll`: the least time a worker polls after its last packet.
     pub busy_poll: Duration,
+    /// Where workers report a lost TUN queue or a failed TAP (see `repair`).
+    pub faults: Arc<PlaneFaults>,
 }
 
 /// IPIP's one sending socket when there is no encapsulating TAP (`tap_encap`), and for
@@ -504,9 +507,10 @@ impl Transmitter {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
                 Err(error) => {
-                    if let Some(suppressed) = log.allow() {
-                        tracing::warn!(%error, suppressed, "TUN read failed");
-                    }
+                    // The device is gone (EBADFD) or broken: its queue now polls readable
+                    // forever, so the worker must not go on polling it.
+                    ctx.faults.report_tun_lost(&error);
+                    round.tun_lost = true;
                     break;
                 }
             };
@@ -548,22 +552,33 @@ impl Transmitter {
             if vnet.gso_type != GsoType::None {
                 round.super_packets += 1;
             }
-            if let Some(tap) = &*tap {
+            let tap_sent = tap.as_ref().map(|tap| {
                 // Keep packet order: whatever waits for a socket goes first.
                 train.flush(senders, ctx, log);
                 batch.flush(senders, ctx, log);
-                match tap.send(&ctx.encap, slot, inner.len, &vnet, peer, ipip_ident) {
-                    Ok(()) => {
-                        ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
-                        ctx.metrics.tx.add(segments as u64, inner.len as u64);
-                        continue;
-                    }
-                    // Longer than one outer header can say: segmented below.
-                    Err(TapSendError::Encap(_)) if vnet.gso_type != GsoType::None => {}
-                    Err(error) => {
-                        tap_send_failed(ctx, log, &error);
-                        continue;
-                    }
+                tap.send(&ctx.encap, slot, inner.len, &vnet, peer, ipip_ident)
+            });
+            match tap_sent {
+                None => {}
+                Some(Ok(())) => {
+                    ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
+                    ctx.metrics.tx.add(segments as u64, inner.len as u64);
+                    continue;
+                }
+                // Longer than one outer header can say: segmented below.
+                Some(Err(TapSendError::Encap(_))) if vnet.gso_type != GsoType::None => {}
+                // The TAP is gone or broken: this packet and all after it take the
+                // userspace path, which needs nothing but the sockets.
+                Some(Err(TapSendError::Write(error))) if tap_is_broken(&error) => {
+                    ctx.faults.report_tap_failed(format!(
+                        "writing to {}: {error}",
+                        super::tap_encap::DEVICE
+                    ));
+                    *tap = None;
+                }
+                Some(Err(error)) => {
+                    tap_send_failed(ctx, log, &error);
+                    continue;
                 }
             }
             let packet = &mut slot[HEADROOM..HEADROOM + inner.len];
@@ -632,6 +647,8 @@ impl Transmitter {
 struct TxRound {
     packets: usize,
     super_packets: usize,
+    /// The TUN queue failed (device deleted): the worker must park.
+    tun_lost: bool,
 }
 
 impl TxRound {
@@ -823,6 +840,15 @@ fn send_ipip_segments(
         );
     }
     batch.flush(senders, ctx, log);
+}
+
+/// Whether a TAP write error means the TAP is gone or unusable (as opposed to one
+/// packet it refused, or a moment of memory pressure).
+fn tap_is_broken(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EBADFD | libc::EIO | libc::ENODEV | libc::ENXIO | libc::EPIPE)
+    )
 }
 
 /// Counts (and logs, rate-limited) an IPIP packet the TAP did not take.
@@ -1107,6 +1133,12 @@ pub fn run(
             Some(transmitter) => transmitter.pump(),
             None => TxRound::default(),
         };
+        if sent.tun_lost {
+            // Park until the control task rebuilds the plane (it stops this worker and
+            // starts a new one on the new device): no descriptor but the stop signal.
+            while wait_readable(None, None, &stop)? {}
+            return Ok(());
+        }
         let received = match receiver.as_mut() {
             Some(receiver) => receiver.pump(),
             None => false,
