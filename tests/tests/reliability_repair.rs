@@ -309,6 +309,18 @@ fn a_broken_kernel_encapsulation_path_falls_back_and_is_rebuilt() {
         answered >= 19,
         "only {answered} of 20 pings answered on the userspace path"
     );
+
+    // The name free again: weftd tries the kernel path again (every 30 s) and takes it.
+    let before = repairs(&lab, "tap");
+    n1.ip(&["link", "del", "weft.encap"]).unwrap();
+    wait_until(
+        "the kernel path to be back after the fallback",
+        Duration::from_secs(30) + WITHIN_ONE_RECONCILE,
+        || status(&lab)["devices"]["transmit_path"] == "kernel_encap",
+    )
+    .unwrap();
+    assert!(repairs(&lab, "tap") > before);
+    reach(&lab, b, WITHIN_ONE_RECONCILE);
 }
 
 #[test]

@@ -68,6 +68,9 @@ const FLOW_SOCKETS: usize = 8;
 pub const BRIDGE: &str = "cni0";
 /// How often routes are re-read and repaired even without events.
 pub const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
+/// How often the kernel-encapsulation path is tried again after the workers fell back
+/// from it at run time and it could not be set up again.
+const KERNEL_ENCAP_RETRY: Duration = Duration::from_secs(30);
 
 /// The TUN device's name for a backend: `weft.<VNI>` or `weft.ipip`.
 pub fn device_name(backend: &Backend) -> String {
@@ -213,6 +216,7 @@ pub async fn run_with_metrics(
         underlay_missing_logged: false,
         pending: Vec::new(),
         tap_failure: None,
+        last_failure: None,
     };
     // `None` between a failed rebuild and the next attempt.
     let mut plane = Some(plane);
@@ -335,6 +339,7 @@ struct Plane {
     /// Why packets leave through the userspace path, when they do.
     userspace_reason: Option<String>,
     built: Built,
+    started: std::time::Instant,
     stop: Arc<io::StopSignal>,
     faults: Arc<PlaneFaults>,
     threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
@@ -409,6 +414,7 @@ impl Plane {
                 underlay_index: underlay.index,
                 mtu: lease.mtu,
             },
+            started: std::time::Instant::now(),
             tun,
             tap,
             userspace_reason,
@@ -516,8 +522,10 @@ struct Repairer<'a> {
     underlay_missing_logged: bool,
     /// Why the plane is being rebuilt, counted once the rebuild succeeds.
     pending: Vec<Repair>,
-    /// What the workers of the last plane said of the TAP, if they gave up on it.
+    /// What workers said of the TAP when they gave up on it, until a plane has one again.
     tap_failure: Option<String>,
+    /// The last rebuild's error, so a failure that repeats every reconcile is logged once.
+    last_failure: Option<String>,
 }
 
 impl Repairer<'_> {
@@ -545,7 +553,17 @@ impl Repairer<'_> {
         if let Some(old) = slot.take() {
             let what: Vec<&str> = rebuild.iter().map(|r| r.name()).collect();
             tracing::warn!(?what, "rebuilding the data plane's devices and workers");
-            self.tap_failure = old.faults.tap_failed();
+            let tap_broke = rebuild
+                .iter()
+                .any(|r| matches!(r, Repair::Tap | Repair::TcProgram));
+            if let Some(failure) = old.faults.tap_failed() {
+                self.tap_failure = Some(failure);
+            } else if tap_broke && old.tap.is_some() {
+                self.tap_failure = Some(format!(
+                    "{} was deleted or altered, or its program detached",
+                    tap_encap::DEVICE
+                ));
+            }
             self.pending.extend(rebuild);
             // The old workers and devices go first: the new TAP takes the same name, and
             // the old one disappears with its last descriptor.
@@ -556,9 +574,16 @@ impl Repairer<'_> {
             }
         }
         match self.start(routes).await {
-            Ok(plane) => *slot = Some(plane),
+            Ok(plane) => {
+                *slot = Some(plane);
+                self.last_failure = None;
+            }
             Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "rebuilding the data plane failed; retrying at the next reconcile");
+                let error = format!("{error:#}");
+                if self.last_failure.as_ref() != Some(&error) {
+                    tracing::warn!(%error, "rebuilding the data plane failed; retrying at every reconcile");
+                    self.last_failure = Some(error);
+                }
             }
         }
     }
@@ -580,7 +605,15 @@ impl Repairer<'_> {
         }
         self.underlay_missing_logged = false;
         self.fix_in_place(&todo).await?;
-        Ok((!todo.rebuild.is_empty()).then_some(todo.rebuild))
+        if !todo.rebuild.is_empty() {
+            return Ok(Some(todo.rebuild));
+        }
+        // Fell back from the kernel path at run time: try it again now and then, since
+        // what broke it (a deleted TAP whose name was taken, say) may have passed.
+        let retry_kernel_encap = self.tap_failure.is_some()
+            && plane.tap.is_none()
+            && plane.started.elapsed() >= KERNEL_ENCAP_RETRY;
+        Ok(retry_kernel_encap.then(Vec::new))
     }
 
     async fn observe(&self, plane: &Plane) -> anyhow::Result<Observed> {
@@ -655,16 +688,22 @@ impl Repairer<'_> {
             .require_link(&self.shared.lease.underlay_iface)
             .await?;
         let mut plane = Plane::start(self.netlink, self.shared, &underlay).await?;
-        if plane.tap.is_none() {
-            if let (Some(failure), Some(reason)) = (&self.tap_failure, &plane.userspace_reason) {
-                plane.userspace_reason = Some(format!("{failure}; then {reason}"));
-            }
-        }
         let metrics = &self.shared.metrics;
+        if plane.tap.is_some() {
+            let counted = self
+                .pending
+                .iter()
+                .any(|r| matches!(r, Repair::Tap | Repair::TcProgram));
+            if self.tap_failure.take().is_some() && !counted {
+                // The kernel path is back after a fallback.
+                self.pending.push(Repair::Tap);
+            }
+        } else if let (Some(failure), Some(reason)) = (&self.tap_failure, &plane.userspace_reason) {
+            plane.userspace_reason = Some(format!("{failure}; then {reason}"));
+        }
         for what in self.pending.drain(..) {
             metrics.count_repair(what);
         }
-        self.tap_failure = None;
         routes.tun_index = plane.built.tun_index;
         if routes.underlay_index != underlay.index {
             routes.underlay_index = underlay.index;
