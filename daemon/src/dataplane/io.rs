@@ -8,8 +8,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
 /// Socket buffer size asked for with `SO_{RCV,SND}BUFFORCE`: big enough that a burst
-/// of GSO super-datagrams is not dropped (MEASUREMENTS.md: with default buffers most
-/// were). Falls back silently to the sysctl-capped size when not privileged.
+/// of GSO super-datagrams is not dropped (measured between two namespaces: with default
+/// buffers most were). Falls back silently to the sysctl-capped size when not privileged.
 pub const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 
 /// A VXLAN receiving socket: UDP bound to `0.0.0.0:port` in the node's namespace, with
@@ -56,7 +56,7 @@ pub fn udp_gso_supported() -> bool {
 /// The IPIP sockets: raw IPv4 protocol 4, `count` of them, one per receiving worker.
 /// The kernel prepends the outer header on send (source = the route's source address,
 /// i.e. our PublicIP) and hands us packets with the outer header on receive; no `ipip`
-/// module is needed (MEASUREMENTS.md).
+/// module is needed (checked between two namespaces on a kernel without it).
 ///
 /// Raw sockets have no `SO_REUSEPORT` spreading: every one of them gets every packet.
 /// So each carries a classic BPF filter that keeps only its share of the inner flows

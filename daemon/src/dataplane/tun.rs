@@ -2,7 +2,7 @@
 //!
 //! Why not the `tun`/`tun-tap` crates: none of them exposes `IFF_VNET_HDR`,
 //! `TUNSETOFFLOAD` and `TUNSETVNETHDRSZ` together with `IFF_MULTI_QUEUE`, and those are
-//! the levers that make a userspace tunnel competitive (MEASUREMENTS.md: a TUN relay
+//! the levers that make a userspace tunnel competitive (measured here: a TUN relay
 //! goes from 1.8 to 12.2 Gbit/s once the kernel hands over 64 KB TSO super-packets).
 //! Four ioctls are less code than working around a crate.
 //!

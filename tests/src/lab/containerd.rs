@@ -1,8 +1,8 @@
 //! Pods through a real containerd and `ctr run --cni`, the way a runtime drives the
 //! `weft` CNI plugin on a real node.
 //!
-//! **One containerd per lab, shared by all nodes** (the verified recipe in
-//! MEASUREMENTS.md). containerd itself never touches the network: with `ctr run --cni`
+//! **One containerd per lab, shared by all nodes** (checked with containerd 1.6 and the
+//! reference plugins). containerd itself never touches the network: with `ctr run --cni`
 //! it is the `ctr` *client* that calls the CNI plugins, in the namespace `ctr` runs in.
 //! So the lab runs `ctr` inside the node's namespace, and each node gets its own view of
 //! the host through the private mount namespace that `ip netns exec` creates:
