@@ -6,6 +6,7 @@ use std::process::Command;
 use weft_tests::{bin_path, require_root};
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn bench_measures_what_works_reports_what_fails_and_exits_non_zero() {
     if !require_root("bench_measures_what_works_reports_what_fails_and_exits_non_zero") {
         return;

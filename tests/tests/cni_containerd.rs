@@ -183,6 +183,7 @@ fn remove_pod(lab: &Lab, mut pod: Pod) -> anyhow::Result<()> {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn containerd_single_node_with_test_written_subnet_env() {
     if !weft_tests::require_root("containerd_single_node_with_test_written_subnet_env") {
         return;
@@ -230,6 +231,7 @@ fn containerd_single_node_with_test_written_subnet_env() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn containerd_pods_on_two_weftd_nodes_ping_across() {
     if !weft_tests::require_root("containerd_pods_on_two_weftd_nodes_ping_across") {
         return;

@@ -83,6 +83,7 @@ fn mixed_nodes_interoperate(backend: &str, outer_protocol: &str) {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn vxlan_kernel_and_userspace_encapsulation_interoperate() {
     if !require_root("vxlan_kernel_and_userspace_encapsulation_interoperate") {
         return;
@@ -91,6 +92,7 @@ fn vxlan_kernel_and_userspace_encapsulation_interoperate() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn ipip_kernel_and_userspace_encapsulation_interoperate() {
     if !require_root("ipip_kernel_and_userspace_encapsulation_interoperate") {
         return;
@@ -101,6 +103,7 @@ fn ipip_kernel_and_userspace_encapsulation_interoperate() {
 /// What weftd logs when the kernel refuses the program must say which program and why
 /// (the verifier's words), not just "permission denied" or "invalid argument".
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn a_refused_program_is_named_with_the_verifiers_reason() {
     if !require_root("a_refused_program_is_named_with_the_verifiers_reason") {
         return;
@@ -116,6 +119,7 @@ fn a_refused_program_is_named_with_the_verifiers_reason() {
 /// down) never reaches weft's own drop counters, so weft reports the underlay device's
 /// transmit counters too; and traffic resumes once the port is back.
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn packets_the_underlay_drops_show_in_weft_metrics() {
     if !require_root("packets_the_underlay_drops_show_in_weft_metrics") {
         return;

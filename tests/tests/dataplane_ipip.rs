@@ -13,6 +13,7 @@ use weft_tests::{require_root, wait_until};
 const IPIP: &str = r#"{"Type":"ipip"}"#;
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn three_weft_nodes_over_ipip() {
     if !require_root("three_weft_nodes_over_ipip") {
         return;
@@ -34,6 +35,7 @@ fn three_weft_nodes_over_ipip() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn ipip_on_the_wire_is_protocol_4_between_public_ips() {
     if !require_root("ipip_on_the_wire_is_protocol_4_between_public_ips") {
         return;
@@ -82,6 +84,7 @@ fn ipip_on_the_wire_is_protocol_4_between_public_ips() {
 /// word changes with each sequence number), different flows on different ones, and a
 /// packet too short for the inner headers on the first.
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn ipip_receive_is_shared_among_the_sockets_by_inner_flow() {
     if !require_root("ipip_receive_is_shared_among_the_sockets_by_inner_flow") {
         return;

@@ -50,6 +50,7 @@ fn all_pods_reach_each_other(spec: LabSpec, bytes: usize) -> Lab {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weftd_vxlan_three_nodes() {
     if !require_root("weftd_vxlan_three_nodes") {
         return;
@@ -62,6 +63,7 @@ fn weftd_vxlan_three_nodes() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weftd_ipip_three_nodes() {
     if !require_root("weftd_ipip_three_nodes") {
         return;
@@ -82,6 +84,7 @@ fn weftd_ipip_three_nodes() {
 /// super-packets, still protocol 4 between the PublicIPs, TTL 64 as from the kernel's
 /// ipip) while the bytes arrive intact and no send fails.
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weftd_ipip_bulk_crosses_the_underlay_whole() {
     if !require_root("weftd_ipip_bulk_crosses_the_underlay_whole") {
         return;
@@ -175,6 +178,7 @@ fn weftd_and_kernel_flannel(port: u16) {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weftd_and_kernel_flannel_on_8472() {
     if !require_root("weftd_and_kernel_flannel_on_8472") {
         return;
@@ -183,6 +187,7 @@ fn weftd_and_kernel_flannel_on_8472() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weftd_and_kernel_flannel_on_4789() {
     if !require_root("weftd_and_kernel_flannel_on_4789") {
         return;

@@ -37,6 +37,7 @@ fn seen_source(ns: &Netns, ip: Ipv4Addr, connect_from: &Netns) -> Ipv4Addr {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn pods_are_masqueraded_leaving_the_cluster_network_only() {
     if !require_root("pods_are_masqueraded_leaving_the_cluster_network_only") {
         return;

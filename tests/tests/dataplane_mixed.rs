@@ -73,6 +73,7 @@ fn weft_and_kernel_interoperate(port: u16) {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weft_and_kernel_vxlan_interoperate_on_8472() {
     if !require_root("weft_and_kernel_vxlan_interoperate_on_8472") {
         return;
@@ -81,6 +82,7 @@ fn weft_and_kernel_vxlan_interoperate_on_8472() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weft_and_kernel_vxlan_interoperate_on_4789() {
     if !require_root("weft_and_kernel_vxlan_interoperate_on_4789") {
         return;

@@ -22,6 +22,7 @@ fn route_count(cluster: &Cluster) -> usize {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn a_thousand_peers_get_routes_and_lose_them() {
     if !require_root("a_thousand_peers_get_routes_and_lose_them") {
         return;

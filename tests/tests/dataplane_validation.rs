@@ -51,6 +51,7 @@ fn send_from(ns: &Netns, to: SocketAddrV4, datagram: Vec<u8>, count: usize) {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn invalid_encapsulated_packets_are_dropped_and_counted() {
     if !require_root("invalid_encapsulated_packets_are_dropped_and_counted") {
         return;

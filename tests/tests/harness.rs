@@ -35,6 +35,7 @@ fn wait_for_returns_value_or_times_out() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn guards_clean_up_when_a_test_panics() {
     if !require_root("guards_clean_up_when_a_test_panics") {
         return;
@@ -75,6 +76,7 @@ fn guards_clean_up_when_a_test_panics() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn bridge_joins_three_namespaces() {
     if !require_root("bridge_joins_three_namespaces") {
         return;
@@ -109,6 +111,7 @@ fn bridge_joins_three_namespaces() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn etcd_start_stop_restart_keeps_data() {
     if !require_root("etcd_start_stop_restart_keeps_data") {
         return;
@@ -136,6 +139,7 @@ fn etcd_start_stop_restart_keeps_data() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn two_etcds_side_by_side_and_one_in_a_namespace() {
     if !require_root("two_etcds_side_by_side_and_one_in_a_namespace") {
         return;

@@ -75,6 +75,7 @@ fn capture_vxlan_frame(fd: &OwnedFd, deadline: Duration) -> anyhow::Result<Vec<u
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn proto_builds_the_kernels_vxlan_frame() {
     if !require_root("proto_builds_the_kernels_vxlan_frame") {
         return;

@@ -16,6 +16,7 @@ fn namespaces_with(prefix: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn two_kernel_flannel_nodes_carry_pod_traffic() {
     if !require_root("two_kernel_flannel_nodes_carry_pod_traffic") {
         return;
@@ -62,6 +63,7 @@ fn two_kernel_flannel_nodes_carry_pod_traffic() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn containerd_pods_with_the_reference_bridge_reach_each_other() {
     if !require_root("containerd_pods_with_the_reference_bridge_reach_each_other") {
         return;
@@ -144,6 +146,7 @@ impl Drop for DownOnDrop {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn two_weft_lab_ups_side_by_side_do_not_collide() {
     if !require_root("two_weft_lab_ups_side_by_side_do_not_collide") {
         return;
@@ -209,6 +212,7 @@ fn two_weft_lab_ups_side_by_side_do_not_collide() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weft_lab_down_after_kill9_of_everything_cleans_up() {
     if !require_root("weft_lab_down_after_kill9_of_everything_cleans_up") {
         return;
@@ -285,6 +289,7 @@ fn weft_lab_down_after_kill9_of_everything_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weftd_crash_and_restart_through_the_lab() {
     if !require_root("weftd_crash_and_restart_through_the_lab") {
         return;
@@ -324,6 +329,7 @@ fn weftd_crash_and_restart_through_the_lab() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn a_panicking_test_leaves_no_lab_behind() {
     if !require_root("a_panicking_test_leaves_no_lab_behind") {
         return;
@@ -364,6 +370,7 @@ fn a_panicking_test_leaves_no_lab_behind() {
 /// `weft-lab weftd stop` from another process than `up` stops the daemon gracefully and
 /// returns only once it is gone: a `start` right after it finds the health port free.
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weft_lab_weftd_stop_then_start_right_away() {
     if !require_root("weft_lab_weftd_stop_then_start_right_away") {
         return;

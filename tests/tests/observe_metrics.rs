@@ -115,6 +115,7 @@ fn send_udp(ns: &Netns, to: Ipv4Addr, port: u16, payload: Vec<u8>) {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn metrics_parse_and_count_traffic_and_bad_packets_json_logs() {
     if !require_root("metrics_parse_and_count_traffic_and_bad_packets_json_logs") {
         return;
@@ -266,6 +267,7 @@ fn metrics_parse_and_count_traffic_and_bad_packets_json_logs() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn readyz_fails_when_etcd_is_gone_past_the_grace_and_recovers() {
     if !require_root("readyz_fails_when_etcd_is_gone_past_the_grace_and_recovers") {
         return;

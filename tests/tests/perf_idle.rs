@@ -25,6 +25,7 @@ fn workers(pid: u32) -> Vec<(String, char)> {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn workers_sleep_and_weftd_idles_once_traffic_stops() {
     if !require_root("workers_sleep_and_weftd_idles_once_traffic_stops") {
         return;

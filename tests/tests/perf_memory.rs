@@ -36,6 +36,7 @@ fn vm_rss_kb(pid: u32) -> Option<u64> {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weftd_with_a_thousand_peers_stays_under_30_mb() {
     if !require_root("weftd_with_a_thousand_peers_stays_under_30_mb") {
         return;

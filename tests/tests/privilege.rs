@@ -304,6 +304,7 @@ fn lab(nodes: usize, backend: Backend) -> Lab {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn weftd_runs_unprivileged_with_only_the_units_capabilities() {
     if !weft_tests::require_root("weftd_runs_unprivileged_with_only_the_units_capabilities") {
         return;
@@ -409,6 +410,7 @@ fn weftd_runs_unprivileged_with_only_the_units_capabilities() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn ipip_backend_needs_net_raw() {
     if !weft_tests::require_root("ipip_backend_needs_net_raw") {
         return;

@@ -176,6 +176,7 @@ fn error_line<'a>(what: &str, stderr: &'a str) -> &'a str {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn broken_inputs_to_weftd_and_weft_fail_with_one_clear_line() {
     if !require_root("broken_inputs_to_weftd_and_weft_fail_with_one_clear_line") {
         return;

@@ -652,6 +652,7 @@ fn hostile_packets(backend: Backend) {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn hostile_vxlan_packets_are_dropped_counted_and_survived() {
     if !require_root("hostile_vxlan_packets_are_dropped_counted_and_survived") {
         return;
@@ -660,6 +661,7 @@ fn hostile_vxlan_packets_are_dropped_counted_and_survived() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn hostile_ipip_packets_are_dropped_counted_and_survived() {
     if !require_root("hostile_ipip_packets_are_dropped_counted_and_survived") {
         return;

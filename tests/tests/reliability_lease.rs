@@ -83,6 +83,7 @@ fn udp_bound(lab: &Lab, n: usize, port: u16) -> bool {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn revoked_lease_is_reacquired_as_the_same_subnet_while_traffic_flows() {
     if !require_root("revoked_lease_is_reacquired_as_the_same_subnet_while_traffic_flows") {
         return;
@@ -143,6 +144,7 @@ fn revoked_lease_is_reacquired_as_the_same_subnet_while_traffic_flows() {
 }
 
 #[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn subnet_taken_after_a_revoke_stops_routing_until_it_is_free_again() {
     if !require_root("subnet_taken_after_a_revoke_stops_routing_until_it_is_free_again") {
         return;

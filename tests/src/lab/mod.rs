@@ -299,9 +299,9 @@ impl Lab {
     /// kernel-flannel node is programmed with every lease.
     pub fn start(spec: LabSpec) -> anyhow::Result<Lab> {
         spec.validate()?;
-        crate::require_root("weft lab")
-            .then_some(())
-            .ok_or_else(|| anyhow::anyhow!("the lab needs root (network namespaces)"))?;
+        if !crate::is_root() {
+            anyhow::bail!("the lab needs root (network namespaces)");
+        }
         let prefix = match &spec.prefix {
             Some(p) => p.clone(),
             None => crate::run_prefix(),
