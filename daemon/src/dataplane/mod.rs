@@ -304,9 +304,12 @@ pub async fn run_with_metrics(
                     while let Ok(event) = events.try_recv() {
                         apply_event(&mut peers, event, &lease.subnet);
                     }
+                    // Gone peers' series go; before the table swap, so no worker can
+                    // register a peer that just left.
+                    metrics.retain_peers(peers.values().map(|p| (p.subnet, p.public_ip)));
                     let (routes, table_input) = state.desired(&peers);
                     table.store(Arc::new(PeerTable::build(subnet_len, &encap, table_input)));
-                    if let Err(error) = sync_routes(&netlink, &routes).await {
+                    if let Err(error) = sync_routes(&netlink, &routes, &metrics).await {
                         tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
                     }
                 }
@@ -314,7 +317,7 @@ pub async fn run_with_metrics(
             },
             _ = reconcile.tick() => {
                 let (routes, _) = state.desired(&peers);
-                match sync_routes(&netlink, &routes).await {
+                match sync_routes(&netlink, &routes, &metrics).await {
                     Ok(fixes) => {
                         metrics.route_reconcile_fixes.fetch_add(fixes as u64, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -349,7 +352,7 @@ pub async fn run_with_metrics(
         }
     }
     if settings.cleanup_on_exit {
-        sync_routes(&netlink, &[]).await?;
+        sync_routes(&netlink, &[], &metrics).await?;
         tun.set_transient()?;
         drop(tun);
         netlink.delete_link(tun_link.index).await?;
@@ -445,13 +448,19 @@ async fn sample_underlay_stats(netlink: &Netlink, underlay: &str, metrics: &Metr
     }
 }
 
-/// Applies the route plan; returns how many changes it made.
-async fn sync_routes(netlink: &Netlink, desired: &[Route]) -> anyhow::Result<usize> {
-    let changes = netlink.reconcile_routes(desired).await?;
-    for change in &changes {
+/// Applies the route plan; returns how many changes it made. Conflicts with foreign
+/// routes and refused changes go to `metrics` (counted, logged once).
+async fn sync_routes(
+    netlink: &Netlink,
+    desired: &[Route],
+    metrics: &Metrics,
+) -> anyhow::Result<usize> {
+    let pass = netlink.reconcile_routes(desired).await?;
+    for change in &pass.applied {
         tracing::info!(?change, "route");
     }
-    Ok(changes.len())
+    metrics.record_route_pass(&pass);
+    Ok(pass.applied.len())
 }
 
 fn first_host(subnet: Ipv4Net) -> Ipv4Addr {

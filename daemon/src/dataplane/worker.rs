@@ -620,7 +620,7 @@ impl Transmitter {
             slot_index = (slot_index + 1) % BATCH;
         }
         drop(peers);
-        tally.flush();
+        tally.flush(&ctx.metrics);
         train.flush(senders, ctx, log);
         batch.flush(senders, ctx, log);
         round
@@ -1020,7 +1020,7 @@ impl Receiver {
                 }
             }
         }
-        tally.flush();
+        tally.flush(&ctx.metrics);
         out.publish();
         true
     }
