@@ -4,7 +4,8 @@
 //! * `/readyz`: a lease is held, etcd answers (or has been away less than the grace
 //!   period), and the data plane is in place: it is up, and the bridge, the TUN device
 //!   and a route for every compatible peer exist in the kernel (checked over netlink on
-//!   each request, so a device someone deleted shows at once);
+//!   each request, so a device someone deleted shows at once), except for subnets
+//!   another route holds (a route conflict, reported in `/v1/status`);
 //! * `/metrics`: Prometheus/OpenMetrics text ([`crate::metrics_export`]);
 //! * `/v1/status`: JSON: readiness, lease, etcd, peers, devices and active offloads,
 //!   counters.
@@ -97,16 +98,9 @@ impl StatusReport {
         report.dataplane = sources.dataplane.as_ref().map(|m| m.snapshot());
         report.devices = sources.dataplane.as_ref().and_then(|m| m.dataplane());
         if let Some(m) = &sources.dataplane {
-            report.peer_traffic = m
-                .peer_traffic()
-                .into_iter()
-                .filter(|t| {
-                    report
-                        .peers
-                        .iter()
-                        .any(|p| p.subnet == t.subnet && p.public_ip == t.public_ip)
-                })
-                .collect();
+            // The data plane drops a peer's series when its lease goes
+            // (`Metrics::retain_peers`), so these are the current peers'.
+            report.peer_traffic = m.peer_traffic();
         }
         report
     }
@@ -200,9 +194,15 @@ async fn dataplane_in_place(sources: &HealthSources) -> Result<(), String> {
         _ => None,
     };
     let routes = netlink.weft_routes().await.map_err(|e| e.to_string())?;
+    // A subnet another route holds has no weft route on purpose: that is reported
+    // (`route_conflicts`), not a data plane that is not in place.
+    let conflicts = metrics.route_conflicts();
     for peer in sources.control.peers() {
         let compatible = peer.backend == info.backend && peer.vni == info.vni;
         if !compatible || Some(peer.subnet) == own {
+            continue;
+        }
+        if conflicts.iter().any(|c| c.prefix == peer.subnet) {
             continue;
         }
         if !routes.iter().any(|route| route.dst == peer.subnet) {

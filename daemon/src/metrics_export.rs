@@ -15,6 +15,8 @@
 //! | `weft_drops_total` | counter | `reason` (one per [`DropReason`]) |
 //! | `weft_encap_errors_total`, `weft_decap_errors_total` | counter | |
 //! | `weft_route_reconcile_fixes_total` | counter | |
+//! | `weft_route_conflicts_total`, `weft_route_failures_total` | counter | |
+//! | `weft_routes_conflicting` | gauge | |
 //! | `weft_dataplane_repairs_total` | counter | `what` (one per [`Repair`](crate::metrics::Repair)) |
 //! | `weft_underlay_tx_errors_total`, `weft_underlay_tx_dropped_total` | counter | the underlay device's, sampled every 2 s |
 //! | `weft_etcd_watch_restarts_total`, `weft_lease_renewals_total`, `weft_lease_losses_total`, `weft_lease_reacquisitions_total`, `weft_subnet_race_retries_total` | counter | |
@@ -138,16 +140,9 @@ impl Collector for NodeCollector {
                 "direction",
                 &[("tx", s.tx_bytes), ("rx", s.rx_bytes)],
             )?;
-            let current = self.control.peers();
-            let peers: Vec<_> = m
-                .peer_traffic()
-                .into_iter()
-                .filter(|p| {
-                    current
-                        .iter()
-                        .any(|c| c.subnet == p.subnet && c.public_ip == p.public_ip)
-                })
-                .collect();
+            // Current peers only: the data plane drops a peer's series when its lease
+            // goes (`Metrics::retain_peers`).
+            let peers = m.peer_traffic();
             for (name, help, tx, rx) in [
                 (
                     "weft_peer_packets",
@@ -247,6 +242,24 @@ impl Collector for NodeCollector {
                 "weft_route_reconcile_fixes",
                 "Routes the periodic reconcile had to add, replace or remove",
                 s.route_reconcile_fixes,
+            )?;
+            counter(
+                e,
+                "weft_route_conflicts",
+                "Peer subnets found held by a route weft did not install (left alone; counted once per conflict)",
+                s.route_conflicts_total,
+            )?;
+            gauge(
+                e,
+                "weft_routes_conflicting",
+                "Peer subnets another route holds now",
+                i64::try_from(s.route_conflicts.len()).unwrap_or(i64::MAX),
+            )?;
+            counter(
+                e,
+                "weft_route_failures",
+                "Route changes the kernel refused (every attempt; the other changes of the pass go on)",
+                s.route_failures_total,
             )?;
             labelled_counters(
                 e,
@@ -395,6 +408,7 @@ mod tests {
             "10.244.9.0/24".parse().unwrap(),
             Ipv4Addr::new(192, 0, 2, 9),
         );
+        metrics.retain_peers([(peer.subnet, peer.public_ip)]);
         metrics.drop_packet(DropReason::RxWrongVni);
         metrics.underlay_tx_errors.store(7, Ordering::Relaxed);
         let page = render(NodeCollector {

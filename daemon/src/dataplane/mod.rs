@@ -240,9 +240,12 @@ pub async fn run_with_metrics(
                     while let Ok(event) = events.try_recv() {
                         apply_event(&mut peers, event, &lease.subnet);
                     }
+                    // Gone peers' series go; before the table swap, so no worker can
+                    // register a peer that just left.
+                    metrics.retain_peers(peers.values().map(|p| (p.subnet, p.public_ip)));
                     let (routes, table_input) = state.desired(&peers);
                     shared.table.store(Arc::new(PeerTable::build(subnet_len, &encap, table_input)));
-                    if let Err(error) = sync_routes(&netlink, &routes).await {
+                    if let Err(error) = sync_routes(&netlink, &routes, &metrics).await {
                         tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
                     }
                 }
@@ -251,14 +254,14 @@ pub async fn run_with_metrics(
             // A worker's fault is repaired at once, not at the next tick.
             () = fault_reported => {
                 repairs.check(&mut plane, &mut state).await;
-                if let Err(error) = sync_routes(&netlink, &state.desired(&peers).0).await {
+                if let Err(error) = sync_routes(&netlink, &state.desired(&peers).0, &metrics).await {
                     tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
                 }
             }
             _ = reconcile.tick() => {
                 repairs.check(&mut plane, &mut state).await;
                 let (routes, _) = state.desired(&peers);
-                match sync_routes(&netlink, &routes).await {
+                match sync_routes(&netlink, &routes, &metrics).await {
                     Ok(fixes) => {
                         metrics.route_reconcile_fixes.fetch_add(fixes as u64, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -286,7 +289,7 @@ pub async fn run_with_metrics(
         }
     }
     if settings.cleanup_on_exit {
-        sync_routes(&netlink, &[]).await?;
+        sync_routes(&netlink, &[], &metrics).await?;
         if let Some((tun, tap_encap)) = devices {
             tun.set_transient()?;
             // The TAP and its program go with the last descriptor.
@@ -823,13 +826,19 @@ async fn sample_underlay_stats(netlink: &Netlink, underlay: &str, metrics: &Metr
     }
 }
 
-/// Applies the route plan; returns how many changes it made.
-async fn sync_routes(netlink: &Netlink, desired: &[Route]) -> anyhow::Result<usize> {
-    let changes = netlink.reconcile_routes(desired).await?;
-    for change in &changes {
+/// Applies the route plan; returns how many changes it made. Conflicts with foreign
+/// routes and refused changes go to `metrics` (counted, logged once).
+async fn sync_routes(
+    netlink: &Netlink,
+    desired: &[Route],
+    metrics: &Metrics,
+) -> anyhow::Result<usize> {
+    let pass = netlink.reconcile_routes(desired).await?;
+    for change in &pass.applied {
         tracing::info!(?change, "route");
     }
-    Ok(changes.len())
+    metrics.record_route_pass(&pass);
+    Ok(pass.applied.len())
 }
 
 fn first_host(subnet: Ipv4Net) -> Ipv4Addr {

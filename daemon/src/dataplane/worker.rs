@@ -635,7 +635,7 @@ impl Transmitter {
             slot_index = (slot_index + 1) % BATCH;
         }
         drop(peers);
-        tally.flush();
+        tally.flush(&ctx.metrics);
         train.flush(senders, ctx, log);
         batch.flush(senders, ctx, log);
         round
@@ -1046,7 +1046,7 @@ impl Receiver {
                 }
             }
         }
-        tally.flush();
+        tally.flush(&ctx.metrics);
         out.publish();
         true
     }

@@ -10,7 +10,7 @@ pub mod route;
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt;
+use futures::{StreamExt as _, TryStreamExt};
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
@@ -20,7 +20,9 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
 use bridge::{ipv4_addresses, link_by_name, netlink_errno};
-pub use route::{plan, Change, Route, WEFT_ROUTE_PROTOCOL};
+pub use route::{
+    plan, protocol_name, Change, Conflict, ForeignRoute, Plan, Route, WEFT_ROUTE_PROTOCOL,
+};
 
 /// `ENOENT`/`ESRCH` from the kernel: the object to delete is already gone.
 const GONE: [i32; 2] = [libc::ENOENT, libc::ESRCH];
@@ -207,6 +209,13 @@ impl Netlink {
     /// The IPv4 routes of the main table that weft installed (tagged with
     /// [`WEFT_ROUTE_PROTOCOL`]).
     pub async fn weft_routes(&self) -> Result<Vec<Route>> {
+        Ok(self.main_routes().await?.0)
+    }
+
+    /// The IPv4 routes of the main table: weft's (unicast, tagged with
+    /// [`WEFT_ROUTE_PROTOCOL`]) and everybody else's (any type: a blackhole or
+    /// unreachable route holds its prefix as much as a unicast one).
+    pub async fn main_routes(&self) -> Result<(Vec<Route>, Vec<ForeignRoute>)> {
         let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let messages: Vec<RouteMessage> = self
             .handle
@@ -216,60 +225,171 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(request_error("listing routes"))?;
-        Ok(messages
-            .iter()
-            .filter(|m| {
-                m.header.protocol == RouteProtocol::Other(WEFT_ROUTE_PROTOCOL)
-                    && m.header.table == RouteHeader::RT_TABLE_MAIN
-                    && m.header.kind == RouteType::Unicast
-            })
-            .filter_map(route_of)
-            .collect())
+        let mut weft = Vec::new();
+        let mut foreign = Vec::new();
+        for message in &messages {
+            if message.header.table != RouteHeader::RT_TABLE_MAIN {
+                continue;
+            }
+            let protocol = u8::from(message.header.protocol);
+            if protocol == WEFT_ROUTE_PROTOCOL {
+                if message.header.kind == RouteType::Unicast {
+                    weft.extend(route_of(message));
+                }
+            } else if let (Ok(dst), gateway, oif) = route_parts(message) {
+                foreign.push(ForeignRoute {
+                    dst,
+                    protocol,
+                    gateway,
+                    oif,
+                });
+            }
+        }
+        Ok((weft, foreign))
     }
 
-    /// Applies one reconcile step. Adding an identical route and deleting a missing one
-    /// both count as success.
-    pub async fn apply(&self, change: &Change) -> Result<()> {
+    /// Applies one reconcile step; `Ok(Applied::Taken)` when an add found the prefix
+    /// taken by a route that appeared since the table was read. Deleting a route that
+    /// is already gone counts as done.
+    pub async fn apply(&self, change: &Change) -> Result<Applied> {
         match change {
-            Change::Add(route) | Change::Replace(route) => {
+            Change::Add(route) => {
+                // Create-exclusive (rtnetlink's default flags: CREATE | EXCL): the
+                // kernel refuses if any route to the prefix exists at this metric, so a
+                // route someone added since we looked is never overwritten.
                 match self
                     .handle
                     .route()
                     .add(route_message(route))
-                    .replace()
                     .execute()
                     .await
                 {
-                    Ok(()) => Ok(()),
-                    Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => Ok(()),
-                    Err(e) => Err(request_error(format!("installing route {route:?}"))(e)),
+                    Ok(()) => Ok(Applied::Done),
+                    Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => Ok(Applied::Taken),
+                    Err(e) => Err(request_error(format!("adding route {}", describe(route)))(
+                        e,
+                    )),
                 }
             }
-            Change::Delete(route) => {
-                match self
-                    .handle
-                    .route()
-                    .del(route_message(route))
-                    .execute()
-                    .await
-                {
-                    Ok(()) => Ok(()),
-                    Err(e) if netlink_errno(&e).is_some_and(|n| GONE.contains(&n)) => Ok(()),
-                    Err(e) => Err(request_error(format!("deleting route {route:?}"))(e)),
+            Change::Replace { old, new } => {
+                // NLM_F_REPLACE would replace the first route to the prefix, whoever
+                // installed it. Appending puts the new route behind whatever is there
+                // (the old one keeps carrying traffic), and deleting the old one by
+                // weft's protocol number removes exactly that one.
+                match self.append_route(new).await {
+                    Ok(()) => {}
+                    // An identical route (same protocol, gateway and device) exists.
+                    Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => {}
+                    Err(e) => {
+                        return Err(request_error(format!(
+                            "adding route {} (replacing {})",
+                            describe(new),
+                            describe(old)
+                        ))(e))
+                    }
                 }
+                self.delete_route(old).await.map(|()| Applied::Done)
             }
+            Change::Delete(route) => self.delete_route(route).await.map(|()| Applied::Done),
         }
     }
 
-    /// Plans and applies every change that makes weft's routes equal `desired`;
-    /// returns the changes made.
-    pub async fn reconcile_routes(&self, desired: &[Route]) -> Result<Vec<Change>> {
-        let actual = self.weft_routes().await?;
-        let changes = plan(desired, &actual);
-        for change in &changes {
-            self.apply(change).await?;
+    /// `NLM_F_CREATE | NLM_F_APPEND`: a route behind those to the same prefix.
+    async fn append_route(&self, route: &Route) -> std::result::Result<(), rtnetlink::Error> {
+        use rtnetlink::packet_core::{
+            NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+        };
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(route_message(route)));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        let mut handle = self.handle.clone();
+        let mut responses = handle.request(request)?;
+        while let Some(message) = responses.next().await {
+            if let NetlinkPayload::Error(error) = message.payload {
+                return Err(rtnetlink::Error::NetlinkError(error));
+            }
         }
-        Ok(changes)
+        Ok(())
+    }
+
+    /// Deletes weft's route `route`: the request names weft's protocol number, which the
+    /// kernel matches, so a foreign route to the same prefix is never the one deleted.
+    async fn delete_route(&self, route: &Route) -> Result<()> {
+        match self
+            .handle
+            .route()
+            .del(route_message(route))
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if netlink_errno(&e).is_some_and(|n| GONE.contains(&n)) => Ok(()),
+            Err(e) => Err(request_error(format!("deleting route {}", describe(route)))(e)),
+        }
+    }
+
+    /// Plans and applies every change that makes weft's routes equal `desired`, leaving
+    /// foreign routes alone. One change failing does not stop the others: every change
+    /// is tried, and the failures are returned with the rest. Only reading the table
+    /// is an error.
+    pub async fn reconcile_routes(&self, desired: &[Route]) -> Result<RoutePass> {
+        let (actual, foreign) = self.main_routes().await?;
+        let Plan { changes, conflicts } = plan(desired, &actual, &foreign);
+        let mut pass = RoutePass {
+            conflicts,
+            ..RoutePass::default()
+        };
+        for change in changes {
+            match self.apply(&change).await {
+                Ok(Applied::Done) => pass.applied.push(change),
+                Ok(Applied::Taken) => pass.conflicts.push(Conflict {
+                    wanted: match change {
+                        Change::Add(route) | Change::Delete(route) => route,
+                        Change::Replace { new, .. } => new,
+                    },
+                    foreign: None,
+                }),
+                Err(error) => pass.failures.push(RouteFailure {
+                    change,
+                    error: error.to_string(),
+                }),
+            }
+        }
+        Ok(pass)
+    }
+}
+
+/// What [`Netlink::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Done,
+    /// A create-exclusive add found the prefix taken (`EEXIST`): a conflict.
+    Taken,
+}
+
+/// A change the kernel refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteFailure {
+    pub change: Change,
+    pub error: String,
+}
+
+/// The outcome of one route reconcile pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutePass {
+    /// Changes made.
+    pub applied: Vec<Change>,
+    /// Destinations held by another route (found when reading, or by `EEXIST`).
+    pub conflicts: Vec<Conflict>,
+    /// Changes the kernel refused; the pass went on with the rest.
+    pub failures: Vec<RouteFailure>,
+}
+
+/// `10.244.5.0/24 dev 7` / `10.244.5.0/24 via 192.0.2.5 dev 2`, for messages.
+pub fn describe(route: &Route) -> String {
+    match route.gateway {
+        Some(gateway) => format!("{} via {gateway} dev {}", route.dst, route.oif),
+        None => format!("{} dev {}", route.dst, route.oif),
     }
 }
 
