@@ -130,7 +130,6 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
             return other.map(|_| ());
         }
     };
-    status.set_degraded(None);
     let Online {
         registry,
         manager,
@@ -184,6 +183,9 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
         }
         None => None,
     };
+    // Only now: until the restored data plane is confirmed or gone, the node is not
+    // ready in the sense of `/readyz`.
+    status.set_degraded(None);
 
     // The data plane (with the peer watcher feeding it) runs while the subnet is ours.
     // When another node's record takes our key, this node stops routing the subnet —

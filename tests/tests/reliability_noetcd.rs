@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use reliability_support::{lease_of, log_text, readyz, require_binaries, status, view};
-use weft_tests::lab::kernel::lease_key;
+use weft_tests::lab::kernel::{lease_key, FlannelLease};
 use weft_tests::lab::{Lab, LabSpec, ETCD_PREFIX};
 use weft_tests::{require_root, wait_for, wait_until};
 
@@ -346,4 +346,82 @@ fn garbled_or_foreign_last_known_state_is_ignored_and_weftd_waits_for_etcd() {
     assert_eq!(saved["public_ip"], lab.node(1).unwrap().ip.to_string());
     assert_eq!(saved["subnet"], subnet1.to_string());
     assert!(lab.ping("a", b) && lab.ping("b", a));
+}
+
+#[test]
+fn subnet_taken_while_the_node_was_down_restarts_the_restored_data_plane_with_etcds_lease() {
+    if !require_root(
+        "subnet_taken_while_the_node_was_down_restarts_the_restored_data_plane_with_etcds_lease",
+    ) {
+        return;
+    }
+    require_binaries(&["weftd"]);
+    let mut lab = Lab::start(LabSpec::weft(2)).unwrap();
+    let a = lab.add_pod(1, "a").unwrap();
+    let b = lab.add_pod(2, "b").unwrap();
+    wait_until(
+        "pods a and b to reach each other",
+        Duration::from_secs(15),
+        || lab.ping("a", b) && lab.ping("b", a),
+    )
+    .unwrap();
+    let (subnet1, _) = lease_of(&lab, 1).unwrap();
+    let (subnet2, _) = lease_of(&lab, 2).unwrap();
+    wait_last_known_lists(&lab, 1, subnet2);
+
+    // While node 1 is down, another node takes its subnet.
+    lab.kill9_weftd(1).unwrap();
+    let key1 = lease_key(ETCD_PREFIX, subnet1);
+    lab.etcd().etcdctl(&["del", &key1]).unwrap();
+    let other = lab.etcd().lease_grant(600).unwrap();
+    lab.etcd()
+        .put_with_lease(
+            &key1,
+            &FlannelLease::vxlan_value(Ipv4Addr::new(192, 0, 2, 99), 1, "02:00:00:00:00:99"),
+            &other,
+        )
+        .unwrap();
+    lab.etcd_mut().stop();
+    let log_from = log_text(&lab, 1).len();
+    lab.start_weftd(1).unwrap();
+    let s = wait_for("node 1 to run degraded", Duration::from_secs(10), || {
+        status(&lab, 1).ok().filter(|s| s.get("degraded").is_some())
+    })
+    .unwrap();
+    assert_eq!(s["degraded"]["subnet"], subnet1.to_string(), "{s}");
+
+    // etcd says the subnet is not ours: the data plane restarts with etcd's new lease.
+    lab.etcd_mut().restart().unwrap();
+    lab.wait_weftd_ready(1).unwrap();
+    let (new_subnet, _) = lease_of(&lab, 1).unwrap();
+    assert_ne!(new_subnet, subnet1, "the taken subnet is not fought over");
+    assert_eq!(
+        lab.node_subnet(1).unwrap().0,
+        new_subnet,
+        "subnet.env follows"
+    );
+    let s = status(&lab, 1).unwrap();
+    assert!(s.get("degraded").is_none(), "{s}");
+    assert_eq!(s["lease"]["subnet"], new_subnet.to_string(), "{s}");
+    let log = log_text(&lab, 1);
+    assert_eq!(
+        dataplane_starts(&log, log_from),
+        2,
+        "the restored data plane was restarted once, with the new lease; log:\n{}",
+        &log[log_from..]
+    );
+    let saved = wait_for(
+        "last-known.json to hold the new lease",
+        Duration::from_secs(10),
+        || last_known(&lab, 1).filter(|s| s["subnet"] == new_subnet.to_string().as_str()),
+    )
+    .unwrap();
+    assert!(saved["peers"].to_string().contains(&subnet2.to_string()));
+    // A pod started now, in the new subnet, reaches node 2's pod.
+    let c = lab.add_pod(1, "c").unwrap();
+    assert!(new_subnet.contains(&c), "{c} in {new_subnet}");
+    wait_until("pod c to reach pod b", Duration::from_secs(15), || {
+        lab.ping("c", b) && lab.ping("b", c)
+    })
+    .unwrap();
 }
