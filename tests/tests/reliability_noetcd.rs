@@ -3,8 +3,10 @@
 //! brings the data plane up from that file, says so (`/readyz` 503 "degraded",
 //! `/v1/status` `degraded` with the peers' time), and once etcd answers keeps its
 //! subnet and etcd lease as they are, takes etcd's peers and does not restart the data
-//! plane. A garbled or foreign file is ignored with a log line naming it, and weftd
-//! waits for etcd as before.
+//! plane. Also: both nodes restarted; etcd black-holed rather than refusing (weftd
+//! waits 0.5 s, then starts from its state); a subnet taken while the node was down
+//! (the restored data plane is restarted with etcd's new lease); a garbled or foreign
+//! file, ignored with a log line naming it while weftd waits for etcd as before.
 
 mod reliability_support;
 
@@ -424,4 +426,54 @@ fn subnet_taken_while_the_node_was_down_restarts_the_restored_data_plane_with_et
         lab.ping("c", b) && lab.ping("b", c)
     })
     .unwrap();
+}
+
+#[test]
+fn etcd_that_does_not_answer_at_all_is_waited_for_only_briefly() {
+    if !require_root("etcd_that_does_not_answer_at_all_is_waited_for_only_briefly") {
+        return;
+    }
+    require_binaries(&["weftd"]);
+    let mut lab = Lab::start(LabSpec::weft(2)).unwrap();
+    let a = lab.add_pod(1, "a").unwrap();
+    let b = lab.add_pod(2, "b").unwrap();
+    wait_until(
+        "pods a and b to reach each other",
+        Duration::from_secs(15),
+        || lab.ping("a", b) && lab.ping("b", a),
+    )
+    .unwrap();
+    let (subnet1, _) = lease_of(&lab, 1).unwrap();
+    let (subnet2, _) = lease_of(&lab, 2).unwrap();
+    wait_last_known_lists(&lab, 1, subnet2);
+
+    // etcd runs, but node 1's packets to it vanish (no refusal to react to): weftd
+    // gives etcd a moment, then starts from its state.
+    lab.kill9_weftd(1).unwrap();
+    let n1 = lab.node_ns(1).unwrap();
+    n1.sh(
+        "nft -f - <<'EOF'\ntable ip weft_test_blackhole {\n  chain out {\n    type filter hook output priority 0;\n    ip daddr 192.0.2.254 tcp dport 2379 drop\n  }\n}\nEOF\n",
+    )
+    .unwrap();
+    let reached = start_and_reach(&mut lab, 1, a, b);
+    let s = status(&lab, 1).unwrap();
+    assert_eq!(s["degraded"]["subnet"], subnet1.to_string(), "{s}");
+    println!(
+        "etcd black-holed: pods reached each other {:.0} ms after the spawn of weftd",
+        reached.as_secs_f64() * 1e3
+    );
+
+    n1.run("nft", &["delete", "table", "ip", "weft_test_blackhole"])
+        .unwrap();
+    wait_until(
+        "node 1 to reconcile once etcd answers",
+        Duration::from_secs(40),
+        || {
+            status(&lab, 1).is_ok_and(|s| s.get("degraded").is_none())
+                && readyz(&lab, 1).is_ok_and(|(code, _)| code == 200)
+        },
+    )
+    .unwrap();
+    assert_eq!(lease_of(&lab, 1).unwrap().0, subnet1);
+    assert!(lab.ping("a", b) && lab.ping("b", a));
 }
