@@ -47,12 +47,25 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> anyhow:
             let _ = stop_tx.send(true);
         });
     }
-    let result = run_until(settings, stop.clone()).await;
+    let (saver, saver_task) =
+        LastKnownWriter::spawn(settings.state_dir.clone(), SAVE_DEBOUNCE, stop.clone());
+    let result = run_until(settings, saver, stop.clone()).await;
     let _ = stop_tx.send(true);
+    // What changed in the last debounce period is written before the process exits.
+    if tokio::time::timeout(SAVE_ON_EXIT, saver_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last write of the last known state did not finish in time");
+    }
     result
 }
 
-async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn run_until(
+    settings: Settings,
+    saver: LastKnownWriter,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let underlay = underlay::resolve(settings.iface.as_deref(), settings.public_ip)?;
     tracing::info!(iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay");
     let mut identity = NodeState::load_or_create(&settings.state_dir)?;
@@ -68,7 +81,6 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
     tokio::spawn(crate::health::serve(listener, sources, stop.clone()));
 
     let restored = load_restorable(&settings.state_dir, &underlay, &identity);
-    let saver = LastKnownWriter::spawn(settings.state_dir.clone(), SAVE_DEBOUNCE, stop.clone());
     if let Some(restored) = &restored {
         saver.seed(restored, underlay.public_ip);
     }
@@ -247,6 +259,8 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
 const RESTORE_AFTER: Duration = Duration::from_millis(500);
 /// `last-known.json` is written at most this often (a burst of peer events is one write).
 const SAVE_DEBOUNCE: Duration = Duration::from_secs(1);
+/// How long an exiting weftd waits for the last write of `last-known.json`.
+const SAVE_ON_EXIT: Duration = Duration::from_secs(2);
 
 /// What etcd gave: the client, the manager, the net-conf and the lease.
 struct Online {

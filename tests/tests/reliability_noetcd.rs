@@ -249,6 +249,37 @@ fn both_nodes_restarted_while_etcd_is_down_still_reach_each_other() {
     wait_last_known_lists(&lab, 1, subnet2);
     wait_last_known_lists(&lab, 2, subnet1);
 
+    // A peer that appears right before a SIGTERM is in the file after it: the pending
+    // write is not lost to the debounce.
+    let newcomer: ipnet::Ipv4Net = "10.244.250.0/24".parse().unwrap();
+    let lease = lab.etcd().lease_grant(600).unwrap();
+    lab.etcd()
+        .put_with_lease(
+            &lease_key(ETCD_PREFIX, newcomer),
+            &FlannelLease::vxlan_value(Ipv4Addr::new(192, 0, 2, 99), 1, "02:00:00:00:00:99"),
+            &lease,
+        )
+        .unwrap();
+    let node1 = lab.node_ns(1).unwrap();
+    wait_until(
+        "node 1 to route the newcomer",
+        Duration::from_secs(10),
+        || {
+            reliability_support::routes_via(&node1, "weft.1")
+                .iter()
+                .any(|r| r.starts_with("10.244.250.0/24 "))
+        },
+    )
+    .unwrap();
+    lab.stop_weftd(1).unwrap();
+    let saved = last_known(&lab, 1).unwrap();
+    assert!(
+        saved["peers"].to_string().contains("10.244.250.0/24"),
+        "written on SIGTERM: {saved}"
+    );
+    lab.start_weftd(1).unwrap();
+    lab.wait_weftd_ready(1).unwrap();
+
     lab.etcd_mut().stop();
     lab.kill9_weftd(1).unwrap();
     lab.kill9_weftd(2).unwrap();

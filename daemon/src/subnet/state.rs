@@ -369,16 +369,20 @@ struct Pending {
 }
 
 impl LastKnownWriter {
-    /// Starts the writing task for `dir`; it ends (after a last write) when `stop` turns
-    /// true.
-    pub fn spawn(dir: PathBuf, debounce: Duration, stop: watch::Receiver<bool>) -> Self {
+    /// Starts the writing task for `dir`; it ends (after a last write of what is
+    /// pending) when `stop` turns true. Await the handle to know that write is done.
+    pub fn spawn(
+        dir: PathBuf,
+        debounce: Duration,
+        stop: watch::Receiver<bool>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let shared = Arc::new(WriterShared {
             dir,
             pending: Mutex::default(),
             wake: Notify::new(),
         });
-        tokio::spawn(write_loop(shared.clone(), debounce, stop));
-        LastKnownWriter { shared }
+        let task = tokio::spawn(write_loop(shared.clone(), debounce, stop));
+        (LastKnownWriter { shared }, task)
     }
 
     fn pending(&self) -> MutexGuard<'_, Pending> {
@@ -763,7 +767,7 @@ mod tests {
     async fn a_burst_of_5000_peer_events_is_one_write() {
         let dir = tempfile::tempdir().unwrap();
         let (stop_tx, stop) = watch::channel(false);
-        let writer =
+        let (writer, task) =
             LastKnownWriter::spawn(dir.path().to_owned(), Duration::from_millis(200), stop);
         writer.set_netconf(NETCONF.into(), Ipv4Addr::new(192, 0, 2, 1));
         writer.set_lease("10.244.1.0/24".parse().unwrap(), 7, Some(NOW));
@@ -809,10 +813,7 @@ mod tests {
         // Stop writes what is pending: a removal after a conflict.
         writer.forget();
         stop_tx.send(true).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while file.exists() {
-            assert!(std::time::Instant::now() < deadline, "not removed on stop");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        task.await.unwrap();
+        assert!(!file.exists(), "removed on stop, before the task ended");
     }
 }
