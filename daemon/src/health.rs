@@ -8,7 +8,8 @@
 //!   another route holds (a route conflict, reported in `/v1/status`);
 //! * `/metrics`: Prometheus/OpenMetrics text ([`crate::metrics_export`]);
 //! * `/v1/status`: JSON: readiness, lease, etcd, peers, devices and active offloads,
-//!   counters.
+//!   counters, and `degraded` while the data plane runs from the last known state
+//!   (etcd unreachable since start; `/readyz` then answers 503, `/healthz` 200).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use tokio::sync::watch;
 use crate::metrics::{DataplaneInfo, Metrics, MetricsSnapshot, PeerTraffic};
 use crate::netlink::Netlink;
 use crate::subnet::registry::EtcdHealth;
-use crate::subnet::status::{ControlStatus, LeaseState, PeerView, Readiness};
+use crate::subnet::status::{ControlStatus, Degraded, LeaseState, PeerView, Readiness};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on --healthz-addr {addr}: {source}")]
@@ -50,6 +51,10 @@ pub struct StatusReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_ready_reason: Option<String>,
     pub lease: LeaseState,
+    /// Present while the data plane runs from the last known state (etcd unreachable
+    /// since start): the subnet and the time of the peer set it runs with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Degraded>,
     pub etcd: EtcdReport,
     pub peers: Vec<PeerView>,
     pub counters: CountersReport,
@@ -142,6 +147,7 @@ impl StatusReport {
                 Readiness::NotReady(reason) => Some(reason),
             },
             lease: status.lease(),
+            degraded: status.degraded(),
             etcd,
             peers: status.peers(),
             counters: CountersReport {
@@ -191,7 +197,7 @@ async fn dataplane_in_place(sources: &HealthSources) -> Result<(), String> {
     }
     let own = match sources.control.lease() {
         LeaseState::Held { subnet, .. } => Some(subnet),
-        _ => None,
+        _ => sources.control.degraded().map(|d| d.subnet),
     };
     let routes = netlink.weft_routes().await.map_err(|e| e.to_string())?;
     // A subnet another route holds has no weft route on purpose: that is reported

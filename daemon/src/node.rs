@@ -3,6 +3,7 @@
 //! running beside the data plane until shutdown.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,13 +13,16 @@ use tokio::sync::{mpsc, watch, Notify};
 use weft_config::{NetConf, Settings, SubnetEnv};
 
 use crate::health::HealthSources;
-use crate::lease::{overlay_mtu, LocalLease};
+use crate::lease::{overlay_mtu, LocalLease, PeerEvent};
 use crate::metrics::Metrics;
 use crate::subnet::manager::{sleep_or_shutdown, Backoff};
-use crate::subnet::state::LastLease;
+use crate::subnet::state::{
+    now_unix, LastKnown, LastKnownWriter, LastLease, Restored, LAST_KNOWN_FILE,
+};
+use crate::subnet::status::{rfc3339_utc, Degraded};
 use crate::subnet::{
-    watch_peers, ControlStatus, EtcdOptions, LeaseState, ManagerConfig, ManagerError, NodeState,
-    Registry, SubnetManager,
+    watch_peers, ControlStatus, EtcdOptions, HeldLease, LeaseState, ManagerConfig, ManagerError,
+    NodeState, Registry, SubnetManager,
 };
 use crate::underlay::{self, Underlay};
 
@@ -43,12 +47,25 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> anyhow:
             let _ = stop_tx.send(true);
         });
     }
-    let result = run_until(settings, stop.clone()).await;
+    let (saver, saver_task) =
+        LastKnownWriter::spawn(settings.state_dir.clone(), SAVE_DEBOUNCE, stop.clone());
+    let result = run_until(settings, saver, stop.clone()).await;
     let _ = stop_tx.send(true);
+    // What changed in the last debounce period is written before the process exits.
+    if tokio::time::timeout(SAVE_ON_EXIT, saver_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last write of the last known state did not finish in time");
+    }
     result
 }
 
-async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn run_until(
+    settings: Settings,
+    saver: LastKnownWriter,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let underlay = underlay::resolve(settings.iface.as_deref(), settings.public_ip)?;
     tracing::info!(iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay");
     let mut identity = NodeState::load_or_create(&settings.state_dir)?;
@@ -63,30 +80,75 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
     };
     tokio::spawn(crate::health::serve(listener, sources, stop.clone()));
 
-    let Some(registry) =
-        connect(&EtcdOptions::from_settings(&settings), &status, &mut stop).await?
-    else {
-        return Ok(());
-    };
-    let mut config = ManagerConfig::new(
-        underlay.public_ip,
-        identity.vtep_mac.0,
-        Duration::from_secs(settings.lease_ttl_secs),
-    );
-    config.preferred = preferred_subnets(&identity, &settings);
-    let manager = Arc::new(SubnetManager::new(registry.clone(), config, status.clone()));
+    let restored = load_restorable(&settings.state_dir, &underlay, &identity);
+    if let Some(restored) = &restored {
+        saver.seed(restored, underlay.public_ip);
+    }
 
-    let netconf = match manager.wait_for_netconf(&mut stop).await {
-        Ok(netconf) => netconf,
-        Err(ManagerError::Shutdown) => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let establish = establish(
+        &settings,
+        &underlay,
+        identity.clone(),
+        &status,
+        restored.as_ref(),
+        stop.clone(),
+    );
+    tokio::pin!(establish);
+    // With a usable last known state, etcd gets a moment to answer; if it does not,
+    // the data plane comes up from that state and etcd is waited for beside it.
+    let mut restored_dataplane: Option<Dataplane> = None;
+    let online = match &restored {
+        Some(restored) => {
+            let early = tokio::select! {
+                online = &mut establish => Some(online),
+                () = etcd_refused_or(&status, RESTORE_AFTER) => None,
+            };
+            match early {
+                Some(online) => online,
+                None if !etcd_never_answered(&status) => (&mut establish).await,
+                None => {
+                    let mut dataplane = start_restored(
+                        &settings, &underlay, &identity, &status, &metrics, &saver, restored,
+                    )?;
+                    enum Offline {
+                        Online(Box<anyhow::Result<Option<Online>>>),
+                        Ended(anyhow::Result<()>),
+                        Stopped,
+                    }
+                    let outcome = tokio::select! {
+                        online = &mut establish => Offline::Online(Box::new(online)),
+                        ended = &mut dataplane.task => Offline::Ended(joined(ended)),
+                        () = until_stopped(&mut stop) => Offline::Stopped,
+                    };
+                    match outcome {
+                        Offline::Online(online) => {
+                            restored_dataplane = Some(dataplane);
+                            *online
+                        }
+                        Offline::Ended(result) => return result.context("data plane"),
+                        Offline::Stopped => return dataplane.stop().await,
+                    }
+                }
+            }
+        }
+        None => (&mut establish).await,
     };
-    tracing::info!(network = %netconf.network, backend = netconf.backend.type_name(), "network config");
-    let held = match manager.acquire_retrying(&netconf, &mut stop).await {
-        Ok(held) => held,
-        Err(ManagerError::Shutdown) => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let online = match online {
+        Ok(Some(online)) => online,
+        other => {
+            if let Some(dataplane) = restored_dataplane {
+                dataplane.stop().await?;
+            }
+            return other.map(|_| ());
+        }
     };
+    let Online {
+        registry,
+        manager,
+        netconf,
+        netconf_json,
+        held,
+    } = online;
 
     identity.last_lease = Some(LastLease {
         network: netconf.network,
@@ -97,6 +159,12 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
 
     let lease = local_lease(&netconf, held.subnet, &underlay, &identity);
     write_subnet_env(&settings, &lease)?;
+    saver.set_netconf(netconf_json, underlay.public_ip);
+    tokio::spawn(save_lease_changes(
+        status.subscribe_lease(),
+        saver.clone(),
+        stop.clone(),
+    ));
 
     let own_key_changed = Arc::new(Notify::new());
     let mut lease_states = status.subscribe_lease();
@@ -107,45 +175,73 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
         tokio::spawn(async move { manager.keep(held, notify, stop).await });
     }
 
+    let mut running = match restored_dataplane {
+        Some(dataplane) if dataplane.lease == lease => {
+            tracing::info!(
+                subnet = %lease.subnet,
+                "etcd answers: the last known lease is still this node's; the data plane \
+                 keeps running and takes etcd's peers"
+            );
+            Some(dataplane)
+        }
+        Some(dataplane) => {
+            tracing::warn!(
+                saved = %dataplane.lease.subnet, subnet = %lease.subnet,
+                "etcd answers with another lease or net-conf than the last known state; \
+                 restarting the data plane with it"
+            );
+            dataplane.stop().await?;
+            None
+        }
+        None => None,
+    };
+    // Only now: until the restored data plane is confirmed or gone, the node is not
+    // ready in the sense of `/readyz`.
+    status.set_degraded(None);
+
     // The data plane (with the peer watcher feeding it) runs while the subnet is ours.
     // When another node's record takes our key, this node stops routing the subnet —
     // two nodes answering for one subnet would split its traffic — and stays not ready
     // until the key is free and the keeper has taken it back.
     loop {
-        let (dataplane_stop_tx, dataplane_stop) = watch::channel(false);
-        let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
+        let mut dataplane = match running.take() {
+            Some(dataplane) => dataplane,
+            None => Dataplane::start(&settings, lease.clone(), &metrics, &saver),
+        };
         let watcher = tokio::spawn(watch_peers(
             registry.clone(),
             Some(lease.subnet),
-            events_tx,
+            dataplane.peers.clone(),
             Some(own_key_changed.clone()),
             status.clone(),
-            dataplane_stop.clone(),
+            dataplane.stop_rx.clone(),
         ));
-        let dataplane = crate::dataplane::run_with_metrics(
-            settings.clone(),
-            lease.clone(),
-            events_rx,
-            dataplane_stop,
-            metrics.clone(),
-        );
-        tokio::pin!(dataplane);
-        let conflict = tokio::select! {
-            result = &mut dataplane => {
-                let _ = dataplane_stop_tx.send(true);
+        enum Outcome {
+            Ended(anyhow::Result<()>),
+            Stopped,
+            Conflict(Ipv4Net, Ipv4Addr),
+        }
+        let outcome = tokio::select! {
+            ended = &mut dataplane.task => Outcome::Ended(joined(ended)),
+            () = until_stopped(&mut stop) => Outcome::Stopped,
+            (subnet, holder) = until_conflict(&mut lease_states) => Outcome::Conflict(subnet, holder),
+        };
+        let (subnet, holder) = match outcome {
+            Outcome::Ended(result) => {
+                let _ = dataplane.stop_tx.send(true);
                 let _ = watcher.await;
                 return result.context("data plane");
             }
-            () = until_stopped(&mut stop) => None,
-            conflict = until_conflict(&mut lease_states) => Some(conflict),
+            Outcome::Stopped => {
+                let result = dataplane.stop().await;
+                let _ = watcher.await;
+                return result;
+            }
+            Outcome::Conflict(subnet, holder) => (subnet, holder),
         };
-        let _ = dataplane_stop_tx.send(true);
-        let result = dataplane.await.context("data plane");
+        let result = dataplane.stop().await;
         let _ = watcher.await;
         result?;
-        let Some((subnet, holder)) = conflict else {
-            return Ok(());
-        };
         tracing::error!(
             %subnet, %holder,
             "stopped routing this node's subnet: {holder} holds it in etcd now; the data \
@@ -156,6 +252,243 @@ async fn run_until(settings: Settings, mut stop: watch::Receiver<bool>) -> anyho
         }
         tracing::warn!(%subnet, "this node's subnet is ours again; restarting the data plane");
     }
+}
+
+/// How long a node with a usable last known state waits for etcd at start before it
+/// brings the data plane up from that state (at once if etcd refuses).
+const RESTORE_AFTER: Duration = Duration::from_millis(500);
+/// `last-known.json` is written at most this often (a burst of peer events is one write).
+const SAVE_DEBOUNCE: Duration = Duration::from_secs(1);
+/// How long an exiting weftd waits for the last write of `last-known.json`.
+const SAVE_ON_EXIT: Duration = Duration::from_secs(2);
+
+/// What etcd gave: the client, the manager, the net-conf and the lease.
+struct Online {
+    registry: Registry,
+    manager: Arc<SubnetManager>,
+    netconf: NetConf,
+    netconf_json: String,
+    held: HeldLease,
+}
+
+/// Connects to etcd, waits for the net-conf and acquires the lease (resuming the last
+/// known one if etcd still has it). `None` on shutdown.
+async fn establish(
+    settings: &Settings,
+    underlay: &Underlay,
+    identity: NodeState,
+    status: &Arc<ControlStatus>,
+    restored: Option<&Restored>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Online>> {
+    let Some(registry) = connect(&EtcdOptions::from_settings(settings), status, &mut stop).await?
+    else {
+        return Ok(None);
+    };
+    let mut config = ManagerConfig::new(
+        underlay.public_ip,
+        identity.vtep_mac.0,
+        Duration::from_secs(settings.lease_ttl_secs),
+    );
+    config.preferred = preferred_subnets(&identity, settings);
+    config.resume = restored.map(|r| (r.subnet, r.lease_id));
+    let manager = Arc::new(SubnetManager::new(registry.clone(), config, status.clone()));
+
+    let (netconf, netconf_json) = match manager.wait_for_netconf_json(&mut stop).await {
+        Ok(netconf) => netconf,
+        Err(ManagerError::Shutdown) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(network = %netconf.network, backend = netconf.backend.type_name(), "network config");
+    let held = match manager.acquire_retrying(&netconf, &mut stop).await {
+        Ok(held) => held,
+        Err(ManagerError::Shutdown) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(Online {
+        registry,
+        manager,
+        netconf,
+        netconf_json,
+        held,
+    }))
+}
+
+/// The last known state, if it may bring the data plane up without etcd; logs why not
+/// otherwise (never fatal: the node then waits for etcd, as without it).
+fn load_restorable(dir: &Path, underlay: &Underlay, identity: &NodeState) -> Option<Restored> {
+    let path = dir.join(LAST_KNOWN_FILE);
+    let unusable = match LastKnown::load(dir) {
+        Ok(None) => return None,
+        Ok(Some(saved)) => {
+            match saved.restorable(underlay.public_ip, identity.last_lease.as_ref(), now_unix()) {
+                Ok(restored) => {
+                    tracing::info!(
+                        path = %path.display(), subnet = %restored.subnet,
+                        peers = restored.peers.len(),
+                        peers_as_of = %rfc3339_utc(restored.peers_as_of_unix),
+                        "last known state usable should etcd not answer"
+                    );
+                    return Some(restored);
+                }
+                Err(unusable) => unusable,
+            }
+        }
+        Err((_, unusable)) => unusable,
+    };
+    tracing::warn!(
+        path = %path.display(), reason = %unusable,
+        "ignoring the last known state {}: {unusable}; the data plane waits for etcd",
+        path.display()
+    );
+    None
+}
+
+/// Returns once etcd has refused a request (the lease state says so) or after `limit`.
+async fn etcd_refused_or(status: &ControlStatus, limit: Duration) {
+    let mut states = status.subscribe_lease();
+    let refused = async {
+        loop {
+            if matches!(
+                &*states.borrow_and_update(),
+                Some(LeaseState::WaitingForEtcd { .. })
+            ) {
+                return;
+            }
+            if states.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, refused).await;
+}
+
+/// Whether etcd has not answered this process yet (as opposed to answering without a
+/// net-conf: then etcd is the authority and the node waits, as without a saved state).
+fn etcd_never_answered(status: &ControlStatus) -> bool {
+    matches!(
+        status.lease(),
+        LeaseState::Starting | LeaseState::WaitingForEtcd { .. }
+    )
+}
+
+/// Brings the data plane up from the last known state: subnet.env, the lease, the
+/// saved peers; the status says degraded.
+#[allow(clippy::too_many_arguments)]
+fn start_restored(
+    settings: &Settings,
+    underlay: &Underlay,
+    identity: &NodeState,
+    status: &ControlStatus,
+    metrics: &Arc<Metrics>,
+    saver: &LastKnownWriter,
+    restored: &Restored,
+) -> anyhow::Result<Dataplane> {
+    let path = settings.state_dir.join(LAST_KNOWN_FILE);
+    tracing::warn!(
+        path = %path.display(), subnet = %restored.subnet, peers = restored.peers.len(),
+        peers_as_of = %rfc3339_utc(restored.peers_as_of_unix),
+        "etcd does not answer; bringing the data plane up from the last known state \
+         (degraded until etcd answers)"
+    );
+    let lease = local_lease(&restored.netconf, restored.subnet, underlay, identity);
+    write_subnet_env(settings, &lease)?;
+    status.set_peers(restored.peers.iter());
+    status.set_degraded(Some(Degraded::from_saved_state(
+        &path,
+        restored.subnet,
+        restored.expires_unix,
+        restored.peers_as_of_unix,
+    )));
+    let dataplane = Dataplane::start(settings, lease, metrics, saver);
+    // The channel is fresh and far larger than one event: this cannot be full.
+    let _ = dataplane
+        .peers
+        .try_send(PeerEvent::Snapshot(restored.peers.clone()));
+    Ok(dataplane)
+}
+
+/// Follows the lease state into `last-known.json`: a held lease is saved (its expiry
+/// only when it moved enough), a subnet another node holds now is forgotten.
+async fn save_lease_changes(
+    mut states: watch::Receiver<Option<LeaseState>>,
+    saver: LastKnownWriter,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        match &*states.borrow_and_update() {
+            Some(LeaseState::Held {
+                subnet,
+                lease_id,
+                expires_unix,
+                ..
+            }) => saver.set_lease(*subnet, *lease_id, *expires_unix),
+            Some(LeaseState::Conflict { .. }) => saver.forget(),
+            _ => {}
+        }
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { return },
+            () = until_stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// A running data plane: its task, its stop signal, and the way in for peer events
+/// (through a tee that keeps the last known peers up to date).
+struct Dataplane {
+    lease: LocalLease,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    peers: mpsc::Sender<PeerEvent>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Dataplane {
+    fn start(
+        settings: &Settings,
+        lease: LocalLease,
+        metrics: &Arc<Metrics>,
+        saver: &LastKnownWriter,
+    ) -> Dataplane {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (peers_tx, mut peers_rx) = mpsc::channel::<PeerEvent>(PEER_EVENT_QUEUE);
+        let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
+        let saver = saver.clone();
+        tokio::spawn(async move {
+            while let Some(event) = peers_rx.recv().await {
+                saver.apply(&event);
+                if events_tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let task = tokio::spawn(crate::dataplane::run_with_metrics(
+            settings.clone(),
+            lease.clone(),
+            events_rx,
+            stop_rx.clone(),
+            metrics.clone(),
+        ));
+        Dataplane {
+            lease,
+            stop_tx,
+            stop_rx,
+            peers: peers_tx,
+            task,
+        }
+    }
+
+    /// Stops it and waits until it is down.
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop_tx.send(true);
+        drop(self.peers);
+        joined(self.task.await).context("data plane")
+    }
+}
+
+/// The data plane task's result, a panic or cancellation included.
+fn joined(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    result.unwrap_or_else(|e| Err(anyhow::anyhow!("the data plane task failed: {e}")))
 }
 
 /// Returns when `stop` turns true (or its sender is gone).

@@ -221,7 +221,13 @@ pub async fn run_with_metrics(
     // `None` between a failed rebuild and the next attempt.
     let mut plane = Some(plane);
     let mut peers: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
-    let mut reconcile = tokio::time::interval(RECONCILE_PERIOD);
+    // The first reconcile one period from now, not at once: the peer snapshot that
+    // follows the start must come first, or routes from the last run would be deleted
+    // and put back a moment later.
+    let mut reconcile = tokio::time::interval_at(
+        tokio::time::Instant::now() + RECONCILE_PERIOD,
+        RECONCILE_PERIOD,
+    );
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         let faults = plane.as_ref().map(|plane| plane.faults.clone());

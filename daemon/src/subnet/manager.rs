@@ -62,6 +62,9 @@ pub struct ManagerConfig {
     /// Subnets to try first, in order (last lease from the state dir, subnet.env),
     /// when this node has no lease in etcd yet.
     pub preferred: Vec<Ipv4Net>,
+    /// The lease of the last known state (subnet, etcd lease id): kept as it is if its
+    /// key still holds this node's record on that same, live etcd lease.
+    pub resume: Option<(Ipv4Net, i64)>,
 }
 
 impl ManagerConfig {
@@ -72,6 +75,7 @@ impl ManagerConfig {
             lease_ttl,
             renew_interval: default_renew_interval(lease_ttl),
             preferred: Vec::new(),
+            resume: None,
         }
     }
 }
@@ -93,6 +97,9 @@ pub enum AcquiredHow {
     Preferred,
     /// A new subnet.
     New,
+    /// The lease of the last known state, still live in etcd: kept untouched (same key,
+    /// same etcd lease).
+    Resumed,
 }
 
 /// What one check of the lease found.
@@ -203,16 +210,27 @@ impl SubnetManager {
         &self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<NetConf, ManagerError> {
+        Ok(self.wait_for_netconf_json(shutdown).await?.0)
+    }
+
+    /// [`SubnetManager::wait_for_netconf`], with the JSON text as stored in etcd.
+    pub async fn wait_for_netconf_json(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(NetConf, String), ManagerError> {
         let key = self.registry.config_key();
         let mut backoff = Backoff::new();
         let mut logged_missing = false;
         loop {
             match self.registry.get_config().await {
                 Ok(Some(json)) => {
-                    return NetConf::parse(&json).map_err(|e| ManagerError::BadConfig {
-                        key,
-                        reason: e.to_string(),
-                    })
+                    return match NetConf::parse(&json) {
+                        Ok(netconf) => Ok((netconf, json)),
+                        Err(e) => Err(ManagerError::BadConfig {
+                            key,
+                            reason: e.to_string(),
+                        }),
+                    }
                 }
                 Ok(None) => {
                     if !logged_missing {
@@ -320,6 +338,11 @@ impl SubnetManager {
         lost_races: &mut BTreeSet<Ipv4Net>,
     ) -> Result<HeldLease, ManagerError> {
         let public_ip = self.config.public_ip;
+        if let Some((subnet, lease_id)) = self.config.resume {
+            if let Some(held) = self.resume(netconf, attrs, subnet, lease_id).await? {
+                return Ok(held);
+            }
+        }
         for _ in 0..MAX_ACQUIRE_ATTEMPTS {
             let (stored, _) = self.registry.list_subnets().await?;
 
@@ -398,6 +421,36 @@ impl SubnetManager {
             network: netconf.network,
             attempts: MAX_ACQUIRE_ATTEMPTS,
         })
+    }
+
+    /// The last known lease, if etcd still has it exactly so: the key holds this node's
+    /// record, on the same etcd lease, which is alive. Then nothing is written (the
+    /// lease ID stays, peers see no change). `None` otherwise: acquire as usual.
+    async fn resume(
+        &self,
+        netconf: &NetConf,
+        attrs: &LeaseAttrs,
+        subnet: Ipv4Net,
+        lease_id: i64,
+    ) -> Result<Option<HeldLease>, ManagerError> {
+        if lease_id == 0 || !is_compatible(netconf, subnet) {
+            return Ok(None);
+        }
+        let Some(current) = self.registry.get_subnet(subnet).await? else {
+            return Ok(None);
+        };
+        if current.lease_id != lease_id || current.attrs != *attrs {
+            return Ok(None);
+        }
+        if self.registry.time_to_live(lease_id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(HeldLease {
+            netconf: netconf.clone(),
+            subnet,
+            lease_id,
+            how: AcquiredHow::Resumed,
+        }))
     }
 
     /// Takes over this node's existing key: a reservation stays without TTL, a lease is

@@ -106,6 +106,68 @@ impl From<&Peer> for PeerView {
     }
 }
 
+/// The data plane runs from `--state-dir/last-known.json` because etcd did not answer
+/// when weftd started: the subnet and the peers are as last known, not as etcd says now.
+/// Cleared once etcd answers and the lease is confirmed (or replaced).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Degraded {
+    /// Why, in words (for `/readyz` and operators).
+    pub reason: String,
+    /// The file the state came from.
+    pub state_file: String,
+    pub subnet: Ipv4Net,
+    /// When the saved peer set was written (Unix seconds, and RFC 3339 UTC).
+    pub peers_as_of_unix: u64,
+    pub peers_as_of: String,
+    /// The lease's expiry as last known (none for a reservation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_expires_unix: Option<u64>,
+    /// Since when (Unix seconds).
+    pub since_unix: u64,
+}
+
+impl Degraded {
+    /// Running from `state_file` (subnet, lease expiry, peers as of a time) since now.
+    pub fn from_saved_state(
+        state_file: &std::path::Path,
+        subnet: Ipv4Net,
+        lease_expires_unix: Option<u64>,
+        peers_as_of_unix: u64,
+    ) -> Self {
+        Degraded {
+            reason: "etcd unreachable: the data plane runs from the last known state".into(),
+            state_file: state_file.display().to_string(),
+            subnet,
+            peers_as_of_unix,
+            peers_as_of: rfc3339_utc(peers_as_of_unix),
+            lease_expires_unix,
+            since_unix: ControlStatus::unix_secs(SystemTime::now()),
+        }
+    }
+}
+
+/// `unix` seconds as RFC 3339 in UTC, e.g. `2026-12-06T04:40:07Z` (civil date from
+/// days since the epoch, after Howard Hinnant's `civil_from_days`).
+pub fn rfc3339_utc(unix: u64) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 /// Shared control-plane status.
 #[derive(Debug)]
 pub struct ControlStatus {
@@ -115,6 +177,7 @@ pub struct ControlStatus {
     peers: Mutex<Vec<PeerView>>,
     etcd: Mutex<Option<Arc<Reachability>>>,
     etcd_grace: Duration,
+    degraded: Mutex<Option<Degraded>>,
     pub counters: Counters,
 }
 
@@ -125,6 +188,7 @@ impl Default for ControlStatus {
             peers: Mutex::default(),
             etcd: Mutex::default(),
             etcd_grace: ETCD_GRACE,
+            degraded: Mutex::default(),
             counters: Counters::default(),
         }
     }
@@ -187,6 +251,15 @@ impl ControlStatus {
         lock(&self.peers).clone()
     }
 
+    /// Running from the last known state (`Some`), or not (any more).
+    pub fn set_degraded(&self, degraded: Option<Degraded>) {
+        *lock(&self.degraded) = degraded;
+    }
+
+    pub fn degraded(&self) -> Option<Degraded> {
+        lock(&self.degraded).clone()
+    }
+
     pub fn set_etcd(&self, reachability: Arc<Reachability>) {
         *lock(&self.etcd) = Some(reachability);
     }
@@ -199,8 +272,16 @@ impl ControlStatus {
     }
 
     /// Ready when a lease is held and etcd answers (or has been away less than the
-    /// grace period, [`ETCD_GRACE`] by default).
+    /// grace period, [`ETCD_GRACE`] by default). Not ready while the data plane runs
+    /// from the last known state (the node forwards, but cannot follow the cluster).
     pub fn readiness(&self) -> Readiness {
+        if let Some(degraded) = self.degraded() {
+            return Readiness::NotReady(format!(
+                "degraded: etcd unreachable since start; the data plane runs from {} \
+                 (subnet {}, peers as of {})",
+                degraded.state_file, degraded.subnet, degraded.peers_as_of
+            ));
+        }
         match self.lease() {
             LeaseState::Held { .. } => {}
             LeaseState::Starting => return Readiness::NotReady("starting".into()),
@@ -236,6 +317,38 @@ impl ControlStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_796_359_207), "2026-12-04T04:40:07Z");
+    }
+
+    #[test]
+    fn degraded_is_not_ready_and_names_the_file_and_time() {
+        let status = ControlStatus::new();
+        status.set_lease(LeaseState::Held {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            public_ip: Ipv4Addr::new(192, 0, 2, 1),
+            reservation: false,
+            lease_id: 7,
+            expires_unix: None,
+        });
+        status.set_degraded(Some(Degraded::from_saved_state(
+            std::path::Path::new("/var/lib/weft/last-known.json"),
+            "10.244.1.0/24".parse().unwrap(),
+            None,
+            0,
+        )));
+        let Readiness::NotReady(reason) = status.readiness() else {
+            panic!("degraded must not be ready");
+        };
+        assert!(reason.contains("last-known.json"), "{reason}");
+        assert!(reason.contains("1970-01-01T00:00:00Z"), "{reason}");
+        status.set_degraded(None);
+        assert_eq!(status.readiness(), Readiness::Ready);
+    }
 
     #[test]
     fn ready_only_with_a_held_lease() {
