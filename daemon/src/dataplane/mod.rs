@@ -195,11 +195,13 @@ pub async fn run_with_metrics(
         crate::masq::install(lease.netconf.network, lease.subnet)
             .context("installing the masquerade rules")?;
     }
-    metrics.set_up(plane.info(&shared));
+    let info = plane.info(&shared);
     tracing::info!(
         device = %name, subnet = %lease.subnet, public_ip = %lease.public_ip,
-        mtu = lease.mtu, offloads = ?plane.info(&shared).offloads, "data plane up"
+        mtu = lease.mtu, offloads = ?info.offloads, transmit_path = info.transmit_path,
+        "data plane up"
     );
+    metrics.set_up(info);
 
     let mut state = RouteInputs {
         own_subnet: lease.subnet,
