@@ -254,10 +254,12 @@ pub async fn run_with_metrics(
         );
     }
 
-    if settings.ip_masq {
-        crate::masq::install(lease.netconf.network, lease.subnet)
-            .context("installing the masquerade rules")?;
-    }
+    let mut host_rules =
+        crate::firewall::HostRules::new(&settings, lease.netconf.network, lease.subnet);
+    host_rules
+        .install()
+        .await
+        .context("installing the masquerade rules")?;
     let vxlan = matches!(encap, Encap::Vxlan { .. });
     let offloads = crate::metrics::ActiveOffloads {
         tun_csum: tun.offloads().csum,
@@ -321,6 +323,7 @@ pub async fn run_with_metrics(
                     Err(error) => tracing::warn!(error = %format!("{error:#}"), "route reconcile failed"),
                 }
                 sample_underlay_stats(&netlink, &lease.underlay_iface, &metrics).await;
+                host_rules.reconcile(&metrics).await;
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -343,12 +346,10 @@ pub async fn run_with_metrics(
     });
     joined.await.context("joining workers")?;
 
-    if settings.ip_masq {
-        if let Err(error) = crate::masq::remove() {
-            tracing::warn!(%error, "removing the masquerade rules");
-        }
-    }
+    // The masquerade table and forward rules stay (a restart replaces them atomically),
+    // so pods keep NAT and forwarding while weftd is down.
     if settings.cleanup_on_exit {
+        host_rules.cleanup().await;
         sync_routes(&netlink, &[]).await?;
         tun.set_transient()?;
         drop(tun);
