@@ -1,6 +1,7 @@
 //! `--ip-masq`: a pod reaching a host outside the cluster network is seen with the
-//! node's address; pod ↔ pod traffic keeps pod addresses; weft's nftables table is gone
-//! after a clean shutdown.
+//! node's address; pod ↔ pod traffic keeps pod addresses; weft's nftables table stays
+//! after a clean shutdown (so pods keep NAT while weftd restarts) and is gone, with the
+//! forward rules, only after one with `--cleanup-on-exit`.
 
 mod dataplane_support;
 
@@ -41,12 +42,25 @@ fn pods_are_masqueraded_leaving_the_cluster_network_only() {
     if !require_root("pods_are_masqueraded_leaving_the_cluster_network_only") {
         return;
     }
-    let mut cluster = Cluster::weft_with(
-        2,
-        &netconf(r#"{"Type":"vxlan","VNI":1,"Port":8472}"#),
-        |settings| settings.ip_masq = true,
-    )
-    .unwrap();
+    let netconf = netconf(r#"{"Type":"vxlan","VNI":1,"Port":8472}"#);
+    let mut cluster = Cluster::new().unwrap();
+    for n in [1, 2] {
+        let i = cluster.add_node(n, &netconf).unwrap();
+        let node = &mut cluster.nodes[i];
+        node.settings.ip_masq = true;
+        // Node 2 stops with --cleanup-on-exit, on a host whose FORWARD policy is DROP
+        // (so it has forward rules to remove as well).
+        if n == 2 {
+            node.settings.cleanup_on_exit = true;
+            node.ns
+                .run("iptables-nft", &["-w", "-P", "FORWARD", "DROP"])
+                .unwrap();
+        }
+        node.start().unwrap();
+        let prefix = cluster.prefix.clone();
+        cluster.nodes[i].add_pod(&prefix).unwrap();
+    }
+    cluster.announce_all().unwrap();
     let table = cluster.nodes[0]
         .ns
         .run("nft", &["list", "table", "ip", "weft"])
@@ -74,9 +88,24 @@ fn pods_are_masqueraded_leaving_the_cluster_network_only() {
     wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
     assert_eq!(seen_source(b.pod(), b.pod_ip(), a.pod()), a.pod_ip());
 
-    // Clean shutdown removes the table.
+    // A clean shutdown keeps the table: pods keep their NAT until weftd is back.
     let running = cluster.nodes[0].running.take().unwrap();
     running.stop().unwrap();
-    let after = cluster.nodes[0].ns.run("nft", &["list", "tables"]).unwrap();
+    let after = cluster.nodes[0]
+        .ns
+        .run("nft", &["list", "table", "ip", "weft"])
+        .unwrap();
+    assert!(after.contains("masquerade"), "{after}");
+
+    // --cleanup-on-exit removes the table and the forward rules, and only them.
+    let n2 = Netns::existing(cluster.nodes[1].ns.name());
+    let forward = n2.run("iptables-nft", &["-w", "-S"]).unwrap();
+    assert!(forward.contains("-j WEFT-FWD"), "{forward}");
+    let running = cluster.nodes[1].running.take().unwrap();
+    running.stop().unwrap();
+    let after = n2.run("nft", &["list", "tables"]).unwrap();
     assert!(!after.contains("weft"), "{after}");
+    let forward = n2.run("iptables-nft", &["-w", "-S"]).unwrap();
+    assert!(!forward.contains("WEFT-FWD"), "{forward}");
+    assert!(forward.contains("-P FORWARD DROP"), "{forward}");
 }
