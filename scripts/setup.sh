@@ -13,6 +13,7 @@ packages=(
   containerd runc                    # the container runtime the e2e tests drive
   containernetworking-plugins        # reference CNI plugins (bridge, host-local, portmap, ...)
   iperf3 iproute2 iputils-ping nftables tcpdump ethtool
+  iptables                           # iptables-nft (default) and -legacy: weftd's forward rules, tests of FORWARD DROP hosts
   protobuf-compiler libprotobuf-dev  # etcd-client's build script needs protoc and google/protobuf/*.proto
   busybox-static                     # root filesystem of the lab's pods
   pkg-config ca-certificates openssl procps psmisc kmod
