@@ -3,8 +3,8 @@
 //!   weftd's forward rules (`WEFT-FWD`, default on) let pods on different nodes reach
 //!   each other, with iptables-nft and with iptables-legacy; with `--forward-rules=false`
 //!   they cannot;
-//! * the forward rules or the masquerade table deleted under a running weftd come back
-//!   within a reconcile and are counted in `weft_dataplane_repairs_total{what}`;
+//! * the forward rules or the masquerade table deleted or altered under a running weftd
+//!   are put back within a reconcile and counted in `weft_dataplane_repairs_total{what}`;
 //! * `--ip-masq` survives SIGTERM: the table stays, and a pod's outbound TCP connection
 //!   carries data while weftd is down and after it started again, always from the
 //!   node's address;
@@ -148,6 +148,13 @@ fn forward_drop_host(iptables: &'static str) {
     )
     .unwrap();
     wait_repairs(&lab, 1, "forward_rules", 2);
+    assert_eq!(weft_forward_rules(&n1, iptables), (rules.clone(), 1));
+    both_ways(&lab, a, b);
+
+    // Altered (a DROP put in front of weft's accepts): replaced by weft's two rules.
+    n1.run(iptables, &["-w", "-I", "WEFT-FWD", "1", "-j", "DROP"])
+        .unwrap();
+    wait_repairs(&lab, 1, "forward_rules", 3);
     assert_eq!(weft_forward_rules(&n1, iptables), (rules, 1));
     both_ways(&lab, a, b);
     let logged = wait_for("two repair lines in the log", RECONCILE_DEADLINE, || {
@@ -158,7 +165,14 @@ fn forward_drop_host(iptables: &'static str) {
     })
     .unwrap();
     assert_eq!(logged, 2, "one log line per repair:\n{}", log_text(&lab, 1));
-    assert_eq!(repairs(&lab, 1, "forward_rules"), 2);
+    let text = log_text(&lab, 1);
+    assert_eq!(
+        text.matches("the forward rules were altered: put back")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(repairs(&lab, 1, "forward_rules"), 3);
 }
 
 #[test]
@@ -254,7 +268,26 @@ fn masquerade_survives_sigterm_restart_and_deletion() {
     assert_eq!(repairs(&lab, 1, "masquerade"), 0);
     n1.run("nft", &["delete", "table", "ip", "weft"]).unwrap();
     wait_repairs(&lab, 1, "masquerade", 1);
-    assert!(table().unwrap().contains("masquerade"));
+    let installed = table().unwrap();
+    assert!(installed.contains("masquerade"), "{installed}");
+    // Altered (a rule added): replaced by weft's own.
+    n1.run(
+        "nft",
+        &[
+            "insert",
+            "rule",
+            "ip",
+            "weft",
+            "postrouting",
+            "ip",
+            "saddr",
+            CLUSTER,
+            "accept",
+        ],
+    )
+    .unwrap();
+    wait_repairs(&lab, 1, "masquerade", 2);
+    assert_eq!(table().unwrap(), installed);
 
     // An "external" host on the underlay that is not a node, counting every packet
     // that reaches it with a pod's address (there must be none: all come masqueraded).
@@ -327,7 +360,7 @@ fn masquerade_survives_sigterm_restart_and_deletion() {
     assert_eq!(
         repairs(&lab, 1, "masquerade"),
         0,
-        "the restart installs, it does not repair"
+        "the restarted weftd installs, it does not repair"
     );
     drop(step_tx);
     client.join().unwrap().unwrap();
