@@ -11,7 +11,7 @@ use std::time::Duration;
 use dataplane_support::{in_netns, netconf, wait_ping, Cluster};
 use weft_tests::link::{End, Veth};
 use weft_tests::netns::Netns;
-use weft_tests::require_root;
+use weft_tests::{require_root, wait_until};
 
 /// Accepts one TCP connection on `ip` in namespace `ns` while `connect_from` connects to
 /// it; returns the source address the listener saw.
@@ -61,11 +61,14 @@ fn pods_are_masqueraded_leaving_the_cluster_network_only() {
         cluster.nodes[i].add_pod(&prefix).unwrap();
     }
     cluster.announce_all().unwrap();
-    let table = cluster.nodes[0]
-        .ns
-        .run("nft", &["list", "table", "ip", "weft"])
-        .unwrap();
-    assert!(table.contains("masquerade"), "{table}");
+    // The rules follow the devices start() waits for.
+    wait_until("the masquerade table", Duration::from_secs(10), || {
+        cluster.nodes[0]
+            .ns
+            .run("nft", &["list", "table", "ip", "weft"])
+            .is_ok_and(|table| table.contains("masquerade"))
+    })
+    .unwrap();
 
     // An "external" host on the underlay that is not a node.
     let external = Netns::new(&format!("{}-ext", cluster.prefix)).unwrap();
@@ -96,6 +99,16 @@ fn pods_are_masqueraded_leaving_the_cluster_network_only() {
         .run("nft", &["list", "table", "ip", "weft"])
         .unwrap();
     assert!(after.contains("masquerade"), "{after}");
+    // A data plane started without --ip-masq removes what an earlier one left.
+    cluster.nodes[0].settings.ip_masq = false;
+    cluster.nodes[0].start().unwrap();
+    // start() returns once the devices exist, and they were kept: wait for the rules.
+    let n1 = Netns::existing(cluster.nodes[0].ns.name());
+    wait_until("the leftover table to go", Duration::from_secs(10), || {
+        n1.run("nft", &["list", "tables"])
+            .is_ok_and(|tables| !tables.contains("weft"))
+    })
+    .unwrap();
 
     // --cleanup-on-exit removes the table and the forward rules, and only them.
     let n2 = Netns::existing(cluster.nodes[1].ns.name());
@@ -108,4 +121,24 @@ fn pods_are_masqueraded_leaving_the_cluster_network_only() {
     let forward = n2.run("iptables-nft", &["-w", "-S"]).unwrap();
     assert!(!forward.contains("WEFT-FWD"), "{forward}");
     assert!(forward.contains("-P FORWARD DROP"), "{forward}");
+
+    // Forward rules left by a stop without --cleanup-on-exit go when a data plane starts
+    // with --forward-rules=false.
+    cluster.nodes[1].settings.cleanup_on_exit = false;
+    cluster.nodes[1].start().unwrap();
+    let rules = || n2.run("iptables-nft", &["-w", "-S"]).unwrap_or_default();
+    wait_until("the forward rules", Duration::from_secs(10), || {
+        rules().contains("-j WEFT-FWD")
+    })
+    .unwrap();
+    cluster.nodes[1].running.take().unwrap().stop().unwrap();
+    assert!(rules().contains("-j WEFT-FWD"), "{}", rules());
+    cluster.nodes[1].settings.forward_rules = false;
+    cluster.nodes[1].start().unwrap();
+    wait_until(
+        "the leftover forward rules to go",
+        Duration::from_secs(10),
+        || !rules().contains("WEFT-FWD"),
+    )
+    .unwrap();
 }

@@ -203,10 +203,15 @@ impl HostRules {
 
     /// Installs (or atomically replaces) the rules. A masquerade table nft refuses is an
     /// error (weftd cannot do what `--ip-masq` asks); forward rules that cannot be added
-    /// are logged and retried at every reconcile (a host may need none).
+    /// are logged and retried at every reconcile (a host may need none). Rules a weftd
+    /// with the feature on left behind (they outlive it) are removed when it is off.
     pub async fn install(&mut self) -> Result<(), FirewallError> {
-        if let Some(masq) = &mut self.masq {
-            masq.installed = Some(install_masq(self.network, self.subnet).await?);
+        match &mut self.masq {
+            Some(masq) => masq.installed = Some(install_masq(self.network, self.subnet).await?),
+            None => remove_leftover_masq().await,
+        }
+        if self.forward.is_none() {
+            remove_leftover_forward_rules().await;
         }
         if let Some(fwd) = &mut self.forward {
             for flavour in Flavour::ALL {
@@ -271,6 +276,52 @@ impl HostRules {
                     Ok(false) => {}
                     Err(error) => tracing::warn!(%error, "removing the forward rules"),
                 }
+            }
+        }
+    }
+}
+
+/// Removes the masquerade table of an earlier weftd run with `--ip-masq`.
+async fn remove_leftover_masq() {
+    if !in_path("nft") {
+        return;
+    }
+    let removed = match read_masq().await {
+        Ok(Some(_)) => run("nft", &["-f", "-"], Some(&masq::removal())).await,
+        Ok(None) => return,
+        Err(error) => Err(error),
+    };
+    match removed {
+        Ok(_) => tracing::info!(
+            table = masq::TABLE,
+            "removed the masquerade table an earlier weftd left (--ip-masq is off)"
+        ),
+        Err(error) => tracing::warn!(%error, "removing the masquerade table an earlier weftd left"),
+    }
+}
+
+/// Removes the forward rules of an earlier weftd run with `--forward-rules`.
+async fn remove_leftover_forward_rules() {
+    for flavour in Flavour::ALL {
+        let Some((save, restore)) = resolve_programs(flavour).await else {
+            continue;
+        };
+        let mut table = IptablesTable {
+            flavour,
+            save,
+            restore,
+            installed: None,
+            trouble: Trouble::default(),
+        };
+        match table.remove().await {
+            Ok(true) => tracing::info!(
+                flavour = flavour.name(),
+                chain = forward::CHAIN,
+                "removed the forward rules an earlier weftd left (--forward-rules is off)"
+            ),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "removing the forward rules an earlier weftd left")
             }
         }
     }
