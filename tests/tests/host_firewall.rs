@@ -2,7 +2,8 @@
 //! * a host whose iptables `FORWARD` policy is `DROP` (what Docker leaves behind):
 //!   weftd's forward rules (`WEFT-FWD`, default on) let pods on different nodes reach
 //!   each other, with iptables-nft and with iptables-legacy; with `--forward-rules=false`
-//!   they cannot;
+//!   they cannot; a filter table that comes into use after weftd started (Docker
+//!   started later) gets the rules too;
 //! * the forward rules or the masquerade table deleted or altered under a running weftd
 //!   are put back within a reconcile and counted in `weft_dataplane_repairs_total{what}`;
 //! * `--ip-masq` survives SIGTERM: the table stays, and a pod's outbound TCP connection
@@ -417,4 +418,49 @@ fn pure_nftables_forward_drop_is_named_in_a_warning() {
     both_ways(&lab, a, b);
     // Once, not every reconcile.
     assert_eq!(log_text(&lab, 1).matches(warning).count(), 1);
+}
+
+#[test]
+fn a_filter_table_that_comes_into_use_after_start_gets_the_rules() {
+    if !require_root("a_filter_table_that_comes_into_use_after_start_gets_the_rules") {
+        return;
+    }
+    let (lab, a, b) = lab_with(&[], |_| {});
+    both_ways(&lab, a, b);
+    let n1 = lab.node_ns(1).unwrap();
+    // No filter table in use: weft adds none.
+    assert_eq!(
+        n1.run("nft", &["list", "tables"]).unwrap().trim(),
+        "",
+        "weft created a table on a host without a firewall"
+    );
+    // Docker starts after weftd and sets FORWARD's policy to DROP on both nodes.
+    for n in [1, 2] {
+        lab.node_ns(n)
+            .unwrap()
+            .run("iptables-nft", &["-w", "-P", "FORWARD", "DROP"])
+            .unwrap();
+    }
+    // Unused tables are looked at every 10 s.
+    wait_until(
+        "the forward rules in both nodes",
+        Duration::from_secs(30),
+        || {
+            [1, 2]
+                .iter()
+                .all(|&n| weft_forward_rules(&lab.node_ns(n).unwrap(), "iptables-nft").1 == 1)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; node 1 log:\n{}", log_tail(&lab, 1, 20)));
+    both_ways(&lab, a, b);
+    assert_eq!(
+        repairs(&lab, 1, "forward_rules"),
+        0,
+        "a table that came into use is not a repair"
+    );
+    assert!(
+        log_text(&lab, 1).contains("the filter table came into use: added"),
+        "{}",
+        log_tail(&lab, 1, 20)
+    );
 }

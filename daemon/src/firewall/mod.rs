@@ -34,6 +34,9 @@ const PROGRAM_TIMEOUT: Duration = Duration::from_secs(10);
 /// `iptables-restore --wait`: wait for the xtables lock (legacy) instead of failing when
 /// another program holds it (flannel #933); the next reconcile retries after that.
 const XTABLES_WAIT: &str = "--wait=5";
+/// A filter table not in use is looked at again every this many reconciles (10 s): it
+/// comes into use rarely (Docker started after weftd), and the look costs a program run.
+const ADOPT_EVERY: u32 = 5;
 /// Where the legacy x_tables list the tables loaded in this network namespace
 /// (`thread-self`: weftd's threads, and the tests' in-process data planes, may sit in
 /// another namespace than the process's first thread).
@@ -178,6 +181,8 @@ struct ForwardRules {
     tables: Vec<IptablesTable>,
     /// nftables chains already warned about (`family table chain`).
     warned: BTreeSet<String>,
+    /// Reconciles since unused filter tables were last looked at.
+    since_adopt: u32,
 }
 
 /// weft's host firewall rules: created by [`HostRules::install`], kept by
@@ -244,10 +249,15 @@ impl HostRules {
             reconcile_masq(masq, self.network, self.subnet, metrics).await;
         }
         if let Some(fwd) = &mut self.forward {
+            fwd.since_adopt += 1;
+            let look_at_unused = fwd.since_adopt >= ADOPT_EVERY;
+            if look_at_unused {
+                fwd.since_adopt = 0;
+            }
             for table in &mut fwd.tables {
                 if table.installed.is_some() {
                     table.reconcile(self.network, metrics).await;
-                } else {
+                } else if look_at_unused {
                     table.adopt_if_in_use(self.network, true).await;
                 }
             }
