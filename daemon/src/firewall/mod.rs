@@ -13,7 +13,8 @@
 //!
 //! Programs run through `tokio::process` with a deadline, so a hung `nft` or an
 //! iptables waiting for the xtables lock holds up the data plane's control task for at
-//! most `PROGRAM_TIMEOUT` (10 s) and blocks no thread (the workers carry packets meanwhile).
+//! most `PROGRAM_TIMEOUT` (10 s) and blocks no thread (the workers carry packets
+//! meanwhile).
 
 pub mod forward;
 pub mod nft;
