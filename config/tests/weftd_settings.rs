@@ -611,7 +611,11 @@ fn forward_rules_default_on_and_turn_off_in_every_layer() {
         err.contains("--forward-rules") && err.contains("expected true or false"),
         "{err}"
     );
-    let err = error(&fx.config(""), &[], &[("WEFTD_FORWARD_RULES", "yes please")]);
+    let err = error(
+        &fx.config(""),
+        &[],
+        &[("WEFTD_FORWARD_RULES", "yes please")],
+    );
     assert!(err.contains("WEFTD_FORWARD_RULES"), "{err}");
 }
 
