@@ -14,6 +14,7 @@ packages=(
   containernetworking-plugins        # reference CNI plugins (bridge, host-local, portmap, ...)
   iperf3 iproute2 iputils-ping nftables tcpdump ethtool
   bpftool                            # the repair tests detach weft's tc program as an admin would
+  iptables                           # iptables-nft (default) and -legacy: weftd's forward rules, tests of FORWARD DROP hosts
   protobuf-compiler libprotobuf-dev  # etcd-client's build script needs protoc and google/protobuf/*.proto
   busybox-static                     # root filesystem of the lab's pods
   pkg-config ca-certificates openssl procps psmisc kmod

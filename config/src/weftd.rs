@@ -46,6 +46,9 @@ pub struct Settings {
     pub subnet_file: PathBuf,
     pub state_dir: PathBuf,
     pub ip_masq: bool,
+    /// Accept traffic from and to the cluster network in the host's forward path
+    /// (an iptables chain `WEFT-FWD` jumped to from `filter FORWARD`, where that exists).
+    pub forward_rules: bool,
     pub healthz_addr: SocketAddr,
     pub cleanup_on_exit: bool,
     /// Let the kernel add the outer headers (TAP + tc program, `dataplane::tap_encap`)
@@ -89,6 +92,7 @@ impl Default for Settings {
             subnet_file: PathBuf::from("/run/flannel/subnet.env"),
             state_dir: PathBuf::from("/var/lib/weft"),
             ip_masq: false,
+            forward_rules: true,
             healthz_addr: SocketAddr::from(([127, 0, 0, 1], 9842)),
             cleanup_on_exit: false,
             kernel_encap: true,
@@ -239,6 +243,12 @@ struct Flags {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = parse_bool)]
     ip_masq: Option<bool>,
+    /// Accept traffic from and to the cluster network in the host's forward path (an
+    /// iptables chain WEFT-FWD jumped to from filter FORWARD, e.g. where Docker set its
+    /// policy to DROP) [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_bool)]
+    forward_rules: Option<bool>,
     /// Address of the /healthz, /readyz, /metrics and /v1/status server [default: 127.0.0.1:9842]
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
     healthz_addr: Option<SocketAddr>,
@@ -418,6 +428,7 @@ fn merge(
         subnet_file: value!(subnet_file, "--subnet-file").map_or(d.subnet_file, |v| v.0),
         state_dir: value!(state_dir, "--state-dir").map_or(d.state_dir, |v| v.0),
         ip_masq: value!(ip_masq, "--ip-masq").map_or(d.ip_masq, |v| v.0),
+        forward_rules: value!(forward_rules, "--forward-rules").map_or(d.forward_rules, |v| v.0),
         healthz_addr: value!(healthz_addr, "--healthz-addr").map_or(d.healthz_addr, |v| v.0),
         cleanup_on_exit: value!(cleanup_on_exit, "--cleanup-on-exit")
             .map_or(d.cleanup_on_exit, |v| v.0),

@@ -68,6 +68,7 @@ fn defaults_are_the_contracts() {
     assert_eq!(s.subnet_file, Path::new("/run/flannel/subnet.env"));
     assert_eq!(s.state_dir, Path::new("/var/lib/weft"));
     assert!(!s.ip_masq);
+    assert!(s.forward_rules);
     assert_eq!(
         s.healthz_addr,
         "127.0.0.1:9842".parse::<SocketAddr>().unwrap()
@@ -544,6 +545,7 @@ const NAMES: &[&str] = &[
     "subnet-file",
     "state-dir",
     "ip-masq",
+    "forward-rules",
     "healthz-addr",
     "cleanup-on-exit",
     "log-format",
@@ -574,6 +576,47 @@ proptest! {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let _ = settings(&config, &flags, &env);
     }
+}
+
+#[test]
+fn forward_rules_default_on_and_turn_off_in_every_layer() {
+    let fx = Fixture::new();
+    assert!(settings(&fx.config(""), &[], &[]).unwrap().forward_rules);
+    let off_in_file = fx.config("forward-rules = false\n");
+    assert!(!settings(&off_in_file, &[], &[]).unwrap().forward_rules);
+    assert!(
+        settings(&off_in_file, &[], &[("WEFTD_FORWARD_RULES", "true")])
+            .unwrap()
+            .forward_rules,
+        "env true beats file false"
+    );
+    assert!(
+        !settings(
+            &fx.config(""),
+            &["--forward-rules=false"],
+            &[("WEFTD_FORWARD_RULES", "true")]
+        )
+        .unwrap()
+        .forward_rules,
+        "flag false beats env true"
+    );
+    assert!(
+        settings(&off_in_file, &["--forward-rules"], &[])
+            .unwrap()
+            .forward_rules,
+        "bare flag means true"
+    );
+    let err = error(&fx.config(""), &["--forward-rules=maybe"], &[]);
+    assert!(
+        err.contains("--forward-rules") && err.contains("expected true or false"),
+        "{err}"
+    );
+    let err = error(
+        &fx.config(""),
+        &[],
+        &[("WEFTD_FORWARD_RULES", "yes please")],
+    );
+    assert!(err.contains("WEFTD_FORWARD_RULES"), "{err}");
 }
 
 #[test]

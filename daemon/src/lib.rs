@@ -1,7 +1,8 @@
-//! weftd: the node daemon's library (subnet manager, data plane, netlink, masquerade,
-//! health) and weftctl's client side. The binaries in `src/bin` are thin.
+//! weftd: the node daemon's library (subnet manager, data plane, netlink, masquerade and
+//! forward rules, health) and weftctl's client side. The binaries in `src/bin` are thin.
 
 pub mod dataplane;
+pub mod firewall;
 pub mod health;
 pub mod lease;
 pub mod masq;

@@ -5,6 +5,9 @@
 //! makes the delete succeed on a fresh host, and the kernel applies all three at once,
 //! so there is never a moment without rules and no partial state after a failure. No
 //! iptables lock is involved (flannel #933), and weft never touches another table.
+//! The table stays when weftd stops (a restart replaces it in the same way, so
+//! established connections keep their NAT); only `--cleanup-on-exit` removes it.
+//! `crate::firewall` runs the scripts and puts the table back when it goes missing.
 //!
 //! The rules are flannel's:
 //! * pod → pod (source and destination in the cluster network): untouched;
@@ -12,21 +15,10 @@
 //! * outside → this node's pods: untouched;
 //! * outside → other nodes' pods: masqueraded, so replies come back through this node.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use ipnet::Ipv4Net;
 
 /// Name of weft's table (family `ip`).
 pub const TABLE: &str = "weft";
-
-#[derive(Debug, thiserror::Error)]
-pub enum MasqError {
-    #[error("running nft (is nftables installed?): {0}")]
-    Spawn(#[source] std::io::Error),
-    #[error("nft rejected weft's ruleset ({status}): {stderr}")]
-    Rejected { status: String, stderr: String },
-}
 
 /// The nft script that (re)creates weft's table for `network` and this node's `subnet`.
 pub fn ruleset(network: Ipv4Net, subnet: Ipv4Net) -> String {
@@ -51,37 +43,26 @@ pub fn removal() -> String {
     format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n")
 }
 
-/// Installs or replaces the masquerade rules in the current network namespace.
-pub fn install(network: Ipv4Net, subnet: Ipv4Net) -> Result<(), MasqError> {
-    nft(&ruleset(network, subnet))
+/// `nft list table ip weft`, lines trimmed and blank ones dropped: what the reconcile
+/// compares with the listing read right after installing (so the comparison does not
+/// depend on how this nft version prints a rule).
+pub fn normalize_listing(listing: &str) -> String {
+    listing
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
-/// Removes weft's table; success when it is not there.
-pub fn remove() -> Result<(), MasqError> {
-    nft(&removal())
+/// Whether nft's error for `list table ip weft` says the table does not exist.
+pub fn is_absent_error(stderr: &str) -> bool {
+    stderr.contains("No such file or directory")
 }
 
-fn nft(script: &str) -> Result<(), MasqError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(MasqError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(MasqError::Spawn)?;
-    }
-    let output = child.wait_with_output().map_err(MasqError::Spawn)?;
-    if !output.status.success() {
-        return Err(MasqError::Rejected {
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(())
+/// Whether a listing read right after installing holds weft's masquerade rule.
+pub fn looks_installed(normalized: &str) -> bool {
+    normalized.starts_with(&format!("table ip {TABLE} {{")) && normalized.contains("masquerade")
 }
 
 #[cfg(test)]
@@ -108,6 +89,25 @@ mod tests {
             .unwrap();
         let masq = lines.iter().position(|l| l.contains("masquerade")).unwrap();
         assert!(ret < masq);
+    }
+
+    #[test]
+    fn listings_compare_without_whitespace_noise() {
+        let listed = "table ip weft {\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random\n\t}\n}\n";
+        let normalized = normalize_listing(listed);
+        assert_eq!(normalized, normalize_listing(&format!("\n{listed}\n\n")));
+        assert!(looks_installed(&normalized));
+        assert!(!looks_installed(&normalize_listing("table ip weft {\n}\n")));
+        let edited = listed.replace("masquerade fully-random", "accept");
+        assert_ne!(normalize_listing(&edited), normalized);
+    }
+
+    #[test]
+    fn absence_is_told_from_other_errors() {
+        assert!(is_absent_error(
+            "Error: No such file or directory\nlist table ip weft\n              ^^^^"
+        ));
+        assert!(!is_absent_error("Error: Operation not permitted"));
     }
 
     #[test]

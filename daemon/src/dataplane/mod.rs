@@ -191,10 +191,12 @@ pub async fn run_with_metrics(
     let plane = Plane::start(&netlink, &shared, &underlay).await?;
     let tun_index = plane.built.tun_index;
 
-    if settings.ip_masq {
-        crate::masq::install(lease.netconf.network, lease.subnet)
-            .context("installing the masquerade rules")?;
-    }
+    let mut host_rules =
+        crate::firewall::HostRules::new(&settings, lease.netconf.network, lease.subnet);
+    host_rules
+        .install()
+        .await
+        .context("installing the masquerade rules")?;
     let info = plane.info(&shared);
     tracing::info!(
         device = %name, subnet = %lease.subnet, public_ip = %lease.public_ip,
@@ -276,6 +278,7 @@ pub async fn run_with_metrics(
                     Err(error) => tracing::warn!(error = %format!("{error:#}"), "route reconcile failed"),
                 }
                 sample_underlay_stats(&netlink, &lease.underlay_iface, &metrics).await;
+                host_rules.reconcile(&metrics).await;
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -291,12 +294,10 @@ pub async fn run_with_metrics(
         None => None,
     };
 
-    if settings.ip_masq {
-        if let Err(error) = crate::masq::remove() {
-            tracing::warn!(%error, "removing the masquerade rules");
-        }
-    }
+    // The masquerade table and forward rules stay (a restart replaces them atomically),
+    // so pods keep NAT and forwarding while weftd is down.
     if settings.cleanup_on_exit {
+        host_rules.cleanup().await;
         sync_routes(&netlink, &[], &metrics).await?;
         if let Some((tun, tap_encap)) = devices {
             tun.set_transient()?;
