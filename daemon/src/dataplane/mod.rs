@@ -7,13 +7,16 @@
 //! Structure: this module is the control side (an async task): it sets up devices and
 //! sockets, keeps the set of peers, publishes a [`peers::PeerTable`] to the workers with
 //! one atomic swap per change, and reconciles routes (on every change and every
-//! [`RECONCILE_PERIOD`], so a deleted route comes back). The packets never pass through
-//! here: [`worker`] threads move them between the TUN device and the underlay socket.
+//! [`RECONCILE_PERIOD`], so a deleted route comes back). The devices and the workers
+//! on them are a `plane::Plane`, rebuilt when a device goes (see [`repair`]). The
+//! packets never pass through here: [`worker`] threads move them between the TUN device
+//! and the underlay socket.
 
 pub mod bpf;
 pub mod io;
 pub mod packet;
 pub mod peers;
+mod plane;
 pub mod repair;
 pub mod reply_wait;
 pub mod tap_encap;
@@ -22,7 +25,7 @@ pub mod worker;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,12 +36,11 @@ use tokio::sync::{mpsc, watch};
 use weft_config::{Backend, Settings};
 
 use crate::lease::{LocalLease, Peer, PeerEvent};
-use crate::metrics::{Metrics, Repair};
-use crate::netlink::{bridge, Link, Netlink, Route};
+use crate::metrics::Metrics;
+use crate::netlink::{bridge, Netlink, Route};
 use peers::{compatible, Encap, PeerTable};
-use repair::{Built, DeviceState, Observed, PlaneFaults, RepairPlan};
-use tun::{Offloads, Tun};
-use worker::WorkerContext;
+use plane::{underlay_subnet, Plane, Repairer, Shared};
+use tun::Offloads;
 
 /// What the kernel may hand us from TUN: partial checksums and TCPv4 super-packets
 /// (segmented by the queue workers, see `worker::Transmitter`).
@@ -213,15 +215,7 @@ pub async fn run_with_metrics(
         tun_index,
         underlay_index: underlay.index,
     };
-    let mut repairs = Repairer {
-        netlink: &netlink,
-        shared: &shared,
-        gateway,
-        underlay_missing_logged: false,
-        pending: Vec::new(),
-        tap_failure: None,
-        last_failure: None,
-    };
+    let mut repairs = Repairer::new(&netlink, &shared, gateway);
     // `None` between a failed rebuild and the next attempt.
     let mut plane = Some(plane);
     let mut peers: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
@@ -310,444 +304,6 @@ pub async fn run_with_metrics(
         tracing::info!(device = %name, "removed TUN device and routes (--cleanup-on-exit)");
     }
     result
-}
-
-/// The underlay subnet our PublicIP sits in (for DirectRouting), if it is on `index`.
-async fn underlay_subnet(
-    netlink: &Netlink,
-    index: u32,
-    public_ip: Ipv4Addr,
-) -> anyhow::Result<Option<Ipv4Net>> {
-    Ok(netlink
-        .addresses(index)
-        .await?
-        .into_iter()
-        .find(|net| net.addr() == public_ip)
-        .map(|net| net.trunc()))
-}
-
-/// What outlives a plane rebuild: settings, the sockets, the peer table.
-#[derive(Debug)]
-struct Shared {
-    busy_poll: Duration,
-    kernel_encap: bool,
-    /// The TUN device's name.
-    name: String,
-    lease: LocalLease,
-    encap: Encap,
-    wanted: Offloads,
-    queues: usize,
-    receivers: Vec<Arc<OwnedFd>>,
-    senders: Arc<Vec<OwnedFd>>,
-    table: Arc<ArcSwap<PeerTable>>,
-    metrics: Arc<Metrics>,
-}
-
-/// One generation of the devices and the workers on them.
-#[derive(Debug)]
-struct Plane {
-    tun: Tun,
-    tap: Option<tap_encap::TapEncap>,
-    /// Why packets leave through the userspace path, when they do.
-    userspace_reason: Option<String>,
-    built: Built,
-    started: std::time::Instant,
-    stop: Arc<io::StopSignal>,
-    faults: Arc<PlaneFaults>,
-    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
-}
-
-impl Plane {
-    /// Opens (or creates) the TUN device, sets up the TAP and its program where wanted
-    /// and possible, and starts one worker per queue.
-    async fn start(netlink: &Netlink, shared: &Shared, underlay: &Link) -> anyhow::Result<Plane> {
-        let name = &shared.name;
-        let lease = &shared.lease;
-        // The TUN VTEP: persistent, so it (and its routes) survive a restart.
-        let tun = Tun::open(name, shared.queues, shared.wanted)
-            .with_context(|| format!("opening TUN device {name}"))?;
-        if tun.offloads() == shared.wanted {
-            tracing::info!(device = %name, offloads = ?tun.offloads(), "TUN offloads: TSO super-packets are segmented in userspace");
-        } else {
-            tracing::warn!(device = %name, wanted = ?shared.wanted, active = ?tun.offloads(), "this kernel refuses some TUN offloads; using the slower path");
-        }
-        let tun_link = netlink.ensure_link_up(name, Some(lease.mtu)).await?;
-        // Like flannel's `.0/32` on flannel.<VNI>: traffic this host originates towards
-        // other nodes' pods gets a source inside our subnet, which peers accept.
-        netlink
-            .ensure_address(tun_link.index, tun_address(lease.subnet))
-            .await?;
-
-        // Super-packets leave whole through the kernel's encapsulation where this host
-        // allows it (see `tap_encap`), else segmented here.
-        let (tap, userspace_reason) = if shared.kernel_encap {
-            match tap_encap::setup(
-                netlink,
-                &shared.encap,
-                underlay.index,
-                lease.mtu + tap_encap::outer_len(&shared.encap) as u32,
-                shared.queues,
-            )
-            .await
-            {
-                Ok(tap) => {
-                    tracing::info!(
-                        device = tap_encap::DEVICE,
-                        "the kernel adds the outer headers (tc program): one underlay packet per 64 KB"
-                    );
-                    (Some(tap), None)
-                }
-                Err(error) => {
-                    let reason = format!("kernel encapsulation unavailable: {error:#}");
-                    tracing::warn!(%reason, "segmenting and encapsulating in userspace (slower)");
-                    (None, Some(reason))
-                }
-            }
-        } else {
-            (None, Some("--kernel-encap=false".to_owned()))
-        };
-
-        let stop = Arc::new(io::StopSignal::new().context("creating the stop eventfd")?);
-        let faults = Arc::new(PlaneFaults::default());
-        let ctx = WorkerContext {
-            encap: shared.encap,
-            own_subnet: lease.subnet,
-            peers: shared.table.clone(),
-            metrics: shared.metrics.clone(),
-            stop: stop.clone(),
-            mtu: lease.mtu as usize,
-            busy_poll: shared.busy_poll,
-            faults: faults.clone(),
-        };
-        let mut plane = Plane {
-            built: Built {
-                tun_index: tun_link.index,
-                tap_index: tap.as_ref().map(tap_encap::TapEncap::index),
-                underlay_index: underlay.index,
-                mtu: lease.mtu,
-            },
-            started: std::time::Instant::now(),
-            tun,
-            tap,
-            userspace_reason,
-            stop,
-            faults,
-            threads: Vec::new(),
-        };
-        for queue in 0..plane.tun.queue_count() {
-            let tap = match &plane.tap {
-                Some(tap_encap) => Some(worker::TapQueue {
-                    fd: tap_encap.queue(queue)?,
-                    local_ip: lease.public_ip,
-                }),
-                None => None,
-            };
-            let transmit = worker::TransmitSetup {
-                ctx: ctx.clone(),
-                tun: plane.tun.clone_queue(queue)?,
-                senders: shared.senders.clone(),
-                tap,
-            };
-            let receive = match shared.receivers.get(queue) {
-                Some(receiver) => {
-                    Some((ctx.clone(), plane.tun.clone_queue(queue)?, receiver.clone()))
-                }
-                None => None,
-            };
-            let stop = plane.stop.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("weft-q{queue}"))
-                .spawn(move || worker::run(stop, Some(transmit), receive));
-            match thread {
-                Ok(thread) => plane.threads.push(thread),
-                Err(error) => {
-                    // Stop the workers already running before giving up.
-                    let _ = plane.stop().await;
-                    return Err(error).context("starting a data-plane worker");
-                }
-            }
-        }
-        Ok(plane)
-    }
-
-    /// Stops and joins the workers; hands back the devices (dropping the TAP deletes it).
-    async fn stop(mut self) -> anyhow::Result<(Tun, Option<tap_encap::TapEncap>)> {
-        self.stop.raise();
-        let threads = std::mem::take(&mut self.threads);
-        tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                match thread.join() {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::warn!(%error, "worker ended with an error"),
-                    Err(_) => tracing::error!("worker panicked"),
-                }
-            }
-        })
-        .await
-        .context("joining workers")?;
-        Ok((self.tun, self.tap))
-    }
-
-    /// What `/v1/status` and `/readyz` show of this plane.
-    fn info(&self, shared: &Shared) -> crate::metrics::DataplaneInfo {
-        let vxlan = matches!(shared.encap, Encap::Vxlan { .. });
-        let offloads = crate::metrics::ActiveOffloads {
-            tun_csum: self.tun.offloads().csum,
-            tun_tso4: self.tun.offloads().tso4,
-            // Super-packets leave in UDP GSO sends when TUN hands them over and the kernel
-            // does not encapsulate them whole.
-            udp_segment: vxlan && self.tun.offloads().tso4 && self.tap.is_none(),
-            udp_gro: vxlan
-                && crate::metrics::ActiveOffloads::udp_gro_enabled(shared.receivers[0].as_fd()),
-            kernel_encap: self.tap.is_some(),
-        };
-        crate::metrics::DataplaneInfo {
-            device: shared.name.clone(),
-            bridge: BRIDGE.to_owned(),
-            backend: shared.lease.netconf.backend.type_name(),
-            vni: match shared.encap {
-                Encap::Vxlan { vni, .. } => Some(vni),
-                Encap::Ipip => None,
-            },
-            offloads,
-            transmit_path: if self.tap.is_some() {
-                "kernel_encap"
-            } else {
-                "userspace"
-            },
-            transmit_path_reason: self.userspace_reason.clone(),
-        }
-    }
-}
-
-/// The TUN device's address: the subnet's network address as a /32.
-fn tun_address(subnet: Ipv4Net) -> Ipv4Net {
-    Ipv4Net::new(subnet.network(), 32).expect("/32 is a valid prefix")
-}
-
-/// The reconcile's device checks (see [`repair`]).
-struct Repairer<'a> {
-    netlink: &'a Netlink,
-    shared: &'a Shared,
-    /// cni0's address.
-    gateway: Ipv4Net,
-    underlay_missing_logged: bool,
-    /// Why the plane is being rebuilt, counted once the rebuild succeeds.
-    pending: Vec<Repair>,
-    /// What workers said of the TAP when they gave up on it, until a plane has one again.
-    tap_failure: Option<String>,
-    /// The last rebuild's error, so a failure that repeats every reconcile is logged once.
-    last_failure: Option<String>,
-}
-
-impl Repairer<'_> {
-    /// Observes the devices, repairs what [`repair::plan`] says, and keeps the plane and
-    /// the route inputs pointing at the devices as they are now. Failures are logged
-    /// and tried again at the next reconcile; they never end the data plane.
-    async fn check(&mut self, slot: &mut Option<Plane>, routes: &mut RouteInputs) {
-        if let Err(error) = self.check_bridge().await {
-            tracing::warn!(error = %format!("{error:#}"), "repairing {BRIDGE} failed; retrying at the next reconcile");
-        }
-        let result = match slot {
-            Some(plane) => self.check_plane(plane).await,
-            None => Ok(Some(Vec::new())),
-        };
-        let rebuild = match result {
-            Ok(rebuild) => rebuild,
-            Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "data-plane repair failed; retrying at the next reconcile");
-                None
-            }
-        };
-        let Some(rebuild) = rebuild else {
-            return;
-        };
-        if let Some(old) = slot.take() {
-            let what: Vec<&str> = rebuild.iter().map(|r| r.name()).collect();
-            tracing::warn!(?what, "rebuilding the data plane's devices and workers");
-            let tap_broke = rebuild
-                .iter()
-                .any(|r| matches!(r, Repair::Tap | Repair::TcProgram));
-            if let Some(failure) = old.faults.tap_failed() {
-                self.tap_failure = Some(failure);
-            } else if tap_broke && old.tap.is_some() {
-                self.tap_failure = Some(format!(
-                    "{} was deleted or altered, or its program detached",
-                    tap_encap::DEVICE
-                ));
-            }
-            self.pending.extend(rebuild);
-            // The old workers and devices go first: the new TAP takes the same name, and
-            // the old one disappears with its last descriptor.
-            self.shared.metrics.set_down();
-            match old.stop().await {
-                Ok(devices) => drop(devices),
-                Err(error) => tracing::warn!(error = %format!("{error:#}"), "stopping the workers"),
-            }
-        }
-        match self.start(routes).await {
-            Ok(plane) => {
-                *slot = Some(plane);
-                self.last_failure = None;
-            }
-            Err(error) => {
-                let error = format!("{error:#}");
-                if self.last_failure.as_ref() != Some(&error) {
-                    tracing::warn!(%error, "rebuilding the data plane failed; retrying at every reconcile");
-                    self.last_failure = Some(error);
-                }
-            }
-        }
-    }
-
-    /// Repairs what can be repaired in place; `Some(reasons)` when the plane must be
-    /// rebuilt.
-    async fn check_plane(&mut self, plane: &Plane) -> anyhow::Result<Option<Vec<Repair>>> {
-        let observed = self.observe(plane).await?;
-        let todo = repair::plan(&observed, &plane.built);
-        if todo.underlay_missing {
-            if !self.underlay_missing_logged {
-                tracing::warn!(
-                    iface = %self.shared.lease.underlay_iface,
-                    "the underlay device is gone; waiting for it to come back"
-                );
-                self.underlay_missing_logged = true;
-            }
-            return Ok(None);
-        }
-        self.underlay_missing_logged = false;
-        self.fix_in_place(&todo).await?;
-        if !todo.rebuild.is_empty() {
-            return Ok(Some(todo.rebuild));
-        }
-        // Fell back from the kernel path at run time: try it again now and then, since
-        // what broke it (a deleted TAP whose name was taken, say) may have passed.
-        let retry_kernel_encap = self.tap_failure.is_some()
-            && plane.tap.is_none()
-            && plane.started.elapsed() >= KERNEL_ENCAP_RETRY;
-        Ok(retry_kernel_encap.then(Vec::new))
-    }
-
-    async fn observe(&self, plane: &Plane) -> anyhow::Result<Observed> {
-        let state = |link: &Link| DeviceState {
-            index: link.index,
-            up: link.up,
-            mtu: link.mtu,
-        };
-        let tun = self.netlink.link(&self.shared.name).await?;
-        let tun_has_address = match &tun {
-            Some(link) => self
-                .netlink
-                .addresses(link.index)
-                .await?
-                .contains(&tun_address(self.shared.lease.subnet)),
-            None => false,
-        };
-        let tap = match &plane.tap {
-            Some(_) => Some(
-                self.netlink
-                    .link(tap_encap::DEVICE)
-                    .await?
-                    .as_ref()
-                    .map(state),
-            ),
-            None => None,
-        };
-        let underlay = self.netlink.link(&self.shared.lease.underlay_iface).await?;
-        Ok(Observed {
-            tun: tun.as_ref().map(state),
-            tun_has_address,
-            tun_lost: plane.faults.tun_lost(),
-            tap,
-            program_attached: plane
-                .tap
-                .as_ref()
-                .is_some_and(tap_encap::TapEncap::attached),
-            tap_failed: plane.faults.tap_failed().is_some(),
-            underlay: underlay.as_ref().map(state),
-        })
-    }
-
-    async fn fix_in_place(&self, todo: &RepairPlan) -> anyhow::Result<()> {
-        let metrics = &self.shared.metrics;
-        let name = &self.shared.name;
-        if todo.fix_tun {
-            let link = self
-                .netlink
-                .ensure_link_up(name, Some(self.shared.lease.mtu))
-                .await?;
-            self.netlink
-                .ensure_address(link.index, tun_address(self.shared.lease.subnet))
-                .await?;
-            metrics.count_repair(Repair::Tun);
-            tracing::warn!(device = %name, "repaired the TUN device (up, MTU, address)");
-        }
-        if todo.fix_tap {
-            self.netlink.ensure_link_up(tap_encap::DEVICE, None).await?;
-            metrics.count_repair(Repair::Tap);
-            tracing::warn!(
-                device = tap_encap::DEVICE,
-                "set the encapsulating TAP up again"
-            );
-        }
-        Ok(())
-    }
-
-    /// Starts a new plane on the devices as they are now, and points the routes at it.
-    async fn start(&mut self, routes: &mut RouteInputs) -> anyhow::Result<Plane> {
-        let underlay = self
-            .netlink
-            .require_link(&self.shared.lease.underlay_iface)
-            .await?;
-        let mut plane = Plane::start(self.netlink, self.shared, &underlay).await?;
-        let metrics = &self.shared.metrics;
-        if plane.tap.is_some() {
-            let counted = self
-                .pending
-                .iter()
-                .any(|r| matches!(r, Repair::Tap | Repair::TcProgram));
-            if self.tap_failure.take().is_some() && !counted {
-                // The kernel path is back after a fallback.
-                self.pending.push(Repair::Tap);
-            }
-        } else if let (Some(failure), Some(reason)) = (&self.tap_failure, &plane.userspace_reason) {
-            plane.userspace_reason = Some(format!("{failure}; then {reason}"));
-        }
-        for what in self.pending.drain(..) {
-            metrics.count_repair(what);
-        }
-        routes.tun_index = plane.built.tun_index;
-        if routes.underlay_index != underlay.index {
-            routes.underlay_index = underlay.index;
-            routes.underlay_net =
-                underlay_subnet(self.netlink, underlay.index, self.shared.lease.public_ip).await?;
-        }
-        let info = plane.info(self.shared);
-        tracing::warn!(transmit_path = info.transmit_path, "data plane rebuilt");
-        metrics.set_up(info);
-        Ok(plane)
-    }
-
-    /// Puts cni0 back (created, its MTU, up, its address) if anything about it changed.
-    async fn check_bridge(&self) -> anyhow::Result<()> {
-        let state = bridge::ensure_bridge(
-            self.netlink.handle(),
-            BRIDGE,
-            self.gateway,
-            self.shared.lease.mtu,
-        )
-        .await?;
-        if state.created
-            || state.mtu_changed
-            || state.brought_up
-            || state.added_address
-            || !state.removed_addresses.is_empty()
-        {
-            self.shared.metrics.count_repair(Repair::Bridge);
-            tracing::warn!(?state, "repaired {BRIDGE}");
-        }
-        Ok(())
-    }
 }
 
 /// What the route and peer-table computation depends on besides the peers.
