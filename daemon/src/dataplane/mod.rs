@@ -205,14 +205,14 @@ pub async fn run_with_metrics(
         None
     };
     // VXLAN sends from a few ephemeral ports chosen by inner flow (see
-    // `worker::pick_sender`); IPIP from the raw socket (everything, or what the TAP
-    // cannot take).
+    // `worker::pick_sender`); IPIP from a raw socket of its own (everything, or what
+    // the TAP cannot take), not a receiving one: see `io::ipip_send_socket`.
     let senders: Vec<OwnedFd> = match encap {
         Encap::Vxlan { .. } => (0..FLOW_SOCKETS)
             .map(|_| io::vxlan_send_socket())
             .collect::<Result<_, _>>()
             .context("opening the VXLAN sending sockets")?,
-        Encap::Ipip => vec![socket.try_clone().context("duplicating the IPIP socket")?],
+        Encap::Ipip => vec![io::ipip_send_socket().context("opening the IPIP sending socket")?],
     };
     let senders = Arc::new(senders);
 
