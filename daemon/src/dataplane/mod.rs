@@ -321,6 +321,7 @@ pub async fn run_with_metrics(
                     Err(error) => tracing::warn!(error = %format!("{error:#}"), "route reconcile failed"),
                 }
                 sample_underlay_stats(&netlink, &lease.underlay_iface, &metrics).await;
+                worker::drain_send_error_queues(&senders, &metrics);
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {

@@ -344,7 +344,7 @@ fn send_paced(
         let error = io::Error::last_os_error();
         let mut next = pacer.after_error(error.raw_os_error().unwrap_or(0), Instant::now());
         if next == AfterSendError::Drain {
-            next = pacer.after_drain(drain_send_errors(socket, ctx));
+            next = pacer.after_drain(drain_send_errors(socket, &ctx.metrics));
         }
         match next {
             AfterSendError::Retry => {}
@@ -363,12 +363,22 @@ fn send_paced(
 }
 
 /// Reads `socket`'s error queue, counting each report; returns how many there were.
-fn drain_send_errors(socket: &OwnedFd, ctx: &WorkerContext) -> usize {
+fn drain_send_errors(socket: &OwnedFd, metrics: &Metrics) -> usize {
     drain_error_queue(socket.as_fd(), |report| {
         if let Some(kind) = report {
-            ctx.metrics.count_send_error_report(kind);
+            metrics.count_send_error_report(kind);
         }
     })
+}
+
+/// Reads and counts what waits in the sending sockets' error queues. A send reads its
+/// socket's queue when it fails, but not every report fails a send (a raw socket's
+/// sends never do), so the control task calls this periodically too: the counters stay
+/// current and the queues empty even when no send fails.
+pub fn drain_send_error_queues(senders: &[OwnedFd], metrics: &Metrics) {
+    for socket in senders {
+        drain_send_errors(socket, metrics);
+    }
 }
 
 /// Counts (and logs, rate-limited) a packet a send gave up on.
