@@ -413,13 +413,15 @@ fn soak(args: &Args) -> anyhow::Result<bool> {
         if now >= next_restart && now + Duration::from_secs(5) < duration {
             next_restart += Duration::from_secs(args.restart_every);
             let began = Instant::now();
+            let old_pid = lab.weftd_pid(RESTARTED).map_or(0, |p| p.pid);
             lab.stop_weftd(RESTARTED)?;
             lab.start_weftd(RESTARTED)?;
             lab.wait_weftd_ready(RESTARTED)?;
             restarts += 1;
             println!(
-                "[{:>4}s] weftd on node {RESTARTED} restarted (#{restarts}, ready after {:.1} s)",
+                "[{:>4}s] weftd on node {RESTARTED} restarted (#{restarts}, pid {old_pid} -> {}, ready after {:.1} s)",
                 now.as_secs(),
+                lab.weftd_pid(RESTARTED).map_or(0, |p| p.pid),
                 began.elapsed().as_secs_f64()
             );
         }
