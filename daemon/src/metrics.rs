@@ -48,15 +48,18 @@ pub enum DropReason {
     TxNoPeer,
     /// A packet read from TUN that is not a well-formed IPv4 packet.
     TxMalformed,
-    /// The underlay send failed (no route, buffer full, ...).
+    /// The underlay send failed (no route, the peer unreachable, ...).
     TxSendError,
     /// A packet too big for the underlay that could not be segmented.
     TxTooBig,
+    /// The sending socket's buffer or the underlay device's queue stayed full for
+    /// longer than a send may wait (`worker::SendPacer`).
+    TxSocketFull,
 }
 
 impl DropReason {
     /// Every reason, for exporters that list them all (including the zero ones).
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::RxUnknownSource,
         DropReason::RxWrongVni,
         DropReason::RxMalformed,
@@ -67,6 +70,7 @@ impl DropReason {
         DropReason::TxMalformed,
         DropReason::TxSendError,
         DropReason::TxTooBig,
+        DropReason::TxSocketFull,
     ];
 
     /// Stable snake_case name, used as the `reason` label.
@@ -82,6 +86,49 @@ impl DropReason {
             DropReason::TxMalformed => "tx_malformed",
             DropReason::TxSendError => "tx_send_error",
             DropReason::TxTooBig => "tx_too_big",
+            DropReason::TxSocketFull => "tx_socket_full",
+        }
+    }
+}
+
+/// What the kernel reported about a packet weft sent (one `IP_RECVERR` message from a
+/// sending socket's error queue, `dataplane::io::drain_error_queue`), reduced to what an operator can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SendErrorReport {
+    /// ICMP network unreachable (from a router, or the local stack: no route).
+    NetUnreachable,
+    /// ICMP host unreachable: typically the peer's address did not answer ARP.
+    HostUnreachable,
+    /// ICMP port unreachable: nothing listens on the peer's VXLAN port (weftd down).
+    PortUnreachable,
+    /// ICMP fragmentation needed: the underlay path's MTU is smaller than the packet.
+    FragNeeded,
+    /// Any other ICMP error (time exceeded, administratively prohibited, ...).
+    OtherIcmp,
+    /// An error the local stack raised itself (e.g. `EMSGSIZE`).
+    Local,
+}
+
+impl SendErrorReport {
+    /// Every kind, for exporters that list them all.
+    pub const ALL: [SendErrorReport; 6] = [
+        SendErrorReport::NetUnreachable,
+        SendErrorReport::HostUnreachable,
+        SendErrorReport::PortUnreachable,
+        SendErrorReport::FragNeeded,
+        SendErrorReport::OtherIcmp,
+        SendErrorReport::Local,
+    ];
+
+    /// Stable snake_case name, used as the `kind` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            SendErrorReport::NetUnreachable => "net_unreachable",
+            SendErrorReport::HostUnreachable => "host_unreachable",
+            SendErrorReport::PortUnreachable => "port_unreachable",
+            SendErrorReport::FragNeeded => "frag_needed",
+            SendErrorReport::OtherIcmp => "other_icmp",
+            SendErrorReport::Local => "local",
         }
     }
 }
@@ -142,8 +189,8 @@ pub struct Metrics {
     pub tx_syscalls: AtomicU64,
     /// Underlay receive syscalls (`recvmmsg`).
     pub rx_syscalls: AtomicU64,
-    /// Sends retried because the device's ring was full (`ENOBUFS`): backpressure that
-    /// was waited out instead of dropped.
+    /// Sends that found the socket's buffer or the device's queue full (`EAGAIN`,
+    /// `ENOBUFS`) and waited for room before retrying (whether or not room came).
     pub tx_full_waits: AtomicU64,
     /// Times a data-plane worker slept in `poll` and was woken by a packet: on a
     /// virtual machine each costs tens of µs of latency (see `--busy-poll`).
@@ -172,6 +219,7 @@ pub struct Metrics {
     pub underlay_tx_errors: AtomicU64,
     pub underlay_tx_dropped: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    send_error_reports: [AtomicU64; SendErrorReport::ALL.len()],
     repairs: [AtomicU64; Repair::ALL.len()],
     /// What the data plane set up, published whenever it is (re)built (see
     /// [`Metrics::set_up`]).
@@ -510,6 +558,16 @@ impl Metrics {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one report read from a sending socket's error queue.
+    pub fn count_send_error_report(&self, kind: SendErrorReport) {
+        self.send_error_reports[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reports of `kind` read so far.
+    pub fn send_error_reports(&self, kind: SendErrorReport) -> u64 {
+        self.send_error_reports[kind as usize].load(Ordering::Relaxed)
+    }
+
     /// Counts one repair of `what`.
     pub fn count_repair(&self, what: Repair) {
         self.repairs[what as usize].fetch_add(1, Ordering::Relaxed);
@@ -677,6 +735,8 @@ impl Metrics {
             underlay_tx_dropped: self.underlay_tx_dropped.load(Ordering::Relaxed),
             drops: DropReason::ALL.map(|reason| (reason.name(), self.drops(reason))),
             repairs: Repair::ALL.map(|what| (what.name(), self.repairs(what))),
+            send_error_reports: SendErrorReport::ALL
+                .map(|kind| (kind.name(), self.send_error_reports(kind))),
         }
     }
 }
@@ -712,6 +772,8 @@ pub struct MetricsSnapshot {
     pub drops: [(&'static str, u64); DropReason::ALL.len()],
     /// `(what, count)` for every [`Repair`], in [`Repair::ALL`] order.
     pub repairs: [(&'static str, u64); Repair::ALL.len()],
+    /// `(kind, count)` for every [`SendErrorReport`], in [`SendErrorReport::ALL`] order.
+    pub send_error_reports: [(&'static str, u64); SendErrorReport::ALL.len()],
 }
 
 #[cfg(test)]
@@ -769,6 +831,9 @@ mod tests {
         }
         for (n, what) in Repair::ALL.iter().enumerate() {
             assert_eq!(*what as usize, n);
+        }
+        for (n, kind) in SendErrorReport::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, n);
         }
     }
 

@@ -13,6 +13,8 @@
 //! | `weft_worker_wakeups_total`, `weft_worker_polling_seconds_total` | counter | |
 //! | `weft_reply_waits_total` | counter | `result` = `answered` / `expired` |
 //! | `weft_drops_total` | counter | `reason` (one per [`DropReason`]) |
+//! | `weft_tx_full_waits_total` | counter | |
+//! | `weft_send_error_reports_total` | counter | `kind` (one per [`SendErrorReport`](crate::metrics::SendErrorReport)) |
 //! | `weft_encap_errors_total`, `weft_decap_errors_total` | counter | |
 //! | `weft_route_reconcile_fixes_total` | counter | |
 //! | `weft_route_conflicts_total`, `weft_route_failures_total` | counter | |
@@ -41,10 +43,11 @@ use crate::subnet::status::{ControlStatus, LeaseState, Readiness};
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Drop reasons that mean "a packet could not be encapsulated and sent".
-const ENCAP_ERRORS: [DropReason; 3] = [
+const ENCAP_ERRORS: [DropReason; 4] = [
     DropReason::TxMalformed,
     DropReason::TxSendError,
     DropReason::TxTooBig,
+    DropReason::TxSocketFull,
 ];
 /// Drop reasons that mean "a received packet could not be decapsulated and delivered".
 const DECAP_ERRORS: [DropReason; 3] = [
@@ -181,8 +184,15 @@ impl Collector for NodeCollector {
             counter(
                 e,
                 "weft_tx_full_waits",
-                "Underlay sends retried because the device's ring was full (waited out, not dropped)",
+                "Underlay sends that found the socket buffer or the device queue full and waited for room",
                 s.tx_full_waits,
+            )?;
+            labelled_counters(
+                e,
+                "weft_send_error_reports",
+                "Errors the kernel reported for sent packets (the sending sockets' error queues), per kind",
+                "kind",
+                &s.send_error_reports,
             )?;
             counter(
                 e,
@@ -216,7 +226,7 @@ impl Collector for NodeCollector {
             counter(
                 e,
                 "weft_encap_errors",
-                "Packets from pods that could not be encapsulated or sent (tx_malformed + tx_send_error + tx_too_big)",
+                "Packets from pods that could not be encapsulated or sent (tx_malformed + tx_send_error + tx_too_big + tx_socket_full)",
                 ENCAP_ERRORS.iter().map(|r| m.drops(*r)).sum(),
             )?;
             counter(

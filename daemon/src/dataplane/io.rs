@@ -7,6 +7,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 
+use crate::metrics::SendErrorReport;
+
 /// Socket buffer size asked for with `SO_{RCV,SND}BUFFORCE`: big enough that a burst
 /// of GSO super-datagrams is not dropped (measured between two namespaces: with default
 /// buffers most were). Falls back silently to the sysctl-capped size when not privileged.
@@ -24,12 +26,184 @@ pub fn vxlan_socket(port: u16) -> io::Result<OwnedFd> {
 }
 
 /// A VXLAN sending socket bound to an ephemeral port (its port is the outer UDP source
-/// port of the flows hashed to it). Nothing is sent to it, so it never receives.
+/// port of the flows hashed to it). Nothing is sent to it, so it never receives; see
+/// [`prepare_sender`] for how it sends.
 pub fn vxlan_send_socket() -> io::Result<OwnedFd> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into())?;
-    size_buffers(&socket);
+    prepare_sender(&socket)?;
     Ok(socket.into())
+}
+
+/// IPIP's sending socket (raw, protocol 4; the kernel prepends the outer header). It is
+/// not one of the receiving sockets: only a sender has `IP_RECVERR` on, so only a
+/// sender has an error queue, and no socket a worker sleeps on can keep `poll` awake
+/// with `POLLERR`. A raw socket sees every IPIP packet that arrives, so a filter drops
+/// them all before they are queued (the receiving sockets get their own copies).
+pub fn ipip_send_socket() -> io::Result<OwnedFd> {
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_IPIP)),
+    )?;
+    const RET_K: u16 = 0x06;
+    socket.attach_filter(&[SockFilter::new(RET_K, 0, 0, 0)])?;
+    prepare_sender(&socket)?;
+    Ok(socket.into())
+}
+
+/// Bytes of error queue a sending socket keeps (`SO_RCVBUF`, which bounds the error
+/// queue as it bounds the receive queue; the kernel doubles and floors it): room for a
+/// few reports, which [`drain_error_queue`] reads after every failed send.
+const SENDER_ERROR_QUEUE_BYTES: usize = 16 << 10;
+
+/// How every sending socket is set up:
+/// * non-blocking: a full send buffer fails the send with `EAGAIN` instead of putting
+///   the worker (and with it the receive half it also serves) to sleep; the worker then
+///   waits for room with a deadline (`worker::SendPacer`);
+/// * `IP_RECVERR`: without it Linux reports none of a UDP or raw socket's local drops
+///   (`ENOBUFS` from a full queue is turned into success, `udp_send_skb`) nor ICMP
+///   errors for unconnected sockets; with it they fail the send or land in the error
+///   queue, where weft reads and counts them;
+/// * a large send buffer (bursts of GSO sends) and a small receive buffer, which bounds
+///   the error queue (nothing else is ever received).
+pub fn prepare_sender(socket: &Socket) -> io::Result<()> {
+    socket.set_nonblocking(true)?;
+    let on: libc::c_int = 1;
+    // SAFETY: valid socket fd; the option value is a live c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_RECVERR,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    force_buffer(socket, libc::SO_SNDBUFFORCE, SOCKET_BUFFER_BYTES);
+    socket.set_recv_buffer_size(SENDER_ERROR_QUEUE_BYTES)?;
+    Ok(())
+}
+
+/// Classifies a `struct sock_extended_err` by origin, ICMP type and code.
+pub fn classify_send_error(origin: u8, icmp_type: u8, icmp_code: u8) -> SendErrorReport {
+    const ORIGIN_ICMP: u8 = 2; // SO_EE_ORIGIN_ICMP
+    const DEST_UNREACH: u8 = 3;
+    match (origin, icmp_type, icmp_code) {
+        (ORIGIN_ICMP, DEST_UNREACH, 0) => SendErrorReport::NetUnreachable,
+        (ORIGIN_ICMP, DEST_UNREACH, 1) => SendErrorReport::HostUnreachable,
+        (ORIGIN_ICMP, DEST_UNREACH, 3) => SendErrorReport::PortUnreachable,
+        (ORIGIN_ICMP, DEST_UNREACH, 4) => SendErrorReport::FragNeeded,
+        (ORIGIN_ICMP, ..) => SendErrorReport::OtherIcmp,
+        _ => SendErrorReport::Local,
+    }
+}
+
+/// The report in one error-queue message's control data: the `IP_RECVERR` record's
+/// `sock_extended_err` (errno u32, origin u8, type u8, code u8, ...). `None` when the
+/// control data holds no such record.
+pub fn parse_send_error(control: &[u8]) -> Option<SendErrorReport> {
+    // The cmsghdr records, walked by hand as `worker::gro_size` does: `{ len: usize,
+    // level: i32, type: i32 }`, data at the next 8-byte boundary, next at CMSG_ALIGN(len).
+    const HEADER: usize = std::mem::size_of::<libc::cmsghdr>();
+    const WORD: usize = std::mem::size_of::<usize>();
+    const EXTENDED_ERR: usize = 16; // sizeof(struct sock_extended_err)
+    let mut at = 0;
+    while at + HEADER <= control.len() {
+        let field = |offset: usize, len: usize| &control[at + offset..at + offset + len];
+        let len = usize::from_ne_bytes(field(0, WORD).try_into().expect("word"));
+        let level = i32::from_ne_bytes(field(WORD, 4).try_into().expect("i32"));
+        let kind = i32::from_ne_bytes(field(WORD + 4, 4).try_into().expect("i32"));
+        if len < HEADER || at + len > control.len() {
+            return None;
+        }
+        if level == libc::IPPROTO_IP && kind == libc::IP_RECVERR && len >= HEADER + EXTENDED_ERR {
+            let err = field(HEADER, EXTENDED_ERR);
+            return Some(classify_send_error(err[4], err[5], err[6]));
+        }
+        at += len.next_multiple_of(WORD);
+    }
+    None
+}
+
+/// Most error-queue messages one drain reads: the queue is small (see
+/// [`SENDER_ERROR_QUEUE_BYTES`]), and a drain must end even while reports keep coming.
+const DRAIN_LIMIT: usize = 64;
+
+/// Reads (non-blocking) what `socket`'s error queue holds, calling `report` for each
+/// message; returns how many there were.
+pub fn drain_error_queue(
+    socket: BorrowedFd<'_>,
+    mut report: impl FnMut(Option<SendErrorReport>),
+) -> usize {
+    // The offending packet's start is copied to `data`; only the control data matters.
+    let mut data = [0u8; 64];
+    let mut control = [0u64; 16]; // 128 bytes, 8-byte aligned for the cmsghdr
+    let mut drained = 0;
+    while drained < DRAIN_LIMIT {
+        let mut iovec = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: all-zero is a valid msghdr.
+        let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+        message.msg_iov = &mut iovec;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: `message` points at live buffers of the sizes given.
+        let rc = unsafe {
+            libc::recvmsg(
+                socket.as_raw_fd(),
+                &mut message,
+                libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+            )
+        };
+        if rc < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break; // EAGAIN: empty
+        }
+        let control_len = message.msg_controllen.min(std::mem::size_of_val(&control));
+        // SAFETY: `control` is a live, initialised array of at least `control_len` bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), control_len) };
+        report(parse_send_error(bytes));
+        drained += 1;
+    }
+    drained
+}
+
+/// Waits until `socket` has room to send (`POLLOUT`) or `timeout` passes; `true` when
+/// it has room.
+pub fn wait_writable(socket: BorrowedFd<'_>, timeout: std::time::Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one live pollfd and a live timespec; no signal mask.
+    let rc = unsafe { libc::ppoll(&mut fd, 1, &timeout, std::ptr::null()) };
+    rc > 0 && fd.revents & libc::POLLOUT != 0
+}
+
+/// Sleeps for `duration` (a short pause while a device's queue drains: the socket
+/// itself has room, so there is nothing to poll for).
+pub fn pause(duration: std::time::Duration) {
+    let timeout = libc::timespec {
+        tv_sec: duration.as_secs() as libc::time_t,
+        tv_nsec: duration.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: no descriptors, a live timespec, no signal mask.
+    unsafe { libc::ppoll(std::ptr::null_mut(), 0, &timeout, std::ptr::null()) };
 }
 
 /// Whether this kernel has UDP GSO (`UDP_SEGMENT`, Linux ≥ 4.18): probed by setting
@@ -151,22 +325,29 @@ fn enable_gro(socket: &Socket) {
 }
 
 fn size_buffers(socket: &Socket) {
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        let value = SOCKET_BUFFER_BYTES;
-        // SAFETY: valid socket fd; the option value is a live c_int of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
+    force_buffer(socket, libc::SO_RCVBUFFORCE, SOCKET_BUFFER_BYTES);
+    force_buffer(socket, libc::SO_SNDBUFFORCE, SOCKET_BUFFER_BYTES);
+}
+
+/// Sets a buffer size with `SO_{RCV,SND}BUFFORCE`, or as far as the sysctl cap allows
+/// when not privileged.
+fn force_buffer(socket: &Socket, option: libc::c_int, value: libc::c_int) {
+    // SAFETY: valid socket fd; the option value is a live c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        let _ = if option == libc::SO_RCVBUFFORCE {
+            socket.set_recv_buffer_size(value as usize)
+        } else {
+            socket.set_send_buffer_size(value as usize)
         };
-        if rc < 0 {
-            let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES as usize);
-            let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES as usize);
-        }
     }
 }
 
@@ -273,4 +454,125 @@ pub fn write_packet(fd: BorrowedFd<'_>, packet: &[u8]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+        let header = std::mem::size_of::<libc::cmsghdr>();
+        let len = header + data.len();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&len.to_ne_bytes());
+        bytes.extend_from_slice(&level.to_ne_bytes());
+        bytes.extend_from_slice(&kind.to_ne_bytes());
+        bytes.extend_from_slice(data);
+        bytes.resize(len.next_multiple_of(8), 0);
+        bytes
+    }
+
+    /// A `sock_extended_err` followed by the offender's `sockaddr_in`, as the kernel
+    /// writes it.
+    fn extended_err(errno: u32, origin: u8, icmp_type: u8, icmp_code: u8) -> Vec<u8> {
+        let mut err = Vec::new();
+        err.extend_from_slice(&errno.to_ne_bytes());
+        err.extend_from_slice(&[origin, icmp_type, icmp_code, 0]);
+        err.extend_from_slice(&0u32.to_ne_bytes()); // ee_info
+        err.extend_from_slice(&0u32.to_ne_bytes()); // ee_data
+        err.extend_from_slice(&[0u8; 16]); // offender
+        err
+    }
+
+    #[test]
+    fn send_errors_are_read_from_the_recverr_record() {
+        let icmp = |t, c| {
+            cmsg(
+                libc::IPPROTO_IP,
+                libc::IP_RECVERR,
+                &extended_err(libc::EHOSTUNREACH as u32, 2, t, c),
+            )
+        };
+        assert_eq!(
+            parse_send_error(&icmp(3, 1)),
+            Some(SendErrorReport::HostUnreachable)
+        );
+        assert_eq!(
+            parse_send_error(&icmp(3, 3)),
+            Some(SendErrorReport::PortUnreachable)
+        );
+        assert_eq!(
+            parse_send_error(&icmp(3, 0)),
+            Some(SendErrorReport::NetUnreachable)
+        );
+        assert_eq!(
+            parse_send_error(&icmp(3, 4)),
+            Some(SendErrorReport::FragNeeded)
+        );
+        assert_eq!(
+            parse_send_error(&icmp(11, 0)),
+            Some(SendErrorReport::OtherIcmp)
+        );
+        let local = cmsg(
+            libc::IPPROTO_IP,
+            libc::IP_RECVERR,
+            &extended_err(libc::EMSGSIZE as u32, 1, 0, 0),
+        );
+        assert_eq!(parse_send_error(&local), Some(SendErrorReport::Local));
+        // Behind another record; nothing; truncated or lying lengths: no panic.
+        let mut two = cmsg(libc::IPPROTO_IP, libc::IP_TOS, &[0; 4]);
+        two.extend_from_slice(&icmp(3, 3));
+        assert_eq!(
+            parse_send_error(&two),
+            Some(SendErrorReport::PortUnreachable)
+        );
+        assert_eq!(parse_send_error(&[]), None);
+        assert_eq!(parse_send_error(&icmp(3, 1)[..20]), None);
+        let short = cmsg(libc::IPPROTO_IP, libc::IP_RECVERR, &[2, 0, 0, 0]);
+        assert_eq!(parse_send_error(&short), None);
+        let mut lying = icmp(3, 1);
+        lying[..8].copy_from_slice(&999usize.to_ne_bytes());
+        assert_eq!(parse_send_error(&lying), None);
+    }
+
+    /// A real socket's error queue: an unconnected UDP socket with `IP_RECVERR` sending
+    /// to a closed port on loopback gets an ICMP port unreachable queued, which a drain
+    /// reads, and the next drain finds the queue empty.
+    #[test]
+    fn a_drain_reads_what_the_kernel_queued() {
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = closed.local_addr().unwrap();
+        drop(closed);
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        socket
+            .bind(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into())
+            .unwrap();
+        prepare_sender(&socket).unwrap();
+        socket.send_to(b"x", &to.into()).unwrap();
+        let fd = socket.as_fd();
+        let mut reports = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // The ICMP error comes back through loopback's softirq: wait for it.
+        while reports.is_empty() && std::time::Instant::now() < deadline {
+            if !wait_error(fd) {
+                continue;
+            }
+            drain_error_queue(fd, |r| reports.push(r));
+        }
+        assert_eq!(reports, vec![Some(SendErrorReport::PortUnreachable)]);
+        assert_eq!(drain_error_queue(fd, |_| {}), 0, "the queue is empty now");
+    }
+
+    /// Polls `fd` for `POLLERR` for up to 100 ms.
+    fn wait_error(fd: BorrowedFd<'_>) -> bool {
+        let mut pollfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        let rc = unsafe { libc::poll(&mut pollfd, 1, 100) };
+        rc > 0 && pollfd.revents & libc::POLLERR != 0
+    }
 }

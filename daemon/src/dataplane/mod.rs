@@ -166,16 +166,14 @@ pub async fn run_with_metrics(
             .collect(),
     };
     // VXLAN sends from a few ephemeral ports chosen by inner flow (see
-    // `worker::pick_sender`); IPIP from the raw socket (everything, or what the TAP
-    // cannot take).
+    // `worker::pick_sender`); IPIP from a raw socket of its own (everything, or what
+    // the TAP cannot take), not a receiving one: see `io::ipip_send_socket`.
     let senders: Vec<OwnedFd> = match encap {
         Encap::Vxlan { .. } => (0..FLOW_SOCKETS)
             .map(|_| io::vxlan_send_socket())
             .collect::<Result<_, _>>()
             .context("opening the VXLAN sending sockets")?,
-        Encap::Ipip => vec![receivers[0]
-            .try_clone()
-            .context("duplicating the IPIP socket")?],
+        Encap::Ipip => vec![io::ipip_send_socket().context("opening the IPIP sending socket")?],
     };
     let shared = Shared {
         busy_poll: settings.busy_poll,
@@ -273,6 +271,7 @@ pub async fn run_with_metrics(
                 }
                 sample_underlay_stats(&netlink, &lease.underlay_iface, &metrics).await;
                 host_rules.reconcile(&metrics).await;
+                worker::drain_send_error_queues(&shared.senders, &metrics);
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {

@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 
-use super::io::{read_nonblocking, set_nonblocking, wait_readable, write_packet, StopSignal};
+use super::io::{
+    drain_error_queue, pause, read_nonblocking, set_nonblocking, wait_readable, wait_writable,
+    write_packet, StopSignal,
+};
 use super::packet::{
     accept_ipip, accept_vxlan, parse_inner_ipv4, rx_vnet_header, write_vxlan_headers, Accepted,
     HEADROOM, VXLAN_OVERHEAD,
@@ -93,15 +96,16 @@ impl TapQueue {
         inner_len: usize,
         vnet: &VirtioNetRepr,
         peer: &PeerEntry,
-        ident: &mut u16,
+        ident: &mut OuterIdent,
     ) -> Result<(), TapSendError> {
-        *ident = ident.wrapping_add(1);
         let mut outer = OuterIpv4 {
             src_addr: self.local_ip,
             dst_addr: peer.public_ip,
             ttl: super::tap_encap::OUTER_TTL,
             tos: 0,
-            ident: *ident,
+            // The kernel's GSO gives each wire packet cut from a super-packet the next
+            // ID: they take as many as there are segments.
+            ident: ident.take(vnet.segments(inner_len)),
             dont_frag: true,
         };
         let frame = match encap {
@@ -198,9 +202,196 @@ impl LogLimiter {
     }
 }
 
-/// How long a send waits for room in a full device queue (`ENOBUFS`) before it drops:
-/// a queue full for longer than this means something is stuck, not busy.
+/// The outer IPv4 IDs of the packets a worker writes whole (the TAP path, where weft
+/// writes the outer header itself). An ID must not repeat among a flow's packets that
+/// may still be in flight: VXLAN's outer header allows fragmentation, and a receiver
+/// reassembles by (source, destination, protocol, ID). A worker carries its flows alone
+/// (one TUN queue each), so one counter per worker is unique per flow and per peer.
+/// It starts at random, as the kernel's ID generators do, so a restarted weftd does not
+/// reuse the IDs of its previous life, and advances by the number of wire packets each
+/// packet becomes: the kernel's GSO gives the segments of a super-packet IDs `id`,
+/// `id + 1`, ..., `id + n - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OuterIdent {
+    next: u16,
+}
+
+impl OuterIdent {
+    fn random() -> OuterIdent {
+        OuterIdent {
+            next: rand::random(),
+        }
+    }
+
+    /// The ID for a packet that becomes `segments` wire packets (at least one).
+    fn take(&mut self, segments: usize) -> u16 {
+        let first = self.next;
+        // An ID is 16 bits: more segments than IDs wrap around, as in the kernel.
+        let used = segments.max(1) % (1 << 16);
+        self.next = first.wrapping_add(used as u16);
+        first
+    }
+}
+
+/// How long one send waits for room in a full socket buffer (`EAGAIN`) or device queue
+/// (`ENOBUFS`) before it drops the packet as `tx_socket_full`: a queue full for longer
+/// than this means the underlay is overloaded or stuck, not busy, and the worker has
+/// its receive half to serve meanwhile.
 const TX_FULL_WAIT: Duration = Duration::from_millis(2);
+
+/// One pause while a device's queue drains: `ENOBUFS` leaves nothing to poll for (the
+/// socket has room, the qdisc behind it had none).
+const TX_FULL_PAUSE: Duration = Duration::from_micros(100);
+
+/// What a send path does after a send failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterSendError {
+    /// Interrupted by a signal: send again at once.
+    Retry,
+    /// The socket's buffer is full: poll for room up to this long, then send again.
+    WaitWritable(Duration),
+    /// The device's queue is full: pause this long, then send again.
+    Pause(Duration),
+    /// Some other error: read the socket's error queue (counting its reports), then ask
+    /// [`SendPacer::after_drain`].
+    Drain,
+    /// Give up on this packet and count it.
+    Drop(DropReason),
+}
+
+/// A worker's policy for failed sends, as plain state so it is tested without sockets.
+///
+/// * A full socket or device queue is waited out for up to [`TX_FULL_WAIT`] per send.
+///   When that runs out, the underlay is taken as congested: later sends that find it
+///   full are dropped at once, without waiting, until one succeeds. So an overloaded
+///   underlay costs one syscall per packet, never a wait per packet, and the receive
+///   half is never held up for more than one wait.
+/// * Any other error may be an ICMP error for an earlier packet that the kernel
+///   reports on this send (`IP_RECVERR` sets the socket's error): when the error queue
+///   held reports, the send is tried once more; otherwise the packet is dropped.
+#[derive(Debug, Default)]
+struct SendPacer {
+    /// Since when the current send has been waiting for room.
+    full_since: Option<Instant>,
+    /// A wait ran out and no send has succeeded since.
+    congested: bool,
+    /// The current send was already retried after a drain.
+    retried: bool,
+}
+
+impl SendPacer {
+    fn after_error(&mut self, errno: i32, now: Instant) -> AfterSendError {
+        match errno {
+            libc::EINTR => AfterSendError::Retry,
+            libc::EAGAIN | libc::ENOBUFS => {
+                if self.congested {
+                    return self.give_up(DropReason::TxSocketFull);
+                }
+                let waited = now.saturating_duration_since(*self.full_since.get_or_insert(now));
+                let Some(left) = TX_FULL_WAIT.checked_sub(waited).filter(|l| !l.is_zero()) else {
+                    self.congested = true;
+                    return self.give_up(DropReason::TxSocketFull);
+                };
+                if errno == libc::EAGAIN {
+                    AfterSendError::WaitWritable(left)
+                } else {
+                    AfterSendError::Pause(left.min(TX_FULL_PAUSE))
+                }
+            }
+            _ => AfterSendError::Drain,
+        }
+    }
+
+    /// After [`AfterSendError::Drain`] read `reports` reports.
+    fn after_drain(&mut self, reports: usize) -> AfterSendError {
+        if reports > 0 && !self.retried {
+            self.retried = true;
+            AfterSendError::Retry
+        } else {
+            self.give_up(DropReason::TxSendError)
+        }
+    }
+
+    /// The send succeeded: the underlay takes packets again.
+    fn sent(&mut self) {
+        self.congested = false;
+        self.full_since = None;
+        self.retried = false;
+    }
+
+    fn give_up(&mut self, reason: DropReason) -> AfterSendError {
+        self.full_since = None;
+        self.retried = false;
+        AfterSendError::Drop(reason)
+    }
+}
+
+/// Why a send gave up: the drop reason and the last error.
+type SendFailure = (DropReason, io::Error);
+
+/// Calls `send` (one send syscall, returning what it returns) until it succeeds or
+/// `pacer` gives up; `Ok` holds the syscall's result.
+fn send_paced(
+    socket: &OwnedFd,
+    ctx: &WorkerContext,
+    pacer: &mut SendPacer,
+    mut send: impl FnMut() -> isize,
+) -> Result<usize, SendFailure> {
+    loop {
+        let rc = send();
+        ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
+        if rc >= 0 {
+            pacer.sent();
+            return Ok(rc as usize);
+        }
+        let error = io::Error::last_os_error();
+        let mut next = pacer.after_error(error.raw_os_error().unwrap_or(0), Instant::now());
+        if next == AfterSendError::Drain {
+            next = pacer.after_drain(drain_send_errors(socket, &ctx.metrics));
+        }
+        match next {
+            AfterSendError::Retry => {}
+            AfterSendError::WaitWritable(timeout) => {
+                ctx.metrics.tx_full_waits.fetch_add(1, Ordering::Relaxed);
+                wait_writable(socket.as_fd(), timeout);
+            }
+            AfterSendError::Pause(duration) => {
+                ctx.metrics.tx_full_waits.fetch_add(1, Ordering::Relaxed);
+                pause(duration);
+            }
+            AfterSendError::Drop(reason) => return Err((reason, error)),
+            AfterSendError::Drain => unreachable!("after_drain decides"),
+        }
+    }
+}
+
+/// Reads `socket`'s error queue, counting each report; returns how many there were.
+fn drain_send_errors(socket: &OwnedFd, metrics: &Metrics) -> usize {
+    drain_error_queue(socket.as_fd(), |report| {
+        if let Some(kind) = report {
+            metrics.count_send_error_report(kind);
+        }
+    })
+}
+
+/// Reads and counts what waits in the sending sockets' error queues. A send reads its
+/// socket's queue when it fails, but not every report fails a send (a raw socket's
+/// sends never do), so the control task calls this periodically too: the counters stay
+/// current and the queues empty even when no send fails.
+pub fn drain_send_error_queues(senders: &[OwnedFd], metrics: &Metrics) {
+    for socket in senders {
+        drain_send_errors(socket, metrics);
+    }
+}
+
+/// Counts (and logs, rate-limited) a packet a send gave up on.
+#[cold]
+fn send_failed(ctx: &WorkerContext, log: &mut LogLimiter, (reason, error): &SendFailure) {
+    ctx.metrics.drop_packet(*reason);
+    if let Some(suppressed) = log.allow() {
+        tracing::warn!(%error, reason = reason.name(), suppressed, "underlay send failed");
+    }
+}
 
 /// Outgoing datagrams waiting for one `sendmmsg`: pointers into buffers owned by the
 /// transmit loop, rebuilt per batch, never reallocated.
@@ -213,6 +404,7 @@ struct SendBatch {
     len: usize,
     /// Which of the sending sockets the queued datagrams leave from.
     sender: usize,
+    pacer: SendPacer,
 }
 
 impl SendBatch {
@@ -232,6 +424,7 @@ impl SendBatch {
             inner_bytes: vec![0; BATCH],
             len: 0,
             sender: 0,
+            pacer: SendPacer::default(),
         }
     }
 
@@ -286,51 +479,35 @@ impl SendBatch {
         }
         let mut sent = 0;
         let (mut packets, mut bytes) = (0u64, 0u64);
-        // Since when the device has refused the current message for want of room.
-        let mut full_since: Option<Instant> = None;
         while sent < count {
-            // SAFETY: messages[sent..count] point at live iovecs, addresses and buffers
-            // that the caller keeps untouched until this call returns.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    self.messages[sent..].as_mut_ptr(),
-                    (count - sent) as libc::c_uint,
-                    0,
-                )
-            };
-            ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
-            if rc < 0 {
-                let error = io::Error::last_os_error();
-                if error.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            let messages = &mut self.messages[sent..count];
+            let result = send_paced(socket, ctx, &mut self.pacer, || {
+                // SAFETY: `messages` point at live iovecs, addresses and buffers that the
+                // caller keeps untouched until this call returns.
+                unsafe {
+                    libc::sendmmsg(
+                        socket.as_raw_fd(),
+                        messages.as_mut_ptr(),
+                        messages.len() as libc::c_uint,
+                        0,
+                    ) as isize
                 }
-                if error.raw_os_error() == Some(libc::ENOBUFS)
-                    && full_since.get_or_insert_with(Instant::now).elapsed() < TX_FULL_WAIT
-                {
-                    // The device's queue is full for a moment (a burst the underlay is
-                    // still draining): yield to it and retry instead of dropping what TCP
-                    // would only send again.
-                    ctx.metrics.tx_full_waits.fetch_add(1, Ordering::Relaxed);
-                    // SAFETY: sched_yield has no preconditions.
-                    unsafe { libc::sched_yield() };
-                    continue;
+            });
+            match result {
+                Ok(n) => {
+                    for bytes_of in &self.inner_bytes[sent..sent + n] {
+                        packets += 1;
+                        bytes += bytes_of;
+                    }
+                    sent += n;
                 }
-                full_since = None;
-                // The first message failed (e.g. no route to that peer): skip it.
-                ctx.metrics.drop_packet(DropReason::TxSendError);
-                if let Some(suppressed) = log.allow() {
-                    tracing::warn!(%error, suppressed, "underlay send failed");
+                Err(failure) => {
+                    // The first message failed (a full queue, no route to that peer):
+                    // skip it.
+                    send_failed(ctx, log, &failure);
+                    sent += 1;
                 }
-                sent += 1;
-                continue;
             }
-            full_since = None;
-            for n in sent..sent + rc as usize {
-                packets += 1;
-                bytes += self.inner_bytes[n];
-            }
-            sent += rc as usize;
         }
         ctx.metrics.tx.add(packets, bytes);
         self.len = 0;
@@ -347,15 +524,18 @@ struct SegmentControl {
     _pad: [u8; 6],
 }
 
-/// One `sendmsg` with `UDP_SEGMENT`: `datagrams` holds `count` datagrams of `stride`
-/// bytes each (the last may be shorter), all to `to`. The kernel (or the NIC) cuts them;
-/// over veth the whole train stays one packet up to a receiver with `UDP_GRO`.
+/// One `sendmsg` with `UDP_SEGMENT` (paced by `pacer`): `datagrams` holds `count`
+/// datagrams of `stride` bytes each (the last may be shorter), all to `to`. The kernel
+/// (or the NIC) cuts them; over veth the whole train stays one packet up to a receiver
+/// with `UDP_GRO`.
 fn send_segmented(
     socket: &OwnedFd,
+    ctx: &WorkerContext,
+    pacer: &mut SendPacer,
     datagrams: &mut [u8],
     stride: usize,
     to: &libc::sockaddr_in,
-) -> io::Result<()> {
+) -> Result<(), SendFailure> {
     let mut control = SegmentControl {
         header: libc::cmsghdr {
             cmsg_len: std::mem::offset_of!(SegmentControl, size) + 2,
@@ -379,17 +559,11 @@ fn send_segmented(
         message.msg_control = (&mut control as *mut SegmentControl).cast();
         message.msg_controllen = std::mem::size_of::<SegmentControl>();
     }
-    loop {
+    send_paced(socket, ctx, pacer, || {
         // SAFETY: `message` points at live buffers (iovec, address, control).
-        let rc = unsafe { libc::sendmsg(socket.as_raw_fd(), &message, 0) };
-        if rc >= 0 {
-            return Ok(());
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
+        unsafe { libc::sendmsg(socket.as_raw_fd(), &message, 0) }
+    })
+    .map(|_| ())
 }
 
 /// Cuts a TUN super-packet into segments with `headroom` before each; a packet that
@@ -452,10 +626,10 @@ struct Transmitter {
     batch: SendBatch,
     log: LogLimiter,
     tally: PeerTally,
-    /// IPIP through the kernel's encapsulation, when it is up.
+    /// IPIP or VXLAN through the kernel's encapsulation, when it is up.
     tap: Option<TapQueue>,
-    /// Outer IPv4 ID of the next IPIP packet written to `tap`.
-    ipip_ident: u16,
+    /// Outer IPv4 IDs of the packets written to `tap`.
+    outer_ident: OuterIdent,
 }
 
 impl Transmitter {
@@ -476,7 +650,7 @@ impl Transmitter {
             log: LogLimiter::new(),
             tally: PeerTally::new(Direction::Tx),
             tap,
-            ipip_ident: 0,
+            outer_ident: OuterIdent::random(),
         })
     }
 
@@ -494,7 +668,7 @@ impl Transmitter {
             log,
             tally,
             tap,
-            ipip_ident,
+            outer_ident,
         } = self;
         let ctx: &WorkerContext = ctx;
         let senders: &[OwnedFd] = senders;
@@ -556,7 +730,7 @@ impl Transmitter {
                 // Keep packet order: whatever waits for a socket goes first.
                 train.flush(senders, ctx, log);
                 batch.flush(senders, ctx, log);
-                tap.send(&ctx.encap, slot, inner.len, &vnet, peer, ipip_ident)
+                tap.send(&ctx.encap, slot, inner.len, &vnet, peer, outer_ident)
             });
             match tap_sent {
                 None => {}
@@ -672,6 +846,7 @@ struct Train {
     stride: usize,
     to: libc::sockaddr_in,
     sender: usize,
+    pacer: SendPacer,
 }
 
 impl Train {
@@ -683,6 +858,7 @@ impl Train {
             // SAFETY: all-zero is a valid sockaddr_in.
             to: unsafe { std::mem::zeroed() },
             sender: 0,
+            pacer: SendPacer::default(),
         }
     }
 
@@ -700,6 +876,7 @@ impl Train {
                 &senders[self.sender],
                 ctx,
                 log,
+                &mut self.pacer,
                 &mut self.buffer[..end],
                 self.stride,
                 count,
@@ -766,6 +943,7 @@ impl Train {
                 &senders[sender],
                 ctx,
                 log,
+                &mut self.pacer,
                 &mut self.buffer[start..chunk_end],
                 stride,
                 n,
@@ -785,25 +963,28 @@ impl Train {
 }
 
 /// Sends `count` datagrams of `stride` bytes (the last may be shorter) in one
-/// `UDP_SEGMENT` send, counting them.
+/// `UDP_SEGMENT` send, counting them (all sent, or all dropped: one send, one verdict).
+// The hot path passes its pieces (sockets, counters, buffers) separately so each
+// borrow stays disjoint; bundling them would only move the arguments into a struct.
+#[allow(clippy::too_many_arguments)]
 fn send_train(
     socket: &OwnedFd,
     ctx: &WorkerContext,
     log: &mut LogLimiter,
+    pacer: &mut SendPacer,
     datagrams: &mut [u8],
     stride: usize,
     count: usize,
     to: &libc::sockaddr_in,
 ) {
     let inner_bytes = (datagrams.len() - count * VXLAN_OVERHEAD) as u64;
-    ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
-    match send_segmented(socket, datagrams, stride, to) {
+    match send_segmented(socket, ctx, pacer, datagrams, stride, to) {
         Ok(()) => ctx.metrics.tx.add(count as u64, inner_bytes),
-        Err(error) => {
-            ctx.metrics.drop_packet(DropReason::TxSendError);
-            if let Some(suppressed) = log.allow() {
-                tracing::warn!(%error, suppressed, "underlay GSO send failed");
+        Err(failure) => {
+            for _ in 1..count {
+                ctx.metrics.drop_packet(failure.0);
             }
+            send_failed(ctx, log, &failure);
         }
     }
 }
@@ -1476,6 +1657,127 @@ mod tests {
         let len = unsafe { libc::CMSG_LEN(2) } as usize;
         assert_eq!(std::mem::size_of::<SegmentControl>(), space);
         assert_eq!(std::mem::offset_of!(SegmentControl, size) + 2, len);
+    }
+
+    #[test]
+    fn outer_ids_advance_by_the_wire_packets_each_packet_becomes() {
+        let mut ident = OuterIdent { next: 100 };
+        assert_eq!(ident.take(1), 100);
+        // A super-packet of 45 segments: the kernel's GSO numbers them 101..=145.
+        assert_eq!(ident.take(45), 101);
+        assert_eq!(ident.take(1), 146);
+        // Zero segments (cannot happen) still takes an ID, never the same one twice.
+        assert_eq!(ident.take(0), 147);
+        assert_eq!(ident.take(1), 148);
+        // Wrapping: IDs are 16 bits.
+        let mut ident = OuterIdent { next: u16::MAX - 1 };
+        assert_eq!(ident.take(3), u16::MAX - 1);
+        assert_eq!(ident.take(1), 1);
+    }
+
+    #[test]
+    fn outer_ids_never_repeat_within_a_window_of_wire_packets() {
+        // Mixed packets and super-packets: every wire packet's ID (first + i) is unique
+        // among the last 65,536 wire packets.
+        let mut ident = OuterIdent::random();
+        let mut wire: Vec<u16> = Vec::new();
+        for round in 0..6_000usize {
+            let segments = [1, 45, 1, 1, 12, 64][round % 6];
+            let first = ident.take(segments);
+            wire.extend((0..segments).map(|i| first.wrapping_add(i as u16)));
+        }
+        for window in wire.windows(1 << 16).step_by(4_096).take(3) {
+            let distinct: std::collections::HashSet<u16> = window.iter().copied().collect();
+            assert_eq!(distinct.len(), window.len());
+        }
+        assert!(wire.len() > 1 << 16);
+    }
+
+    #[test]
+    fn workers_start_their_ids_at_random() {
+        let starts: std::collections::HashSet<u16> =
+            (0..16).map(|_| OuterIdent::random().next).collect();
+        assert!(starts.len() > 8, "16 workers started at {starts:?}");
+    }
+
+    #[test]
+    fn a_full_queue_is_waited_out_for_a_bounded_time_then_dropped_at_once() {
+        let t0 = Instant::now();
+        let mut pacer = SendPacer::default();
+        // A full socket buffer: poll for room, for what is left of TX_FULL_WAIT.
+        assert_eq!(
+            pacer.after_error(libc::EAGAIN, t0),
+            AfterSendError::WaitWritable(TX_FULL_WAIT)
+        );
+        let later = t0 + TX_FULL_WAIT / 4;
+        assert_eq!(
+            pacer.after_error(libc::EAGAIN, later),
+            AfterSendError::WaitWritable(TX_FULL_WAIT - TX_FULL_WAIT / 4)
+        );
+        // A full device queue: short pauses within the same budget.
+        assert_eq!(
+            pacer.after_error(libc::ENOBUFS, later),
+            AfterSendError::Pause(TX_FULL_PAUSE)
+        );
+        // The budget spent: dropped, and the underlay is congested.
+        assert_eq!(
+            pacer.after_error(libc::ENOBUFS, t0 + TX_FULL_WAIT),
+            AfterSendError::Drop(DropReason::TxSocketFull)
+        );
+        // Congested: the next packets are dropped without a wait, however fresh.
+        let t1 = t0 + TX_FULL_WAIT * 10;
+        for errno in [libc::EAGAIN, libc::ENOBUFS, libc::EAGAIN] {
+            assert_eq!(
+                pacer.after_error(errno, t1),
+                AfterSendError::Drop(DropReason::TxSocketFull)
+            );
+        }
+        // One send went through: the next full queue is waited for again.
+        pacer.sent();
+        assert_eq!(
+            pacer.after_error(libc::EAGAIN, t1),
+            AfterSendError::WaitWritable(TX_FULL_WAIT)
+        );
+        // A success in between resets the budget of the send after it.
+        pacer.sent();
+        assert_eq!(
+            pacer.after_error(libc::ENOBUFS, t1 + TX_FULL_WAIT * 3),
+            AfterSendError::Pause(TX_FULL_PAUSE)
+        );
+    }
+
+    #[test]
+    fn other_errors_retry_once_only_when_the_error_queue_had_reports() {
+        let now = Instant::now();
+        let mut pacer = SendPacer::default();
+        assert_eq!(pacer.after_error(libc::EINTR, now), AfterSendError::Retry);
+        // No route: nothing in the error queue, so the error is this packet's.
+        assert_eq!(
+            pacer.after_error(libc::ENETUNREACH, now),
+            AfterSendError::Drain
+        );
+        assert_eq!(
+            pacer.after_drain(0),
+            AfterSendError::Drop(DropReason::TxSendError)
+        );
+        // An earlier packet's ICMP error reported on this send: once more, then drop.
+        assert_eq!(
+            pacer.after_error(libc::EHOSTUNREACH, now),
+            AfterSendError::Drain
+        );
+        assert_eq!(pacer.after_drain(1), AfterSendError::Retry);
+        assert_eq!(
+            pacer.after_error(libc::EHOSTUNREACH, now),
+            AfterSendError::Drain
+        );
+        assert_eq!(
+            pacer.after_drain(1),
+            AfterSendError::Drop(DropReason::TxSendError)
+        );
+        // The next packet gets its own retry.
+        assert_eq!(pacer.after_drain(2), AfterSendError::Retry);
+        pacer.sent();
+        assert_eq!(pacer.after_drain(1), AfterSendError::Retry);
     }
 
     #[test]
