@@ -36,6 +36,20 @@ pub fn require_root(test: &str) -> bool {
     true
 }
 
+/// A `/v1/status` counter list — `[["name", count], ...]`, as `dataplane.drops`,
+/// `dataplane.repairs` and `dataplane.send_error_reports` are — by name (empty when
+/// absent, e.g. while the data plane is down).
+pub fn named_counts(list: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    list.as_array()
+        .map(|pairs| {
+            pairs
+                .iter()
+                .filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Prefixes handed out by this process, so parallel tests in one binary never share one.
 static USED_PREFIXES: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 

@@ -45,15 +45,7 @@ fn lab(backend: Backend) -> Lab {
 
 /// `send_error_reports` of node `n` by kind, from `/v1/status`.
 fn send_error_reports(lab: &Lab, n: usize) -> std::collections::BTreeMap<String, u64> {
-    status(lab, n).unwrap()["dataplane"]["send_error_reports"]
-        .as_array()
-        .map(|pairs| {
-            pairs
-                .iter()
-                .filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default()
+    weft_tests::named_counts(&status(lab, n).unwrap()["dataplane"]["send_error_reports"])
 }
 
 fn drop_count(lab: &Lab, n: usize, reason: &str) -> u64 {

@@ -46,12 +46,9 @@ fn status(lab: &Lab) -> serde_json::Value {
 
 /// Node 1's repairs of `what` so far (0 while its data plane is down).
 fn repairs(lab: &Lab, what: &str) -> u64 {
-    status(lab)["dataplane"]["repairs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|pair| pair[0] == what)
-        .and_then(|pair| pair[1].as_u64())
+    weft_tests::named_counts(&status(lab)["dataplane"]["repairs"])
+        .get(what)
+        .copied()
         .unwrap_or(0)
 }
 

@@ -213,15 +213,7 @@ pub fn readyz(lab: &Lab, n: usize) -> anyhow::Result<(u16, String)> {
 
 /// Data-plane drop counters by reason from a `/v1/status` body.
 pub fn drops(status: &serde_json::Value) -> BTreeMap<String, u64> {
-    status["dataplane"]["drops"]
-        .as_array()
-        .map(|pairs| {
-            pairs
-                .iter()
-                .filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default()
+    weft_tests::named_counts(&status["dataplane"]["drops"])
 }
 
 /// A control-plane counter from a `/v1/status` body.
