@@ -126,15 +126,9 @@ fn assert_degraded(lab: &Lab, n: usize, subnet: ipnet::Ipv4Net, peer: ipnet::Ipv
     );
 }
 
-#[test]
-#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
-fn weftd_restarted_while_etcd_is_down_forwards_from_its_last_known_state_and_reconciles() {
-    if !require_root(
-        "weftd_restarted_while_etcd_is_down_forwards_from_its_last_known_state_and_reconciles",
-    ) {
-        return;
-    }
-    require_binaries(&["weftd"]);
+/// A two-node weft lab with pod `a` on node 1 and pod `b` on node 2 that reach each
+/// other, and their addresses.
+fn two_nodes_whose_pods_reach_each_other() -> (Lab, Ipv4Addr, Ipv4Addr) {
     let mut lab = Lab::start(LabSpec::weft(2)).unwrap();
     let a = lab.add_pod(1, "a").unwrap();
     let b = lab.add_pod(2, "b").unwrap();
@@ -144,6 +138,19 @@ fn weftd_restarted_while_etcd_is_down_forwards_from_its_last_known_state_and_rec
         || lab.ping("a", b) && lab.ping("b", a),
     )
     .unwrap();
+    (lab, a, b)
+}
+
+#[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
+fn weftd_restarted_while_etcd_is_down_forwards_from_its_last_known_state_and_reconciles() {
+    if !require_root(
+        "weftd_restarted_while_etcd_is_down_forwards_from_its_last_known_state_and_reconciles",
+    ) {
+        return;
+    }
+    require_binaries(&["weftd"]);
+    let (mut lab, a, b) = two_nodes_whose_pods_reach_each_other();
     let (subnet1, _) = lease_of(&lab, 1).unwrap();
     let (subnet2, _) = lease_of(&lab, 2).unwrap();
     let key1 = lease_key(ETCD_PREFIX, subnet1);
@@ -237,15 +244,7 @@ fn both_nodes_restarted_while_etcd_is_down_still_reach_each_other() {
         return;
     }
     require_binaries(&["weftd"]);
-    let mut lab = Lab::start(LabSpec::weft(2)).unwrap();
-    let a = lab.add_pod(1, "a").unwrap();
-    let b = lab.add_pod(2, "b").unwrap();
-    wait_until(
-        "pods a and b to reach each other",
-        Duration::from_secs(15),
-        || lab.ping("a", b) && lab.ping("b", a),
-    )
-    .unwrap();
+    let (mut lab, a, b) = two_nodes_whose_pods_reach_each_other();
     let (subnet1, _) = lease_of(&lab, 1).unwrap();
     let (subnet2, _) = lease_of(&lab, 2).unwrap();
     wait_last_known_lists(&lab, 1, subnet2);
@@ -312,15 +311,7 @@ fn garbled_or_foreign_last_known_state_is_ignored_and_weftd_waits_for_etcd() {
         return;
     }
     require_binaries(&["weftd"]);
-    let mut lab = Lab::start(LabSpec::weft(2)).unwrap();
-    let a = lab.add_pod(1, "a").unwrap();
-    let b = lab.add_pod(2, "b").unwrap();
-    wait_until(
-        "pods a and b to reach each other",
-        Duration::from_secs(15),
-        || lab.ping("a", b) && lab.ping("b", a),
-    )
-    .unwrap();
+    let (mut lab, a, b) = two_nodes_whose_pods_reach_each_other();
     let (subnet1, _) = lease_of(&lab, 1).unwrap();
     let (subnet2, _) = lease_of(&lab, 2).unwrap();
     wait_last_known_lists(&lab, 2, subnet1);
@@ -393,15 +384,7 @@ fn subnet_taken_while_the_node_was_down_restarts_the_restored_data_plane_with_et
         return;
     }
     require_binaries(&["weftd"]);
-    let mut lab = Lab::start(LabSpec::weft(2)).unwrap();
-    let a = lab.add_pod(1, "a").unwrap();
-    let b = lab.add_pod(2, "b").unwrap();
-    wait_until(
-        "pods a and b to reach each other",
-        Duration::from_secs(15),
-        || lab.ping("a", b) && lab.ping("b", a),
-    )
-    .unwrap();
+    let (mut lab, _, b) = two_nodes_whose_pods_reach_each_other();
     let (subnet1, _) = lease_of(&lab, 1).unwrap();
     let (subnet2, _) = lease_of(&lab, 2).unwrap();
     wait_last_known_lists(&lab, 1, subnet2);
@@ -470,15 +453,7 @@ fn etcd_that_does_not_answer_at_all_is_waited_for_only_briefly() {
         return;
     }
     require_binaries(&["weftd"]);
-    let mut lab = Lab::start(LabSpec::weft(2)).unwrap();
-    let a = lab.add_pod(1, "a").unwrap();
-    let b = lab.add_pod(2, "b").unwrap();
-    wait_until(
-        "pods a and b to reach each other",
-        Duration::from_secs(15),
-        || lab.ping("a", b) && lab.ping("b", a),
-    )
-    .unwrap();
+    let (mut lab, a, b) = two_nodes_whose_pods_reach_each_other();
     let (subnet1, _) = lease_of(&lab, 1).unwrap();
     let (subnet2, _) = lease_of(&lab, 2).unwrap();
     wait_last_known_lists(&lab, 1, subnet2);
