@@ -456,22 +456,25 @@ pub fn write_packet(fd: BorrowedFd<'_>, packet: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// One control message as the kernel lays it out (`cmsghdr`, data, padding to 8 bytes),
+/// for tests that parse control data.
+#[cfg(test)]
+pub(crate) fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let len = header + data.len();
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&len.to_ne_bytes());
+    bytes.extend_from_slice(&level.to_ne_bytes());
+    bytes.extend_from_slice(&kind.to_ne_bytes());
+    bytes.extend_from_slice(data);
+    bytes.resize(len.next_multiple_of(8), 0);
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
-
-    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
-        let header = std::mem::size_of::<libc::cmsghdr>();
-        let len = header + data.len();
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&len.to_ne_bytes());
-        bytes.extend_from_slice(&level.to_ne_bytes());
-        bytes.extend_from_slice(&kind.to_ne_bytes());
-        bytes.extend_from_slice(data);
-        bytes.resize(len.next_multiple_of(8), 0);
-        bytes
-    }
 
     /// A `sock_extended_err` followed by the offender's `sockaddr_in`, as the kernel
     /// writes it.

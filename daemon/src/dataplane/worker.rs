@@ -1577,19 +1577,8 @@ impl<'a> RxOutput<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::io::cmsg;
     use super::*;
-
-    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
-        let header = std::mem::size_of::<libc::cmsghdr>();
-        let len = header + data.len();
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&len.to_ne_bytes());
-        bytes.extend_from_slice(&level.to_ne_bytes());
-        bytes.extend_from_slice(&kind.to_ne_bytes());
-        bytes.extend_from_slice(data);
-        bytes.resize(len.next_multiple_of(8), 0);
-        bytes
-    }
 
     #[test]
     fn gro_size_is_found_among_control_messages() {
