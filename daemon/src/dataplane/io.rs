@@ -106,23 +106,31 @@ pub fn classify_send_error(origin: u8, icmp_type: u8, icmp_code: u8) -> SendErro
 /// `sock_extended_err` (errno u32, origin u8, type u8, code u8, ...). `None` when the
 /// control data holds no such record.
 pub fn parse_send_error(control: &[u8]) -> Option<SendErrorReport> {
-    // The cmsghdr records, walked by hand as `worker::gro_size` does: `{ len: usize,
-    // level: i32, type: i32 }`, data at the next 8-byte boundary, next at CMSG_ALIGN(len).
+    const EXTENDED_ERR: usize = 16; // sizeof(struct sock_extended_err)
+    let err = control_data(control, libc::IPPROTO_IP, libc::IP_RECVERR, EXTENDED_ERR)?;
+    Some(classify_send_error(err[4], err[5], err[6]))
+}
+
+/// The data of the first control message of `level`/`kind` carrying at least `min_len`
+/// bytes, in a received message's control data. The `cmsghdr` records are walked by
+/// hand (no pointer arithmetic): each is `{ len: usize, level: i32, type: i32 }`, its
+/// data at the next 8-byte boundary, the next record at CMSG_ALIGN(len); a record whose
+/// length lies ends the walk.
+#[inline]
+pub fn control_data(control: &[u8], level: i32, kind: i32, min_len: usize) -> Option<&[u8]> {
     const HEADER: usize = std::mem::size_of::<libc::cmsghdr>();
     const WORD: usize = std::mem::size_of::<usize>();
-    const EXTENDED_ERR: usize = 16; // sizeof(struct sock_extended_err)
     let mut at = 0;
     while at + HEADER <= control.len() {
         let field = |offset: usize, len: usize| &control[at + offset..at + offset + len];
         let len = usize::from_ne_bytes(field(0, WORD).try_into().expect("word"));
-        let level = i32::from_ne_bytes(field(WORD, 4).try_into().expect("i32"));
-        let kind = i32::from_ne_bytes(field(WORD + 4, 4).try_into().expect("i32"));
+        let record_level = i32::from_ne_bytes(field(WORD, 4).try_into().expect("i32"));
+        let record_kind = i32::from_ne_bytes(field(WORD + 4, 4).try_into().expect("i32"));
         if len < HEADER || at + len > control.len() {
             return None;
         }
-        if level == libc::IPPROTO_IP && kind == libc::IP_RECVERR && len >= HEADER + EXTENDED_ERR {
-            let err = field(HEADER, EXTENDED_ERR);
-            return Some(classify_send_error(err[4], err[5], err[6]));
+        if record_level == level && record_kind == kind && len >= HEADER + min_len {
+            return Some(&control[at + HEADER..at + len]);
         }
         at += len.next_multiple_of(WORD);
     }

@@ -23,8 +23,8 @@ use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 
 use super::io::{
-    drain_error_queue, pause, read_nonblocking, set_nonblocking, wait_readable, wait_writable,
-    write_packet, StopSignal,
+    control_data, drain_error_queue, pause, read_nonblocking, set_nonblocking, wait_readable,
+    wait_writable, write_packet, StopSignal,
 };
 use super::packet::{
     accept_ipip, accept_vxlan, parse_inner_ipv4, rx_vnet_header, write_vxlan_headers, Accepted,
@@ -1366,27 +1366,10 @@ pub fn run(
 
 /// The `UDP_GRO` segment size from a received message's control data (0 = none).
 fn gro_size(control: &[u8]) -> usize {
-    // Walk the cmsghdr records by hand (no pointer arithmetic): each is
-    // `{ len: usize, level: i32, type: i32 }` followed by its data at the next 8-byte
-    // boundary, the next record at CMSG_ALIGN(len).
-    const HEADER: usize = std::mem::size_of::<libc::cmsghdr>();
-    const WORD: usize = std::mem::size_of::<usize>();
-    let mut at = 0;
-    while at + HEADER <= control.len() {
-        let field = |offset: usize, len: usize| &control[at + offset..at + offset + len];
-        let len = usize::from_ne_bytes(field(0, WORD).try_into().expect("word"));
-        let level = i32::from_ne_bytes(field(WORD, 4).try_into().expect("i32"));
-        let kind = i32::from_ne_bytes(field(WORD + 4, 4).try_into().expect("i32"));
-        if len < HEADER || at + len > control.len() {
-            break;
-        }
-        if level == libc::SOL_UDP && kind == libc::UDP_GRO && len >= HEADER + 4 {
-            let size = i32::from_ne_bytes(field(HEADER, 4).try_into().expect("i32"));
-            return usize::try_from(size).unwrap_or(0);
-        }
-        at += len.next_multiple_of(WORD);
-    }
-    0
+    control_data(control, libc::SOL_UDP, libc::UDP_GRO, 4).map_or(0, |data| {
+        let size = i32::from_ne_bytes(data[..4].try_into().expect("i32"));
+        usize::try_from(size).unwrap_or(0)
+    })
 }
 
 /// How many TCP flows are coalesced at once on one receive thread.
