@@ -79,3 +79,13 @@ impl From<weft_config::cni::CniConfigError> for CniError {
         CniError::new(e.code(), e.to_string())
     }
 }
+
+impl From<weft_netlink::Error> for CniError {
+    fn from(e: weft_netlink::Error) -> CniError {
+        let code = match e {
+            weft_netlink::Error::Netns { .. } => code::IO_FAILURE,
+            _ => code::NETLINK,
+        };
+        CniError::new(code, e.to_string())
+    }
+}

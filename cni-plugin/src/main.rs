@@ -1,4 +1,4 @@
-//! `weft`, the CNI plugin of the weft overlay (contract §5): CNI 1.1.0 ADD, DEL, CHECK,
+//! `weft`, the CNI plugin of the weft overlay: CNI 1.1.0 ADD, DEL, CHECK,
 //! VERSION, STATUS and GC for configs of cniVersion 0.3.0 to 1.1.0.
 //!
 //! The runtime passes the operation in `CNI_*` environment variables and the network

@@ -25,9 +25,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::{DataplaneInfo, Metrics, MetricsSnapshot, PeerTraffic};
-use crate::netlink::Netlink;
 use crate::subnet::registry::EtcdHealth;
 use crate::subnet::status::{ControlStatus, Degraded, LeaseState, PeerView, Readiness};
+use weft_netlink::Netlink;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on --healthz-addr {addr}: {source}")]
@@ -208,10 +208,10 @@ async fn dataplane_in_place(sources: &HealthSources) -> Result<(), String> {
         if !compatible || Some(peer.subnet) == own {
             continue;
         }
-        if conflicts.iter().any(|c| c.prefix == peer.subnet) {
+        if conflicts.iter().any(|c| c.prefix == peer.subnet.into()) {
             continue;
         }
-        if !routes.iter().any(|route| route.dst == peer.subnet) {
+        if !routes.iter().any(|route| route.dst == peer.subnet.into()) {
             return Err(format!(
                 "no route to {} (peer {}) yet",
                 peer.subnet, peer.public_ip

@@ -1,5 +1,5 @@
-//! weftd: the node daemon's library (subnet manager, data plane, netlink, masquerade and
-//! forward rules, health) and weftctl's client side. The binaries in `src/bin` are thin.
+//! weftd: the node daemon's library (subnet manager, data plane, masquerade and forward
+//! rules, health); netlink is the `weft-netlink` crate. The binary in `src/bin` is thin.
 
 pub mod dataplane;
 pub mod firewall;
@@ -8,8 +8,6 @@ pub mod lease;
 pub mod masq;
 pub mod metrics;
 pub mod metrics_export;
-pub mod netlink;
 pub mod node;
 pub mod subnet;
-pub mod trace;
 pub mod underlay;

@@ -5,13 +5,13 @@
 //! "someone is spraying packets at the VXLAN port" without a capture.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
-use crate::netlink::{describe, protocol_name, Change, Conflict, RoutePass};
+use weft_netlink::{describe, protocol_name, Change, Conflict, RoutePass};
 
 /// Packets and bytes moved in one direction.
 #[derive(Debug, Default)]
@@ -253,8 +253,8 @@ struct PeerRegistry {
 /// The route conflicts and failures as of the last pass, by destination.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RouteHealth {
-    conflicts: BTreeMap<Ipv4Net, Conflict>,
-    failing: BTreeMap<Ipv4Net, RouteFailureView>,
+    conflicts: BTreeMap<IpNet, Conflict>,
+    failing: BTreeMap<IpNet, RouteFailureView>,
 }
 
 /// What changed between two route passes: what to count and log once.
@@ -263,7 +263,7 @@ pub struct RouteNews {
     /// Conflicts that were not there at the last pass.
     pub new_conflicts: Vec<Conflict>,
     /// Destinations no longer in conflict (the other route went, or the peer did).
-    pub resolved_conflicts: Vec<Ipv4Net>,
+    pub resolved_conflicts: Vec<IpNet>,
     /// Failing changes whose destination did not fail at the last pass.
     pub new_failures: Vec<RouteFailureView>,
     /// Failures in this pass (new or not).
@@ -323,14 +323,14 @@ impl RouteHealth {
 /// A destination held by another route, as `/v1/status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RouteConflictView {
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     /// The route weft would install (`10.244.5.0/24 dev 7`).
     pub wanted: String,
     /// The other route's protocol (`static`, `boot`, `kernel`, a number); `null` when it
     /// appeared while weft was adding its own.
     pub protocol: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oif: Option<u32>,
 }
@@ -350,7 +350,7 @@ impl From<&Conflict> for RouteConflictView {
 /// A route change the kernel refused at the last pass, as `/v1/status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RouteFailureView {
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     /// `add 10.244.5.0/24 dev 7`, `replace ...`, `delete ...`.
     pub change: String,
     pub error: String,
@@ -929,10 +929,10 @@ mod tests {
 
     mod routes {
         use super::*;
-        use crate::netlink::{ForeignRoute, Route, RouteFailure};
+        use weft_netlink::{ForeignRoute, Route, RouteFailure};
 
         fn conflict(dst: &str, known: bool) -> Conflict {
-            let dst: Ipv4Net = dst.parse().unwrap();
+            let dst: IpNet = dst.parse().unwrap();
             Conflict {
                 wanted: Route {
                     dst,
@@ -942,7 +942,7 @@ mod tests {
                 foreign: known.then_some(ForeignRoute {
                     dst,
                     protocol: 4,
-                    gateway: Some(Ipv4Addr::new(192, 0, 2, 9)),
+                    gateway: Some(Ipv4Addr::new(192, 0, 2, 9).into()),
                     oif: Some(2),
                 }),
             }

@@ -37,10 +37,10 @@ use weft_config::{Backend, Settings};
 
 use crate::lease::{LocalLease, Peer, PeerEvent};
 use crate::metrics::Metrics;
-use crate::netlink::{bridge, Netlink, Route};
 use peers::{compatible, Encap, PeerTable};
 use plane::{underlay_subnet, Plane, Repairer, Shared};
 use tun::Offloads;
+use weft_netlink::{Netlink, Route};
 
 /// What the kernel may hand us from TUN: partial checksums and TCPv4 super-packets
 /// (segmented by the queue workers, see `worker::Transmitter`).
@@ -113,7 +113,8 @@ pub async fn run_with_metrics(
 
     // cni0 with the gateway address, shared with the CNI plugin.
     let gateway = Ipv4Net::new(first_host(lease.subnet), subnet_len)?;
-    bridge::ensure_bridge(netlink.handle(), BRIDGE, gateway, lease.mtu)
+    netlink
+        .ensure_bridge(BRIDGE, gateway, lease.mtu)
         .await
         .with_context(|| format!("setting up bridge {BRIDGE}"))?;
 
@@ -336,13 +337,13 @@ impl RouteInputs {
                     .is_some_and(|net| net.contains(&peer.public_ip));
             routes.push(if direct {
                 Route {
-                    dst: peer.subnet,
-                    gateway: Some(peer.public_ip),
+                    dst: peer.subnet.into(),
+                    gateway: Some(peer.public_ip.into()),
                     oif: self.underlay_index,
                 }
             } else {
                 Route {
-                    dst: peer.subnet,
+                    dst: peer.subnet.into(),
                     gateway: None,
                     oif: self.tun_index,
                 }

@@ -18,7 +18,7 @@ use super::worker::{self, WorkerContext};
 use super::{io, tap_encap, RouteInputs, BRIDGE, KERNEL_ENCAP_RETRY};
 use crate::lease::LocalLease;
 use crate::metrics::{Metrics, Repair};
-use crate::netlink::{bridge, Link, Netlink};
+use weft_netlink::{Link, Netlink};
 
 /// The underlay subnet our PublicIP sits in (for DirectRouting), if it is on `index`.
 pub(super) async fn underlay_subnet(
@@ -454,13 +454,10 @@ impl<'a> Repairer<'a> {
 
     /// Puts cni0 back (created, its MTU, up, its address) if anything about it changed.
     async fn check_bridge(&self) -> anyhow::Result<()> {
-        let state = bridge::ensure_bridge(
-            self.netlink.handle(),
-            BRIDGE,
-            self.gateway,
-            self.shared.lease.mtu,
-        )
-        .await?;
+        let state = self
+            .netlink
+            .ensure_bridge(BRIDGE, self.gateway, self.shared.lease.mtu)
+            .await?;
         if state.created
             || state.mtu_changed
             || state.brought_up

@@ -41,7 +41,7 @@ use anyhow::Context as _;
 use super::bpf::{self, helper, Insn, R0, R1, R10, R2, R3, R4, R5, R6};
 use super::peers::Encap;
 use super::tun::Tun;
-use crate::netlink::Netlink;
+use weft_netlink::Netlink;
 
 /// The TAP device's name.
 pub const DEVICE: &str = "weft.encap";

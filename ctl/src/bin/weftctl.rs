@@ -4,7 +4,7 @@
 //!   show up too) with its PublicIP, backend, VTEP MAC and time to expiry.
 //! * `weftctl status`: the local weftd's `/v1/status`.
 //! * `weftctl trace --from <pod> --to <IP>`: walk a packet's path hop by hop and name
-//!   the hop where it breaks (see `weft_daemon::trace`).
+//!   the hop where it breaks (see `weft_ctl::trace`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
+use weft_ctl::trace::{HopStatus, TraceOptions, TraceReport};
 use weft_daemon::subnet::{EtcdOptions, Registry};
-use weft_daemon::trace::{HopStatus, TraceOptions, TraceReport};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -235,7 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ip_masq,
                 weftd_status,
             };
-            let report = weft_daemon::trace::trace(&opts).await?;
+            let report = weft_ctl::trace::trace(&opts).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -6,21 +6,22 @@
 //! the routes its predecessor left: no state file needed.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// `rtm_protocol` of every route weft installs (87 = 'W'; unused by iproute2's table).
 pub const WEFT_ROUTE_PROTOCOL: u8 = 87;
 
-/// One IPv4 route in the main table.
+/// One route in the main table. Its address family is the destination's (weftd installs
+/// IPv4 routes only, for now); the gateway, when there is one, is of the same family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Route {
     /// Destination prefix (a peer's subnet).
-    pub dst: Ipv4Net,
+    pub dst: IpNet,
     /// Next hop: `None` for a device route (`scope link`, through the TUN device),
     /// `Some(PublicIP)` for DirectRouting.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// Output interface index.
     pub oif: u32,
 }
@@ -30,10 +31,10 @@ pub struct Route {
 /// for a local address. weft never changes or deletes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ForeignRoute {
-    pub dst: Ipv4Net,
+    pub dst: IpNet,
     /// Its `rtm_protocol` (see [`protocol_name`]).
     pub protocol: u8,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// Output interface index (none for multipath, blackhole, unreachable routes).
     pub oif: Option<u32>,
 }
@@ -88,7 +89,7 @@ pub enum Change {
 
 impl Change {
     /// The destination the change is about.
-    pub fn dst(&self) -> Ipv4Net {
+    pub fn dst(&self) -> IpNet {
         match self {
             Change::Add(route) | Change::Delete(route) => route.dst,
             Change::Replace { new, .. } => new.dst,
@@ -116,13 +117,13 @@ pub struct Plan {
 /// log and the tests readable). When `desired` holds two routes for one destination,
 /// the last one wins.
 pub fn plan(desired: &[Route], actual: &[Route], foreign: &[ForeignRoute]) -> Plan {
-    let desired: BTreeMap<Ipv4Net, Route> = desired.iter().map(|r| (r.dst, *r)).collect();
-    let mut actual_by_dst: BTreeMap<Ipv4Net, Vec<Route>> = BTreeMap::new();
+    let desired: BTreeMap<IpNet, Route> = desired.iter().map(|r| (r.dst, *r)).collect();
+    let mut actual_by_dst: BTreeMap<IpNet, Vec<Route>> = BTreeMap::new();
     for route in actual {
         actual_by_dst.entry(route.dst).or_default().push(*route);
     }
     // The first foreign route per destination (the one to name in a conflict).
-    let mut foreign_by_dst: BTreeMap<Ipv4Net, ForeignRoute> = BTreeMap::new();
+    let mut foreign_by_dst: BTreeMap<IpNet, ForeignRoute> = BTreeMap::new();
     for route in foreign {
         foreign_by_dst.entry(route.dst).or_insert(*route);
     }
@@ -416,6 +417,63 @@ mod tests {
                     Some("192.0.2.9".parse().unwrap())
                 )
             ]
+        );
+    }
+
+    #[test]
+    fn an_ipv6_route_is_planned_like_any_other() {
+        // Beside the IPv4 routes, keyed by its own prefix: added, replaced, deleted.
+        let v6 = dev("fd00:10:244:2::/64", 5);
+        let v6_via = via("fd00:10:244:2::/64", "2001:db8::2", 2);
+        let v4 = dev("10.244.2.0/24", 5);
+        assert_eq!(
+            changes(&[v4, v6], &[v4]),
+            vec![Change::Add(v6)],
+            "an IPv6 destination is added"
+        );
+        assert_eq!(
+            changes(&[v4, v6_via], &[v4, v6]),
+            vec![Change::Replace {
+                old: v6,
+                new: v6_via
+            }]
+        );
+        assert_eq!(changes(&[v4], &[v4, v6]), vec![Change::Delete(v6)]);
+        assert!(changes(&[v6, v4], &[v4, v6]).is_empty());
+        // An IPv4 and an IPv6 prefix never hold each other's place, even when their
+        // bits look alike (::a.b.c.d).
+        let mapped = dev("::10.244.2.0/120", 5);
+        assert_eq!(changes(&[v4, mapped], &[v4]), vec![Change::Add(mapped)]);
+        // IPv4 sorts before IPv6, deletions before additions.
+        assert_eq!(
+            changes(&[v6, v4], &[dev("10.244.9.0/24", 5)]),
+            vec![
+                Change::Delete(dev("10.244.9.0/24", 5)),
+                Change::Add(v4),
+                Change::Add(v6)
+            ]
+        );
+        assert_eq!(Change::Add(v6).dst().to_string(), "fd00:10:244:2::/64");
+    }
+
+    #[test]
+    fn a_foreign_ipv6_route_is_a_conflict() {
+        let want = dev("fd00:10:244:3::/64", 5);
+        let admin = static_via("fd00:10:244:3::/64", "2001:db8::9");
+        let plan_ = plan(&[want], &[], &[admin]);
+        assert!(plan_.changes.is_empty());
+        assert_eq!(
+            plan_.conflicts,
+            vec![Conflict {
+                wanted: want,
+                foreign: Some(admin)
+            }]
+        );
+        // A foreign IPv4 route does not hold an IPv6 destination.
+        let v4_admin = static_via("10.244.3.0/24", "192.0.2.9");
+        assert_eq!(
+            plan(&[want], &[], &[v4_admin]).changes,
+            vec![Change::Add(want)]
         );
     }
 

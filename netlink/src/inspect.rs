@@ -7,11 +7,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
-use futures::TryStreamExt;
+use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
@@ -23,12 +21,11 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
-use serde::Serialize;
 
-use crate::netlink::bridge::kind_name;
+use crate::{kind_name, mac_string, request_error, Error, Netlink, Result};
 
 /// A network interface with what the path walk needs.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct LinkView {
     pub index: u32,
     pub name: String,
@@ -45,12 +42,11 @@ pub struct LinkView {
     pub peer_index: Option<u32>,
     pub mac: Option<String>,
     pub addresses: Vec<Ipv4Net>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub vxlan: Option<VxlanParams>,
 }
 
 /// A kernel vxlan device's parameters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VxlanParams {
     pub vni: Option<u32>,
     pub local: Option<Ipv4Addr>,
@@ -58,7 +54,7 @@ pub struct VxlanParams {
 }
 
 /// The answer of one `RTM_GETROUTE` lookup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteLookup {
     pub oif: Option<u32>,
     pub gateway: Option<Ipv4Addr>,
@@ -68,7 +64,7 @@ pub struct RouteLookup {
 }
 
 /// One neighbour (ARP) or fdb entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NeighbourView {
     pub ifindex: u32,
     /// IPv4 address: the neighbour's for ARP entries, the remote VTEP for fdb entries.
@@ -84,7 +80,7 @@ pub struct NeighbourView {
 pub struct NsView {
     pub links: Vec<LinkView>,
     /// `RTM_GETROUTE` per destination asked for: the route, or the kernel's refusal.
-    pub routes: HashMap<Ipv4Addr, Result<RouteLookup, String>>,
+    pub routes: HashMap<Ipv4Addr, std::result::Result<RouteLookup, String>>,
     pub neighbours: Vec<NeighbourView>,
     pub fdb: Vec<NeighbourView>,
 }
@@ -105,7 +101,7 @@ impl NsView {
             .find_map(|l| l.addresses.iter().find(|a| a.addr() == ip).map(|a| (l, *a)))
     }
 
-    pub fn route(&self, dst: Ipv4Addr) -> Result<&RouteLookup, String> {
+    pub fn route(&self, dst: Ipv4Addr) -> std::result::Result<&RouteLookup, String> {
         match self.routes.get(&dst) {
             Some(Ok(route)) => Ok(route),
             Some(Err(e)) => Err(e.clone()),
@@ -122,56 +118,54 @@ pub struct Query {
 }
 
 /// Reads the namespace at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`, or
-/// `/proc/self/ns/net` for our own).
-pub fn inspect(path: &Path, query: Query) -> anyhow::Result<NsView> {
+/// `/proc/self/ns/net` for our own). Blocking: it drives its own netlink socket on a
+/// thread of its own, so it can be called from inside a runtime or from none.
+pub fn inspect(path: &Path, query: Query) -> Result<NsView> {
     in_netns(
         path,
-        move |handle| async move { read(&handle, &query).await },
+        move |netlink| async move { read(&netlink, &query).await },
     )
 }
 
-/// Runs `f` with a netlink handle opened inside the namespace at `path`.
-fn in_netns<T, F, Fut>(path: &Path, f: F) -> anyhow::Result<T>
+/// Runs `f` with a netlink connection opened inside the namespace at `path`, on a
+/// short-lived thread with a runtime of its own; the caller's thread and namespace are
+/// left alone.
+fn in_netns<T, F, Fut>(path: &Path, f: F) -> Result<T>
 where
     T: Send + 'static,
-    F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<T>>,
+    F: FnOnce(Netlink) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
 {
     let path: PathBuf = path.to_owned();
     let shown = path.display().to_string();
+    let thread_error = |what: &str, source: std::io::Error| Error::Netns {
+        what: format!("reading namespace {shown}: {what}"),
+        source,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| thread_error("starting a runtime for netlink", e))?;
     let thread = std::thread::Builder::new()
-        .name("weftctl-netns".into())
-        .spawn(move || -> anyhow::Result<T> {
-            let file = std::fs::File::open(&path)
-                .with_context(|| format!("opening network namespace {}", path.display()))?;
-            // Only this short-lived thread changes namespace; the process stays put.
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering network namespace {}", path.display()))?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a runtime for netlink")?;
-            runtime.block_on(async move {
-                let (connection, handle, _) =
-                    rtnetlink::new_connection().context("opening a netlink socket")?;
-                tokio::spawn(connection);
-                f(handle).await
-            })
+        .name("weft-netns".into())
+        .spawn(move || -> Result<T> {
+            runtime.block_on(async move { f(Netlink::connect_at(&path)?).await })
         })
-        .context("starting a thread")?;
+        .map_err(|e| thread_error("starting a thread", e))?;
     thread
         .join()
-        .map_err(|_| anyhow::anyhow!("reading namespace {shown}: the thread panicked"))?
+        .map_err(|_| thread_error("the thread panicked", std::io::Error::other("panic")))?
 }
 
-async fn read(handle: &rtnetlink::Handle, query: &Query) -> anyhow::Result<NsView> {
+async fn read(netlink: &Netlink, query: &Query) -> Result<NsView> {
+    let handle = &netlink.handle;
     let messages: Vec<LinkMessage> = handle
         .link()
         .get()
         .execute()
         .try_collect()
         .await
-        .context("listing links")?;
+        .map_err(request_error("listing links"))?;
     let mut links: Vec<LinkView> = messages.iter().map(link_view).collect();
     let addresses: Vec<_> = handle
         .address()
@@ -179,7 +173,7 @@ async fn read(handle: &rtnetlink::Handle, query: &Query) -> anyhow::Result<NsVie
         .execute()
         .try_collect()
         .await
-        .context("listing addresses")?;
+        .map_err(request_error("listing addresses"))?;
     for message in addresses {
         let prefix = message.header.prefix_len;
         for attribute in &message.attributes {
@@ -207,14 +201,8 @@ async fn read(handle: &rtnetlink::Handle, query: &Query) -> anyhow::Result<NsVie
     Ok(view)
 }
 
-fn mac_string(bytes: &[u8]) -> Option<String> {
-    (bytes.len() == 6).then(|| {
-        bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    })
+fn mac_of(bytes: &[u8]) -> Option<String> {
+    (bytes.len() == 6).then(|| mac_string(bytes))
 }
 
 fn link_view(message: &LinkMessage) -> LinkView {
@@ -230,7 +218,7 @@ fn link_view(message: &LinkMessage) -> LinkView {
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
             LinkAttribute::Controller(master) => link.master = Some(*master),
             LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
-            LinkAttribute::Address(mac) => link.mac = mac_string(mac),
+            LinkAttribute::Address(mac) => link.mac = mac_of(mac),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
@@ -258,7 +246,10 @@ fn link_view(message: &LinkMessage) -> LinkView {
 }
 
 /// `ip route get DST`: the kernel's own route selection.
-async fn route_get(handle: &rtnetlink::Handle, dst: Ipv4Addr) -> Result<RouteLookup, String> {
+async fn route_get(
+    handle: &rtnetlink::Handle,
+    dst: Ipv4Addr,
+) -> std::result::Result<RouteLookup, String> {
     let message = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(dst, 32)
         .build();
@@ -296,7 +287,7 @@ async fn route_get(handle: &rtnetlink::Handle, dst: Ipv4Addr) -> Result<RouteLoo
 async fn neighbours(
     handle: &rtnetlink::Handle,
     family: AddressFamily,
-) -> anyhow::Result<Vec<NeighbourView>> {
+) -> Result<Vec<NeighbourView>> {
     let messages: Vec<NeighbourMessage> = handle
         .neighbours()
         .get()
@@ -304,7 +295,7 @@ async fn neighbours(
         .execute()
         .try_collect()
         .await
-        .with_context(|| format!("listing {family:?} neighbours"))?;
+        .map_err(request_error(format!("listing {family:?} neighbours")))?;
     Ok(messages.iter().map(neighbour_view).collect())
 }
 
@@ -323,7 +314,7 @@ fn neighbour_view(message: &NeighbourMessage) -> NeighbourView {
             NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) if bytes.len() == 4 => {
                 view.ip = Some(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]));
             }
-            NeighbourAttribute::LinkLayerAddress(mac) => view.mac = mac_string(mac),
+            NeighbourAttribute::LinkLayerAddress(mac) => view.mac = mac_of(mac),
             _ => {}
         }
     }
