@@ -77,7 +77,7 @@ pub enum LogFormat {
 }
 
 impl Default for Settings {
-    /// The contract's defaults (what weftd uses when nothing is configured).
+    /// The documented defaults (docs/weftd.md; what weftd uses when nothing is configured).
     fn default() -> Self {
         Settings {
             etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
