@@ -142,13 +142,21 @@ where
         what: format!("reading namespace {shown}: {what}"),
         source,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| thread_error("starting a runtime for netlink", e))?;
     let thread = std::thread::Builder::new()
         .name("weft-netns".into())
         .spawn(move || -> Result<T> {
+            // Built here, not by the caller: a runtime must not be dropped inside
+            // another one, and the caller may be running in one.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| Error::Netns {
+                    what: format!(
+                        "reading namespace {}: starting a runtime for netlink",
+                        path.display()
+                    ),
+                    source,
+                })?;
             runtime.block_on(async move { f(Netlink::connect_at(&path)?).await })
         })
         .map_err(|e| thread_error("starting a thread", e))?;

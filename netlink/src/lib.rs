@@ -418,3 +418,71 @@ fn address_of(message: &AddressMessage) -> Option<Ipv4Net> {
 fn first_host(net: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()).wrapping_add(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroI32;
+
+    use rtnetlink::packet_core::ErrorMessage;
+
+    use super::*;
+
+    #[test]
+    fn a_link_message_reads_as_a_link() {
+        let mut message = LinkMessage::default();
+        message.header.index = 7;
+        message.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
+        message.attributes = vec![
+            LinkAttribute::IfName("wf0123456789ab".into()),
+            LinkAttribute::Mtu(1450),
+            LinkAttribute::Address(vec![0x0a, 0x58, 10, 244, 1, 1]),
+            LinkAttribute::Controller(3),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+        ];
+        let link = Link::from_message(&message);
+        assert_eq!(
+            link,
+            Link {
+                index: 7,
+                name: "wf0123456789ab".into(),
+                mtu: 1450,
+                up: true,
+                lower_up: true,
+                mac: Some([0x0a, 0x58, 10, 244, 1, 1]),
+                kind: Some("veth".into()),
+                master: Some(3),
+                tx_errors: 0,
+                tx_dropped: 0,
+            }
+        );
+        assert_eq!(link.mac_string(), "0a:58:0a:f4:01:01");
+
+        // A TUN device: no hardware address, down, no carrier, a port of nothing.
+        let mut message = LinkMessage::default();
+        message.attributes = vec![
+            LinkAttribute::IfName("weft.1".into()),
+            LinkAttribute::Address(Vec::new()),
+        ];
+        let link = Link::from_message(&message);
+        assert_eq!(
+            (link.up, link.lower_up, link.mac, link.master),
+            (false, false, None, None)
+        );
+        assert_eq!(link.mac_string(), "");
+    }
+
+    #[test]
+    fn the_kernels_errno_is_kept_for_callers() {
+        let mut reply = ErrorMessage::default();
+        reply.code = NonZeroI32::new(-libc::EEXIST);
+        let error = request_error("creating veth eth0/wf0")(rtnetlink::Error::NetlinkError(reply));
+        assert_eq!(error.errno(), Some(libc::EEXIST));
+        assert!(
+            error
+                .to_string()
+                .starts_with("netlink: creating veth eth0/wf0: "),
+            "{error}"
+        );
+        assert_eq!(Error::NoSuchLink("cni0".into()).errno(), None);
+    }
+}
