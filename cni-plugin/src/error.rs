@@ -82,8 +82,10 @@ impl From<weft_config::cni::CniConfigError> for CniError {
 
 impl From<weft_netlink::Error> for CniError {
     fn from(e: weft_netlink::Error) -> CniError {
+        // No socket at all is an I/O failure, as the spec's codes go; a request the
+        // kernel refused is weft's NETLINK.
         let code = match e {
-            weft_netlink::Error::Netns { .. } => code::IO_FAILURE,
+            weft_netlink::Error::Netns { .. } | weft_netlink::Error::Connect(_) => code::IO_FAILURE,
             _ => code::NETLINK,
         };
         CniError::new(code, e.to_string())

@@ -38,7 +38,7 @@ fn default_route() -> Ipv4Net {
 /// at that point of ADD, so a test can SIGKILL it at a known place instead of racing a
 /// timer. Points: `after-ipam` (address reserved, no veth yet), `after-veth` (veth
 /// created, not configured).
-pub(super) fn fault_point(point: &str) {
+fn fault_point(point: &str) {
     if std::env::var_os("WEFT_CNI_STOP_AT").is_some_and(|p| p == point) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
     }

@@ -96,9 +96,8 @@ pub async fn check(inv: &Invocation<'_>) -> Result<(), CniError> {
             }
             if link.mtu != node.mtu {
                 diffs.push(format!(
-                    "host veth {host_name} has MTU {:?}, expected {}",
-                    Some(link.mtu),
-                    node.mtu
+                    "host veth {host_name} has MTU {}, expected {}",
+                    link.mtu, node.mtu
                 ));
             }
         }
@@ -117,10 +116,8 @@ pub async fn check(inv: &Invocation<'_>) -> Result<(), CniError> {
             }
             if link.mtu != node.mtu {
                 diffs.push(format!(
-                    "pod interface {} has MTU {:?}, expected {}",
-                    env.ifname,
-                    Some(link.mtu),
-                    node.mtu
+                    "pod interface {} has MTU {}, expected {}",
+                    env.ifname, link.mtu, node.mtu
                 ));
             }
             let have: Vec<Ipv4Net> = pod
