@@ -26,7 +26,7 @@ pub(super) struct Context<'a> {
 pub(super) struct PodEnd {
     pub(super) link: LinkView,
     pub(super) addr: Ipv4Net,
-    route: RouteLookup,
+    pub(super) route: RouteLookup,
 }
 
 /// This node's route to the destination and the device it leaves through.
@@ -34,11 +34,11 @@ pub(super) struct NodeRoute {
     pub(super) route: RouteLookup,
     pub(super) out: LinkView,
     /// `route get <to>: ... dev <out>`, as the route hop shows it.
-    text: String,
+    pub(super) text: String,
 }
 
 /// Where the path goes after this node's route.
-enum Onward {
+pub(super) enum Onward {
     /// The destination is this node's own address: the walk ends.
     Arrived,
     /// This node's subnet: the destination pod behind the bridge.
@@ -85,7 +85,12 @@ pub(super) async fn walk_path(
 }
 
 /// The source pod: its route to the destination, the interface it names, up.
-fn pod(walk: &mut Walk, cx: &Context<'_>, pod_label: &str, pod_path: &Path) -> Step<PodEnd> {
+pub(super) fn pod(
+    walk: &mut Walk,
+    cx: &Context<'_>,
+    pod_label: &str,
+    pod_path: &Path,
+) -> Step<PodEnd> {
     let to = cx.to;
     let pod = match inspect::inspect(
         pod_path,
@@ -147,7 +152,11 @@ fn pod(walk: &mut Walk, cx: &Context<'_>, pod_label: &str, pod_path: &Path) -> S
 
 /// The pod's veth peer in this namespace, up and a port of a bridge; returns it and
 /// that bridge.
-fn host_veth(walk: &mut Walk, cx: &Context<'_>, pod: &PodEnd) -> Step<(LinkView, LinkView)> {
+pub(super) fn host_veth(
+    walk: &mut Walk,
+    cx: &Context<'_>,
+    pod: &PodEnd,
+) -> Step<(LinkView, LinkView)> {
     let node = cx.node;
     let pod_if = &pod.link;
     let Some(host_veth) = paired(pod_if, node).cloned() else {
@@ -187,7 +196,7 @@ fn host_veth(walk: &mut Walk, cx: &Context<'_>, pod: &PodEnd) -> Step<(LinkView,
 
 /// The bridge: a bridge, up, holding the pod's gateway; returns this node's subnet
 /// (the bridge's network holding the pod's address).
-fn bridge_hop(
+pub(super) fn bridge_hop(
     walk: &mut Walk,
     pod: &PodEnd,
     host_veth: &LinkView,
@@ -237,7 +246,7 @@ fn bridge_hop(
 }
 
 /// This node's route to the destination (`ip route get`), and its device.
-fn node_route(walk: &mut Walk, cx: &Context<'_>) -> Step<NodeRoute> {
+pub(super) fn node_route(walk: &mut Walk, cx: &Context<'_>) -> Step<NodeRoute> {
     let (node, to) = (cx.node, cx.to);
     let route = match node.route(to) {
         Ok(r) => r.clone(),
@@ -273,7 +282,7 @@ fn node_route(walk: &mut Walk, cx: &Context<'_>) -> Step<NodeRoute> {
 
 /// The route hop: whether this node's route takes the destination where it belongs
 /// (this node's bridge, the overlay or DirectRouting, or out of the cluster).
-async fn route_hop(
+pub(super) async fn route_hop(
     walk: &mut Walk,
     cx: &Context<'_>,
     bridge: &LinkView,
@@ -422,7 +431,7 @@ pub(super) fn destination_pod(
 
 /// A destination outside the cluster network: masquerading (when expected) and the
 /// device the packet leaves through.
-fn egress(
+pub(super) fn egress(
     walk: &mut Walk,
     opts: &TraceOptions,
     env_masq: Option<bool>,

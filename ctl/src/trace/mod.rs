@@ -19,6 +19,8 @@
 mod hops;
 mod remote;
 mod sources;
+#[cfg(test)]
+mod tests;
 mod walk;
 
 use std::net::Ipv4Addr;

@@ -80,7 +80,12 @@ pub(super) async fn walk_remote(
 
 /// The overlay device: up, with a carrier (for weft's TUN: weftd has it open), and an
 /// MTU the pod's fits in.
-fn overlay_hop(walk: &mut Walk, pod: &PodEnd, out: &LinkView, overlay: OverlayKind) -> Step<()> {
+pub(super) fn overlay_hop(
+    walk: &mut Walk,
+    pod: &PodEnd,
+    out: &LinkView,
+    overlay: OverlayKind,
+) -> Step<()> {
     let pod_if = &pod.link;
     let detail = match overlay {
         OverlayKind::WeftTun => format!("{}: weft's userspace TUN", describe_link(out)),
@@ -125,7 +130,7 @@ fn overlay_hop(walk: &mut Walk, pod: &PodEnd, out: &LinkView, overlay: OverlayKi
 
 /// The lease of the destination's subnet: present, matching this node's overlay, and
 /// (for weft's TUN) known to the local weftd as a peer.
-fn lease_hop(
+pub(super) fn lease_hop(
     walk: &mut Walk,
     cx: &Context<'_>,
     out: &LinkView,
@@ -206,7 +211,7 @@ fn lease_hop(
 
 /// A kernel vxlan device's neighbour entry for the route's gateway: the lease's
 /// VtepMAC. Returns that MAC (lower case) for the fdb hop.
-fn neighbour_hop(
+pub(super) fn neighbour_hop(
     walk: &mut Walk,
     cx: &Context<'_>,
     route: &NodeRoute,
@@ -262,7 +267,7 @@ fn neighbour_hop(
 }
 
 /// A kernel vxlan device's fdb entry for the VtepMAC: it sends to the lease's PublicIP.
-fn fdb_hop(
+pub(super) fn fdb_hop(
     walk: &mut Walk,
     cx: &Context<'_>,
     out: &LinkView,
@@ -310,7 +315,12 @@ fn fdb_hop(
 
 /// The underlay: a route to the node's PublicIP through a running device whose MTU
 /// takes the overlay's packets with their encapsulation.
-fn underlay_hop(walk: &mut Walk, out: &LinkView, lease: &Lease, direct: bool) -> Step<()> {
+pub(super) fn underlay_hop(
+    walk: &mut Walk,
+    out: &LinkView,
+    lease: &Lease,
+    direct: bool,
+) -> Step<()> {
     let public_ip = lease.public_ip;
     let underlay_view = match inspect::inspect(
         &PathBuf::from("/proc/self/ns/net"),
@@ -381,7 +391,7 @@ fn underlay_hop(walk: &mut Walk, out: &LinkView, lease: &Lease, direct: bool) ->
 /// The remote node, when a namespace on this machine holds its PublicIP and a bridge
 /// on the destination's subnet (as in weft-lab): running its overlay. `None` (a
 /// skipped hop) when the node is another machine.
-fn remote_node_hop(
+pub(super) fn remote_node_hop(
     walk: &mut Walk,
     cx: &Context<'_>,
     public_ip: Ipv4Addr,
@@ -463,7 +473,7 @@ fn remote_node_hop(
 
 /// The remote node's route to the destination: its pod bridge, up. `None` when the
 /// destination is the remote node's own address (the walk ends there).
-fn remote_bridge_hop(
+pub(super) fn remote_bridge_hop(
     walk: &mut Walk,
     cx: &Context<'_>,
     remote: &Found,
