@@ -5,17 +5,19 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    WatchStream,
 };
 use ipnet::Ipv4Net;
 use weft_proto::lease::{subnet_key, LeaseAttrs};
 
-use super::peers::{decode_entry, SubnetEntry};
+use super::peers::{decode_entry, decode_key, SubnetEntry};
+use super::store::{Binding, Claim, LeaseChange, LeaseId, LeaseWatch, StoreError, SubnetStore};
+pub use super::store::{EtcdHealth, Reachability, StoredLease};
 
 /// How long one etcd request may take before the endpoint counts as unreachable.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,79 +98,6 @@ impl EtcdOptions {
     }
 }
 
-/// Whether etcd answered lately, shared with the health endpoint.
-#[derive(Debug, Default)]
-pub struct Reachability {
-    inner: Mutex<ReachabilityInner>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct ReachabilityInner {
-    last_ok: Option<Instant>,
-    failing_since: Option<Instant>,
-    last_error: Option<String>,
-}
-
-/// A point-in-time view of [`Reachability`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EtcdHealth {
-    /// No request has completed yet.
-    Unknown,
-    Reachable,
-    Unreachable {
-        for_: Duration,
-        error: String,
-    },
-}
-
-impl Reachability {
-    fn ok(&self) {
-        let mut inner = self.lock();
-        inner.last_ok = Some(Instant::now());
-        inner.failing_since = None;
-        inner.last_error = None;
-    }
-
-    fn failed(&self, error: String) {
-        let mut inner = self.lock();
-        inner.failing_since.get_or_insert_with(Instant::now);
-        inner.last_error = Some(error);
-    }
-
-    pub fn health(&self) -> EtcdHealth {
-        let inner = self.lock().clone();
-        match (inner.failing_since, inner.last_error) {
-            (Some(since), Some(error)) => EtcdHealth::Unreachable {
-                for_: since.elapsed(),
-                error,
-            },
-            _ if inner.last_ok.is_some() => EtcdHealth::Reachable,
-            _ => EtcdHealth::Unknown,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ReachabilityInner> {
-        // A panic while holding this lock cannot leave the plain data inconsistent.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// One subnet key as stored in etcd.
-#[derive(Debug, Clone)]
-pub struct StoredLease {
-    pub subnet: Ipv4Net,
-    pub attrs: LeaseAttrs,
-    /// The etcd lease the key is attached to; 0 for a reservation (no TTL).
-    pub lease_id: i64,
-    pub mod_revision: i64,
-}
-
-impl StoredLease {
-    pub fn is_reservation(&self) -> bool {
-        self.lease_id == 0
-    }
-}
-
 /// The outcome of a create-if-absent.
 #[derive(Debug, Clone)]
 pub enum CreateOutcome {
@@ -185,6 +114,15 @@ pub struct Registry {
     endpoints: String,
     timeout: Duration,
     reachability: Arc<Reachability>,
+    /// The open keep-alive stream of the lease this node renews (one at a time).
+    keep_alive: Arc<tokio::sync::Mutex<Option<KeepAlive>>>,
+}
+
+/// A keep-alive stream open for one etcd lease.
+struct KeepAlive {
+    lease_id: i64,
+    keeper: LeaseKeeper,
+    responses: LeaseKeepAliveStream,
 }
 
 impl std::fmt::Debug for Registry {
@@ -299,6 +237,7 @@ impl Registry {
             endpoints,
             timeout: REQUEST_TIMEOUT,
             reachability,
+            keep_alive: Arc::default(),
         })
     }
 
@@ -598,4 +537,222 @@ fn stored_lease(kv: &KeyValue) -> Option<StoredLease> {
         lease_id: kv.lease(),
         mod_revision: kv.mod_revision(),
     })
+}
+
+impl From<RegistryError> for StoreError {
+    fn from(e: RegistryError) -> Self {
+        StoreError::new(e.is_permanent(), e)
+    }
+}
+
+/// etcd as a [`SubnetStore`]: a TTL is an etcd lease, granted for each write that needs
+/// one and revoked when the write does not take place (a lease that holds nothing would
+/// otherwise linger for its whole TTL).
+impl SubnetStore for Registry {
+    type Watch = EtcdWatch;
+
+    fn config_location(&self) -> String {
+        self.config_key()
+    }
+
+    fn leases_location(&self) -> String {
+        self.subnets_prefix()
+    }
+
+    fn reachability(&self) -> Arc<Reachability> {
+        self.reachability.clone()
+    }
+
+    async fn read_config(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.get_config().await?)
+    }
+
+    async fn list_leases(&self) -> Result<(Vec<StoredLease>, i64), StoreError> {
+        Ok(self.list_subnets().await?)
+    }
+
+    async fn get_lease(&self, subnet: Ipv4Net) -> Result<Option<StoredLease>, StoreError> {
+        Ok(self.get_subnet(subnet).await?)
+    }
+
+    async fn create_lease(
+        &self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        ttl: Option<Duration>,
+    ) -> Result<Claim, StoreError> {
+        let lease_id = match ttl {
+            Some(ttl) => self.grant(ttl).await?,
+            None => 0,
+        };
+        let outcome = self.create_subnet(subnet, attrs, lease_id).await;
+        match outcome {
+            Ok(CreateOutcome::Created) => Ok(Claim::Won { lease_id }),
+            Ok(CreateOutcome::Exists(holder)) => {
+                self.release_unused(lease_id).await;
+                Ok(Claim::Lost { holder })
+            }
+            Err(e) => {
+                self.release_unused(lease_id).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn replace_lease(
+        &self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        binding: Binding,
+        expected_revision: i64,
+    ) -> Result<Option<LeaseId>, StoreError> {
+        let (lease_id, fresh) = match binding {
+            Binding::Reservation => (0, false),
+            Binding::Keep(id) => (id, false),
+            Binding::Fresh(ttl) => (self.grant(ttl).await?, true),
+        };
+        let outcome = self
+            .replace_subnet(subnet, attrs, lease_id, expected_revision)
+            .await;
+        match outcome {
+            Ok(true) => Ok(Some(lease_id)),
+            other => {
+                if fresh {
+                    self.release_unused(lease_id).await;
+                }
+                other.map(|_| None).map_err(StoreError::from)
+            }
+        }
+    }
+
+    async fn delete_lease(
+        &self,
+        subnet: Ipv4Net,
+        expected_revision: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.delete_subnet(subnet, expected_revision).await?)
+    }
+
+    async fn time_left(&self, lease_id: LeaseId) -> Result<Option<i64>, StoreError> {
+        Ok(self.time_to_live(lease_id).await?)
+    }
+
+    async fn renew(&self, lease_id: LeaseId) -> Result<Option<i64>, StoreError> {
+        let mut open = self.keep_alive.lock().await;
+        if open.as_ref().map(|k| k.lease_id) != Some(lease_id) {
+            *open = None;
+            match self.keep_alive(lease_id).await? {
+                Some((keeper, responses)) => {
+                    *open = Some(KeepAlive {
+                        lease_id,
+                        keeper,
+                        responses,
+                    })
+                }
+                None => return Ok(None),
+            }
+        }
+        let Some(stream) = open.as_mut() else {
+            return Ok(None);
+        };
+        match self
+            .keep_alive_once(&mut stream.keeper, &mut stream.responses)
+            .await
+        {
+            Ok(ttl) if ttl > 0 => Ok(Some(ttl)),
+            Ok(_) => {
+                *open = None;
+                Ok(None)
+            }
+            Err(e) => {
+                // A broken stream is opened anew at the next renewal.
+                *open = None;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn release(&self, lease_id: LeaseId) -> Result<(), StoreError> {
+        {
+            let mut open = self.keep_alive.lock().await;
+            if open.as_ref().map(|k| k.lease_id) == Some(lease_id) {
+                *open = None;
+            }
+        }
+        Ok(self.revoke(lease_id).await?)
+    }
+
+    async fn watch_leases(&self, start_revision: i64) -> Result<EtcdWatch, StoreError> {
+        let stream = self.watch_subnets(start_revision).await?;
+        Ok(EtcdWatch {
+            stream,
+            reachability: self.reachability.clone(),
+        })
+    }
+}
+
+impl Registry {
+    /// Revokes a lease granted for a write that did not take place; a failure only
+    /// leaves it to expire.
+    async fn release_unused(&self, lease_id: i64) {
+        if lease_id != 0 {
+            if let Err(e) = self.revoke(lease_id).await {
+                tracing::debug!(lease_id, error = %e, "could not revoke an unused etcd lease");
+            }
+        }
+    }
+}
+
+/// An etcd watch on the subnet keys.
+pub struct EtcdWatch {
+    stream: WatchStream,
+    reachability: Arc<Reachability>,
+}
+
+impl std::fmt::Debug for EtcdWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdWatch").finish_non_exhaustive()
+    }
+}
+
+impl LeaseWatch for EtcdWatch {
+    async fn next(&mut self) -> Result<Vec<LeaseChange>, StoreError> {
+        let response = match self.stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => {
+                self.reachability.failed("watch stream closed".into());
+                return Err(StoreError::new(false, "watch stream closed by etcd"));
+            }
+            Err(e) => {
+                self.reachability.failed(e.to_string());
+                return Err(StoreError::new(false, e));
+            }
+        };
+        self.reachability.ok();
+        if response.canceled() || response.compact_revision() > 0 {
+            return Err(StoreError::new(
+                false,
+                format!(
+                    "watch canceled (compacted at revision {}): {}",
+                    response.compact_revision(),
+                    response.cancel_reason()
+                ),
+            ));
+        }
+        let mut changes = Vec::with_capacity(response.events().len());
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let Some(subnet) = decode_key(&String::from_utf8_lossy(kv.key())) else {
+                continue;
+            };
+            changes.push(match event.event_type() {
+                EventType::Put => LeaseChange::Put {
+                    subnet,
+                    attrs: decode_entry(kv.key(), kv.value()).map(|entry| entry.attrs),
+                },
+                EventType::Delete => LeaseChange::Deleted(subnet),
+            });
+        }
+        Ok(changes)
+    }
 }

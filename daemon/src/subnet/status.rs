@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::registry::{EtcdHealth, Reachability};
+use super::store::{EtcdHealth, Reachability};
 use crate::lease::{Peer, PeerBackend};
 
 /// Event counters of the control plane (monotonic).
