@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, watch, Notify};
-use weft_daemon::lease::{Peer, PeerBackend, PeerEvent};
+use weft_daemon::lease::{LeaseEvent, Peer, PeerBackend, PeerEvent};
 use weft_daemon::subnet::manager::default_renew_interval;
 use weft_daemon::subnet::{
     watch_peers, AcquiredHow, ControlStatus, EtcdOptions, HeldLease, ManagerConfig, ManagerError,
@@ -90,12 +90,15 @@ async fn etcd_state(registry: &Registry) -> BTreeMap<Ipv4Net, Ipv4Addr> {
         .collect()
 }
 
-/// A data plane stand-in: applies peer events to a map.
-fn collect_peers(mut events: mpsc::Receiver<PeerEvent>) -> Arc<Mutex<BTreeMap<Ipv4Net, Peer>>> {
+/// A data plane stand-in: applies peer events, as the data plane gets them, to a map.
+fn collect_peers(mut events: mpsc::Receiver<LeaseEvent>) -> Arc<Mutex<BTreeMap<Ipv4Net, Peer>>> {
     let peers = Arc::new(Mutex::new(BTreeMap::new()));
     let sink = peers.clone();
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
+            let Some(event) = PeerEvent::from_lease_event(&event) else {
+                continue;
+            };
             let mut map = sink.lock().unwrap();
             match event {
                 PeerEvent::Snapshot(all) => {

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::{mpsc, watch, Notify};
 use weft_config::NetConf;
 
@@ -20,7 +20,7 @@ use super::peers::{PeerTable, SubnetEntry};
 use super::registry::Registry;
 use super::status::{ControlStatus, Counters};
 use super::store::{LeaseChange, LeaseWatch, StoreError, SubnetStore};
-use crate::lease::PeerEvent;
+use crate::lease::LeaseEvent;
 
 /// Sleeps for `delay` unless shutdown is requested first. Returns false on shutdown.
 pub async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
@@ -308,14 +308,14 @@ async fn wait(
 }
 
 /// Watches every subnet lease and sends the data plane what changed, until shutdown.
-/// Starts with a list (sending a [`PeerEvent::Snapshot`]) and watches from the list's
+/// Starts with a list (sending a [`LeaseEvent::Snapshot`]) and watches from the list's
 /// revision + 1, so nothing between list and watch is missed; whenever the watch ends
 /// (disconnect, compaction, store restart) it lists again and sends a fresh snapshot.
 /// `own` is excluded from the peers; changes of its key notify `own_key_changed`.
 pub async fn watch_peers<S: SubnetStore>(
     store: S,
     own: Option<Ipv4Net>,
-    events: mpsc::Sender<PeerEvent>,
+    events: mpsc::Sender<LeaseEvent>,
     own_key_changed: Option<Arc<Notify>>,
     status: Arc<ControlStatus>,
     mut shutdown: watch::Receiver<bool>,
@@ -357,13 +357,13 @@ enum WatchEnd {
 /// One list-then-watch of [`watch_peers`].
 struct Watcher<'a> {
     table: &'a mut PeerTable,
-    events: &'a mpsc::Sender<PeerEvent>,
+    events: &'a mpsc::Sender<LeaseEvent>,
     own_key_changed: Option<&'a Notify>,
     status: &'a ControlStatus,
 }
 
 impl Watcher<'_> {
-    async fn send(&self, event: PeerEvent) -> bool {
+    async fn send(&self, event: LeaseEvent) -> bool {
         Counters::bump(&self.status.counters.peer_events);
         self.events.send(event).await.is_ok()
     }
@@ -417,7 +417,7 @@ impl Watcher<'_> {
                 let subnet = match &change {
                     LeaseChange::Put { subnet, .. } | LeaseChange::Deleted(subnet) => *subnet,
                 };
-                if Some(subnet) == self.table.own() {
+                if Some(IpNet::V4(subnet)) == self.table.own() {
                     self.own_key_changed();
                     continue;
                 }

@@ -11,17 +11,17 @@
 //!   ([`LastKnown::restorable`] holds the rules).
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use weft_config::NetConf;
 use weft_proto::lease::MacAddr;
 
-use crate::lease::{Peer, PeerBackend};
+use crate::lease::{PeerBackend, PeerLease};
 
 mod writer;
 pub use writer::{apply_peer_event, LastKnownWriter};
@@ -149,8 +149,10 @@ pub struct LastKnown {
 /// A peer in `last-known.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedPeer {
-    pub subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
+    pub subnet: IpNet,
+    pub public_ip: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<Ipv6Addr>,
     pub backend: SavedBackend,
 }
 
@@ -162,8 +164,8 @@ pub enum SavedBackend {
     Other { name: String },
 }
 
-impl From<&Peer> for SavedPeer {
-    fn from(peer: &Peer) -> Self {
+impl From<&PeerLease> for SavedPeer {
+    fn from(peer: &PeerLease) -> Self {
         let backend = match &peer.backend {
             PeerBackend::Vxlan { vni, vtep_mac } => SavedBackend::Vxlan {
                 vni: *vni,
@@ -175,12 +177,13 @@ impl From<&Peer> for SavedPeer {
         SavedPeer {
             subnet: peer.subnet,
             public_ip: peer.public_ip,
+            public_ipv6: peer.public_ipv6,
             backend,
         }
     }
 }
 
-impl From<&SavedPeer> for Peer {
+impl From<&SavedPeer> for PeerLease {
     fn from(saved: &SavedPeer) -> Self {
         let backend = match &saved.backend {
             SavedBackend::Vxlan { vni, vtep_mac } => PeerBackend::Vxlan {
@@ -190,9 +193,10 @@ impl From<&SavedPeer> for Peer {
             SavedBackend::Ipip => PeerBackend::Ipip,
             SavedBackend::Other { name } => PeerBackend::Other(name.clone()),
         };
-        Peer {
+        PeerLease {
             subnet: saved.subnet,
             public_ip: saved.public_ip,
+            public_ipv6: saved.public_ipv6,
             backend,
         }
     }
@@ -227,7 +231,7 @@ pub struct Restored {
     pub expires_unix: Option<u64>,
     pub peers_as_of_unix: u64,
     /// Every saved peer except this node's own subnet.
-    pub peers: Vec<Peer>,
+    pub peers: Vec<PeerLease>,
 }
 
 impl LastKnown {
@@ -303,8 +307,8 @@ impl LastKnown {
         let peers = self
             .peers
             .iter()
-            .filter(|p| p.subnet != self.subnet)
-            .map(Peer::from)
+            .filter(|p| p.subnet != IpNet::V4(self.subnet))
+            .map(PeerLease::from)
             .collect();
         Ok(Restored {
             netconf,

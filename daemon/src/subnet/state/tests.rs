@@ -4,7 +4,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::*;
-use crate::lease::PeerEvent;
+use crate::lease::{LeaseEvent, Peer, PeerLease};
 
 #[test]
 fn identity_survives_reload() {
@@ -39,29 +39,29 @@ fn corrupt_state_is_an_error_naming_the_file() {
 const NETCONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const NOW: u64 = 1_796_359_207;
 
-fn peer(third: u8) -> Peer {
-    Peer {
+fn peer(third: u8) -> PeerLease {
+    PeerLease::from(&Peer {
         subnet: Ipv4Net::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap(),
         public_ip: Ipv4Addr::new(192, 0, 2, third),
         backend: PeerBackend::Vxlan {
             vni: 1,
             vtep_mac: [2, 0, 0, 0, 0, third],
         },
-    }
+    })
 }
 
 fn saved() -> LastKnown {
     let mut peers: Vec<SavedPeer> = [2, 3].map(|t| SavedPeer::from(&peer(t))).to_vec();
-    peers.push(SavedPeer::from(&Peer {
+    peers.push(SavedPeer::from(&PeerLease::from(&Peer {
         subnet: "10.244.4.0/24".parse().unwrap(),
         public_ip: Ipv4Addr::new(192, 0, 2, 4),
         backend: PeerBackend::Ipip,
-    }));
-    peers.push(SavedPeer::from(&Peer {
+    })));
+    peers.push(SavedPeer::from(&PeerLease::from(&Peer {
         subnet: "10.244.5.0/24".parse().unwrap(),
         public_ip: Ipv4Addr::new(192, 0, 2, 5),
         backend: PeerBackend::Other("host-gw".into()),
-    }));
+    })));
     LastKnown {
         netconf: NETCONF.into(),
         public_ip: Ipv4Addr::new(192, 0, 2, 1),
@@ -193,18 +193,18 @@ fn expiry_is_rewritten_only_when_it_lags_a_quarter_of_the_time_left() {
 #[test]
 fn peer_events_change_the_set_only_when_it_changes() {
     let mut peers = BTreeMap::new();
-    assert!(apply_peer_event(&mut peers, &PeerEvent::Upsert(peer(2))));
-    assert!(!apply_peer_event(&mut peers, &PeerEvent::Upsert(peer(2))));
-    let snapshot = PeerEvent::Snapshot(vec![peer(2), peer(3)]);
+    assert!(apply_peer_event(&mut peers, &LeaseEvent::Upsert(peer(2))));
+    assert!(!apply_peer_event(&mut peers, &LeaseEvent::Upsert(peer(2))));
+    let snapshot = LeaseEvent::Snapshot(vec![peer(2), peer(3)]);
     assert!(apply_peer_event(&mut peers, &snapshot));
     assert!(!apply_peer_event(&mut peers, &snapshot));
     assert!(apply_peer_event(
         &mut peers,
-        &PeerEvent::Removed(peer(3).subnet)
+        &LeaseEvent::Removed(peer(3).subnet)
     ));
     assert!(!apply_peer_event(
         &mut peers,
-        &PeerEvent::Removed(peer(3).subnet)
+        &LeaseEvent::Removed(peer(3).subnet)
     ));
     assert_eq!(peers.len(), 1);
 }
@@ -223,11 +223,11 @@ async fn a_burst_of_5000_peer_events_is_one_write() {
     let start = std::time::Instant::now();
     for i in 0..5000u32 {
         let subnet = Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap();
-        writer.apply(&PeerEvent::Upsert(Peer {
+        writer.apply(&LeaseEvent::Upsert(PeerLease::from(&Peer {
             subnet,
             public_ip: Ipv4Addr::from(0xc000_0200 + i),
             backend: PeerBackend::Ipip,
-        }));
+        })));
         if i % 500 == 0 {
             tokio::task::yield_now().await;
             let modified = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
@@ -261,4 +261,26 @@ async fn a_burst_of_5000_peer_events_is_one_write() {
     stop_tx.send(true).unwrap();
     task.await.unwrap();
     assert!(!file.exists(), "removed on stop, before the task ended");
+}
+
+#[test]
+fn saved_peers_keep_public_ipv6_and_read_files_without_it() {
+    let mut lease = peer(2);
+    lease.public_ipv6 = Some("2001:db8::2".parse().unwrap());
+    let json = serde_json::to_string(&SavedPeer::from(&lease)).unwrap();
+    assert!(json.contains("\"public_ipv6\":\"2001:db8::2\""), "{json}");
+    let back: SavedPeer = serde_json::from_str(&json).unwrap();
+    assert_eq!(PeerLease::from(&back), lease);
+
+    // A file written before the field existed (IPv4 only).
+    let old = r#"{"subnet":"10.244.2.0/24","public_ip":"192.0.2.2","backend":{"type":"ipip"}}"#;
+    let back: SavedPeer = serde_json::from_str(old).unwrap();
+    assert_eq!(back.public_ipv6, None);
+    assert_eq!(
+        back.subnet,
+        "10.244.2.0/24".parse::<ipnet::IpNet>().unwrap()
+    );
+    assert!(!serde_json::to_string(&back)
+        .unwrap()
+        .contains("public_ipv6"));
 }

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::{watch, Notify};
 
 use super::*;
-use crate::lease::{Peer, PeerEvent};
+use crate::lease::{LeaseEvent, PeerLease};
 
 /// Keeps [`LastKnown`] up to date in `--state-dir`: the lease (from the lease keeper's
 /// state) and the peers (every [`PeerEvent`] the data plane gets passes through
@@ -35,7 +35,7 @@ struct Pending {
     public_ip: Option<Ipv4Addr>,
     /// subnet, lease id, expiry.
     lease: Option<(Ipv4Net, i64, Option<u64>)>,
-    peers: BTreeMap<Ipv4Net, Peer>,
+    peers: BTreeMap<IpNet, PeerLease>,
     dirty: bool,
     /// The file must go (the subnet is not ours any more).
     remove: bool,
@@ -127,7 +127,7 @@ impl LastKnownWriter {
 
     /// Applies one peer event (the same the data plane gets); marks the state dirty only
     /// when the peer set changed.
-    pub fn apply(&self, event: &PeerEvent) {
+    pub fn apply(&self, event: &LeaseEvent) {
         let mut pending = self.pending();
         let changed = apply_peer_event(&mut pending.peers, event);
         if changed {
@@ -151,12 +151,13 @@ impl LastKnownWriter {
 }
 
 /// Applies `event` to `peers`; true when the set changed.
-pub fn apply_peer_event(peers: &mut BTreeMap<Ipv4Net, Peer>, event: &PeerEvent) -> bool {
+pub fn apply_peer_event(peers: &mut BTreeMap<IpNet, PeerLease>, event: &LeaseEvent) -> bool {
     match event {
-        PeerEvent::Upsert(peer) => peers.insert(peer.subnet, peer.clone()).as_ref() != Some(peer),
-        PeerEvent::Removed(subnet) => peers.remove(subnet).is_some(),
-        PeerEvent::Snapshot(all) => {
-            let new: BTreeMap<Ipv4Net, Peer> = all.iter().map(|p| (p.subnet, p.clone())).collect();
+        LeaseEvent::Upsert(peer) => peers.insert(peer.subnet, peer.clone()).as_ref() != Some(peer),
+        LeaseEvent::Removed(subnet) => peers.remove(subnet).is_some(),
+        LeaseEvent::Snapshot(all) => {
+            let new: BTreeMap<IpNet, PeerLease> =
+                all.iter().map(|p| (p.subnet, p.clone())).collect();
             if *peers == new {
                 return false;
             }
