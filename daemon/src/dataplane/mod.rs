@@ -12,14 +12,19 @@
 //! packets never pass through here: [`worker`] threads move them between the TUN device
 //! and the underlay socket.
 
+mod batch;
 pub mod bpf;
 pub mod io;
+mod pacer;
 pub mod packet;
 pub mod peers;
 mod plane;
+mod receive;
 pub mod repair;
 pub mod reply_wait;
+mod send;
 pub mod tap_encap;
+mod transmit;
 pub mod tun;
 pub mod worker;
 
@@ -43,7 +48,7 @@ use plane::{underlay_subnet, Plane, Repairer, Shared};
 use tun::Offloads;
 
 /// What the kernel may hand us from TUN: partial checksums and TCPv4 super-packets
-/// (segmented by the queue workers, see `worker::Transmitter`).
+/// (segmented by the queue workers, see `transmit::Transmitter`).
 const TUN_OFFLOADS: Offloads = Offloads {
     csum: true,
     tso4: true,
@@ -99,16 +104,59 @@ pub async fn run(
     .await
 }
 
-/// [`run`], counting into `metrics` (which the caller exports).
+/// [`run`], counting into `metrics` (which the caller exports). Three phases: [`start`]
+/// (bridge, sockets, the first plane, host rules), [`Control::serve`] (peer events,
+/// worker faults and the reconcile tick until shutdown), [`Control::stop`].
 pub async fn run_with_metrics(
     settings: Settings,
     lease: LocalLease,
-    mut events: mpsc::Receiver<PeerEvent>,
-    mut shutdown: watch::Receiver<bool>,
+    events: mpsc::Receiver<PeerEvent>,
+    shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let netlink = Netlink::connect().context("opening netlink")?;
-    let backend = lease.netconf.backend.clone();
+    let Started {
+        shared,
+        plane,
+        routes,
+        host_rules,
+        gateway,
+    } = start(&netlink, &settings, &lease, &metrics).await?;
+    let mut control = Control {
+        netlink: &netlink,
+        lease: &lease,
+        metrics: &metrics,
+        shared: &shared,
+        repairs: Repairer::new(&netlink, &shared, gateway),
+        plane: Some(plane),
+        routes,
+        host_rules,
+        peers: BTreeMap::new(),
+    };
+    let result = control.serve(events, shutdown).await;
+    control.stop(settings.cleanup_on_exit).await?;
+    result
+}
+
+/// What [`start`] set up: everything the control loop works on.
+struct Started {
+    shared: Shared,
+    plane: Plane,
+    routes: RouteInputs,
+    host_rules: crate::firewall::HostRules,
+    /// cni0's address.
+    gateway: Ipv4Net,
+}
+
+/// The start: cni0, the sockets (which outlive planes), the first plane, the host
+/// firewall rules.
+async fn start(
+    netlink: &Netlink,
+    settings: &Settings,
+    lease: &LocalLease,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Started> {
+    let backend = &lease.netconf.backend;
     let subnet_len = lease.subnet.prefix_len();
 
     // cni0 with the gateway address, shared with the CNI plugin.
@@ -117,64 +165,13 @@ pub async fn run_with_metrics(
         .await
         .with_context(|| format!("setting up bridge {BRIDGE}"))?;
 
-    let name = device_name(&backend);
-    // Super-packets are only worth taking from TUN when they can leave in one UDP GSO
-    // send (VXLAN); IPIP segments them into one sendmmsg batch either way.
-    let wanted = if matches!(backend, Backend::Ipip { .. }) || io::udp_gso_supported() {
-        TUN_OFFLOADS
-    } else {
-        tracing::warn!("no UDP GSO (UDP_SEGMENT) in this kernel: TUN TSO off");
-        Offloads {
-            tso4: false,
-            ..TUN_OFFLOADS
-        }
-    };
+    let name = device_name(backend);
+    let wanted = tun_offloads(backend);
     let queues = worker_queues();
     let underlay = netlink.require_link(&lease.underlay_iface).await?;
-    let underlay_net = underlay_subnet(&netlink, underlay.index, lease.public_ip).await?;
-
-    let (encap, direct_routing) = match backend {
-        Backend::Vxlan {
-            vni,
-            port,
-            direct_routing,
-        } => (
-            Encap::Vxlan {
-                vni,
-                port,
-                local_mac: lease.vtep_mac,
-            },
-            direct_routing,
-        ),
-        Backend::Ipip { direct_routing } => (Encap::Ipip, direct_routing),
-    };
-    // Receiving sockets, one per receive worker. VXLAN: UDP sockets sharing the port
-    // with SO_REUSEPORT, so the kernel spreads peers' flows (distinct source ports, see
-    // `worker::pick_sender`) over the workers. IPIP: raw sockets, each filtering for its
-    // share of the inner flows (every raw socket sees every packet; see `io::ipip_sockets`).
-    // Sockets are bound to no device, so they outlive plane rebuilds and a re-created
-    // underlay device.
-    let receivers: Vec<Arc<OwnedFd>> = match encap {
-        Encap::Vxlan { port, .. } => (0..queues)
-            .map(|_| io::vxlan_socket(port).map(Arc::new))
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("binding UDP 0.0.0.0:{port} for VXLAN"))?,
-        Encap::Ipip => io::ipip_sockets(queues)
-            .context("opening the raw IPIP sockets")?
-            .into_iter()
-            .map(Arc::new)
-            .collect(),
-    };
-    // VXLAN sends from a few ephemeral ports chosen by inner flow (see
-    // `worker::pick_sender`); IPIP from a raw socket of its own (everything, or what
-    // the TAP cannot take), not a receiving one: see `io::ipip_send_socket`.
-    let senders: Vec<OwnedFd> = match encap {
-        Encap::Vxlan { .. } => (0..FLOW_SOCKETS)
-            .map(|_| io::vxlan_send_socket())
-            .collect::<Result<_, _>>()
-            .context("opening the VXLAN sending sockets")?,
-        Encap::Ipip => vec![io::ipip_send_socket().context("opening the IPIP sending socket")?],
-    };
+    let underlay_net = underlay_subnet(netlink, underlay.index, lease.public_ip).await?;
+    let (encap, direct_routing) = encap_of(backend, lease);
+    let (receivers, senders) = open_sockets(&encap, queues)?;
     let shared = Shared {
         busy_poll: settings.busy_poll,
         kernel_encap: settings.kernel_encap,
@@ -188,11 +185,11 @@ pub async fn run_with_metrics(
         table: Arc::new(ArcSwap::from_pointee(PeerTable::empty(subnet_len))),
         metrics: metrics.clone(),
     };
-    let plane = Plane::start(&netlink, &shared, &underlay).await?;
+    let plane = Plane::start(netlink, &shared, &underlay).await?;
     let tun_index = plane.built.tun_index;
 
     let mut host_rules =
-        crate::firewall::HostRules::new(&settings, lease.netconf.network, lease.subnet);
+        crate::firewall::HostRules::new(settings, lease.netconf.network, lease.subnet);
     host_rules
         .install()
         .await
@@ -205,7 +202,7 @@ pub async fn run_with_metrics(
     );
     metrics.set_up(info);
 
-    let mut state = RouteInputs {
+    let routes = RouteInputs {
         own_subnet: lease.subnet,
         encap,
         direct_routing,
@@ -213,96 +210,214 @@ pub async fn run_with_metrics(
         tun_index,
         underlay_index: underlay.index,
     };
-    let mut repairs = Repairer::new(&netlink, &shared, gateway);
-    // `None` between a failed rebuild and the next attempt.
-    let mut plane = Some(plane);
-    let mut peers: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
-    // The first reconcile one period from now, not at once: the peer snapshot that
-    // follows the start must come first, or routes from the last run would be deleted
-    // and put back a moment later.
-    let mut reconcile = tokio::time::interval_at(
-        tokio::time::Instant::now() + RECONCILE_PERIOD,
-        RECONCILE_PERIOD,
-    );
-    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result = loop {
-        let faults = plane.as_ref().map(|plane| plane.faults.clone());
-        let fault_reported = async {
-            match &faults {
-                Some(faults) => faults.reported().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => {
-                    apply_event(&mut peers, event, &lease.subnet);
-                    // A burst of events (a watch catching up, many nodes joining) is
-                    // applied as one: one table swap and one route reconcile.
-                    while let Ok(event) = events.try_recv() {
-                        apply_event(&mut peers, event, &lease.subnet);
-                    }
-                    // Gone peers' series go; before the table swap, so no worker can
-                    // register a peer that just left.
-                    metrics.retain_peers(peers.values().map(|p| (p.subnet, p.public_ip)));
-                    let (routes, table_input) = state.desired(&peers);
-                    shared.table.store(Arc::new(PeerTable::build(subnet_len, &encap, table_input)));
-                    if let Err(error) = sync_routes(&netlink, &routes, &metrics).await {
-                        tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
-                    }
-                }
-                None => break Ok(()),
-            },
-            // A worker's fault is repaired at once, not at the next tick.
-            () = fault_reported => {
-                repairs.check(&mut plane, &mut state).await;
-                if let Err(error) = sync_routes(&netlink, &state.desired(&peers).0, &metrics).await {
-                    tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
-                }
-            }
-            _ = reconcile.tick() => {
-                repairs.check(&mut plane, &mut state).await;
-                let (routes, _) = state.desired(&peers);
-                match sync_routes(&netlink, &routes, &metrics).await {
-                    Ok(fixes) => {
-                        metrics.route_reconcile_fixes.fetch_add(fixes as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Err(error) => tracing::warn!(error = %format!("{error:#}"), "route reconcile failed"),
-                }
-                sample_underlay_stats(&netlink, &lease.underlay_iface, &metrics).await;
-                host_rules.reconcile(&metrics).await;
-                worker::drain_send_error_queues(&shared.senders, &metrics);
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    break Ok(());
-                }
-            }
-        }
-    };
+    Ok(Started {
+        shared,
+        plane,
+        routes,
+        host_rules,
+        gateway,
+    })
+}
 
-    metrics.set_down();
-    let devices = match plane {
-        Some(plane) => Some(plane.stop().await?),
-        None => None,
-    };
-
-    // The masquerade table and forward rules stay (a restart replaces them atomically),
-    // so pods keep NAT and forwarding while weftd is down.
-    if settings.cleanup_on_exit {
-        host_rules.cleanup().await;
-        sync_routes(&netlink, &[], &metrics).await?;
-        if let Some((tun, tap_encap)) = devices {
-            tun.set_transient()?;
-            // The TAP and its program go with the last descriptor.
-            drop((tun, tap_encap));
+/// The offloads asked of TUN. Super-packets are only worth taking from TUN when they
+/// can leave in one UDP GSO send (VXLAN); IPIP segments them into one sendmmsg batch
+/// either way.
+fn tun_offloads(backend: &Backend) -> Offloads {
+    if matches!(backend, Backend::Ipip { .. }) || io::udp_gso_supported() {
+        TUN_OFFLOADS
+    } else {
+        tracing::warn!("no UDP GSO (UDP_SEGMENT) in this kernel: TUN TSO off");
+        Offloads {
+            tso4: false,
+            ..TUN_OFFLOADS
         }
-        if let Some(link) = netlink.link(&name).await? {
-            netlink.delete_link(link.index).await?;
-        }
-        tracing::info!(device = %name, "removed TUN device and routes (--cleanup-on-exit)");
     }
-    result
+}
+
+/// The workers' encapsulation for `backend`, and whether DirectRouting is on.
+fn encap_of(backend: &Backend, lease: &LocalLease) -> (Encap, bool) {
+    match *backend {
+        Backend::Vxlan {
+            vni,
+            port,
+            direct_routing,
+        } => (
+            Encap::Vxlan {
+                vni,
+                port,
+                local_mac: lease.vtep_mac,
+            },
+            direct_routing,
+        ),
+        Backend::Ipip { direct_routing } => (Encap::Ipip, direct_routing),
+    }
+}
+
+/// The underlay sockets: receiving (one per worker) and sending.
+fn open_sockets(encap: &Encap, queues: usize) -> anyhow::Result<(Vec<Arc<OwnedFd>>, Vec<OwnedFd>)> {
+    // Receiving sockets, one per receive worker. VXLAN: UDP sockets sharing the port
+    // with SO_REUSEPORT, so the kernel spreads peers' flows (distinct source ports, see
+    // `transmit::pick_sender`) over the workers. IPIP: raw sockets, each filtering for its
+    // share of the inner flows (every raw socket sees every packet; see `io::ipip_sockets`).
+    // Sockets are bound to no device, so they outlive plane rebuilds and a re-created
+    // underlay device.
+    let receivers: Vec<Arc<OwnedFd>> = match *encap {
+        Encap::Vxlan { port, .. } => (0..queues)
+            .map(|_| io::vxlan_socket(port).map(Arc::new))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("binding UDP 0.0.0.0:{port} for VXLAN"))?,
+        Encap::Ipip => io::ipip_sockets(queues)
+            .context("opening the raw IPIP sockets")?
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+    };
+    // VXLAN sends from a few ephemeral ports chosen by inner flow (see
+    // `transmit::pick_sender`); IPIP from a raw socket of its own (everything, or what
+    // the TAP cannot take), not a receiving one: see `io::ipip_send_socket`.
+    let senders: Vec<OwnedFd> = match encap {
+        Encap::Vxlan { .. } => (0..FLOW_SOCKETS)
+            .map(|_| io::vxlan_send_socket())
+            .collect::<Result<_, _>>()
+            .context("opening the VXLAN sending sockets")?,
+        Encap::Ipip => vec![io::ipip_send_socket().context("opening the IPIP sending socket")?],
+    };
+    Ok((receivers, senders))
+}
+
+/// The control loop's state between [`start`] and [`Control::stop`].
+struct Control<'a> {
+    netlink: &'a Netlink,
+    lease: &'a LocalLease,
+    metrics: &'a Arc<Metrics>,
+    shared: &'a Shared,
+    repairs: Repairer<'a>,
+    /// `None` between a failed rebuild and the next attempt.
+    plane: Option<Plane>,
+    routes: RouteInputs,
+    host_rules: crate::firewall::HostRules,
+    peers: BTreeMap<Ipv4Net, Peer>,
+}
+
+impl Control<'_> {
+    /// Serves peer events, worker faults and the reconcile tick until `shutdown` turns
+    /// true or the events end.
+    async fn serve(
+        &mut self,
+        mut events: mpsc::Receiver<PeerEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        // The first reconcile one period from now, not at once: the peer snapshot that
+        // follows the start must come first, or routes from the last run would be
+        // deleted and put back a moment later.
+        let mut reconcile = tokio::time::interval_at(
+            tokio::time::Instant::now() + RECONCILE_PERIOD,
+            RECONCILE_PERIOD,
+        );
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let faults = self.plane.as_ref().map(|plane| plane.faults.clone());
+            let fault_reported = async {
+                match &faults {
+                    Some(faults) => faults.reported().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.on_events(event, &mut events).await,
+                    None => return Ok(()),
+                },
+                // A worker's fault is repaired at once, not at the next tick.
+                () = fault_reported => self.on_fault().await,
+                _ = reconcile.tick() => self.on_reconcile().await,
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies `first` and every event already queued behind it.
+    async fn on_events(&mut self, first: PeerEvent, events: &mut mpsc::Receiver<PeerEvent>) {
+        let own_subnet = self.lease.subnet;
+        apply_event(&mut self.peers, first, &own_subnet);
+        // A burst of events (a watch catching up, many nodes joining) is applied as
+        // one: one table swap and one route reconcile.
+        while let Ok(event) = events.try_recv() {
+            apply_event(&mut self.peers, event, &own_subnet);
+        }
+        // Gone peers' series go; before the table swap, so no worker can register a
+        // peer that just left.
+        self.metrics
+            .retain_peers(self.peers.values().map(|p| (p.subnet, p.public_ip)));
+        let (routes, table_input) = self.routes.desired(&self.peers);
+        self.shared.table.store(Arc::new(PeerTable::build(
+            own_subnet.prefix_len(),
+            &self.shared.encap,
+            table_input,
+        )));
+        if let Err(error) = sync_routes(self.netlink, &routes, self.metrics).await {
+            tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
+        }
+    }
+
+    /// A worker reported a lost TUN queue or a failed TAP.
+    async fn on_fault(&mut self) {
+        self.repairs.check(&mut self.plane, &mut self.routes).await;
+        let routes = self.routes.desired(&self.peers).0;
+        if let Err(error) = sync_routes(self.netlink, &routes, self.metrics).await {
+            tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
+        }
+    }
+
+    /// The periodic reconcile: devices, routes, underlay counters, host rules, the
+    /// sending sockets' error queues.
+    async fn on_reconcile(&mut self) {
+        self.repairs.check(&mut self.plane, &mut self.routes).await;
+        let (routes, _) = self.routes.desired(&self.peers);
+        match sync_routes(self.netlink, &routes, self.metrics).await {
+            Ok(fixes) => {
+                self.metrics
+                    .route_reconcile_fixes
+                    .fetch_add(fixes as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(error) => tracing::warn!(error = %format!("{error:#}"), "route reconcile failed"),
+        }
+        sample_underlay_stats(self.netlink, &self.lease.underlay_iface, self.metrics).await;
+        self.host_rules.reconcile(self.metrics).await;
+        worker::drain_send_error_queues(&self.shared.senders, self.metrics);
+    }
+
+    /// Stops the workers; with `cleanup` (`--cleanup-on-exit`) also removes the host
+    /// rules, routes and devices.
+    async fn stop(self, cleanup: bool) -> anyhow::Result<()> {
+        self.metrics.set_down();
+        let devices = match self.plane {
+            Some(plane) => Some(plane.stop().await?),
+            None => None,
+        };
+        // The masquerade table and forward rules stay (a restart replaces them
+        // atomically), so pods keep NAT and forwarding while weftd is down.
+        if cleanup {
+            let mut host_rules = self.host_rules;
+            host_rules.cleanup().await;
+            sync_routes(self.netlink, &[], self.metrics).await?;
+            if let Some((tun, tap_encap)) = devices {
+                tun.set_transient()?;
+                // The TAP and its program go with the last descriptor.
+                drop((tun, tap_encap));
+            }
+            let name = &self.shared.name;
+            if let Some(link) = self.netlink.link(name).await? {
+                self.netlink.delete_link(link.index).await?;
+            }
+            tracing::info!(device = %name, "removed TUN device and routes (--cleanup-on-exit)");
+        }
+        Ok(())
+    }
 }
 
 /// What the route and peer-table computation depends on besides the peers.
