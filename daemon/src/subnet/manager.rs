@@ -270,9 +270,10 @@ fn acquired(action: Action) -> Option<HeldLease> {
     }
 }
 
+/// Tokio's clock for timers (so a test that pauses time drives the machine too).
 fn now() -> Now {
     Now {
-        mono: Instant::now(),
+        mono: tokio::time::Instant::now().into_std(),
         wall: SystemTime::now(),
     }
 }
@@ -443,3 +444,6 @@ impl Watcher<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
