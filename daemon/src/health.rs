@@ -205,13 +205,18 @@ async fn dataplane_in_place(sources: &HealthSources) -> Result<(), String> {
     let conflicts = metrics.route_conflicts();
     for peer in sources.control.peers() {
         let compatible = peer.backend == info.backend && peer.vni == info.vni;
-        if !compatible || Some(peer.subnet) == own {
+        // The data plane routes IPv4 peers only (it refuses the others, logged).
+        let ipnet::IpNet::V4(subnet) = peer.subnet else {
+            continue;
+        };
+        if !compatible || Some(subnet) == own {
             continue;
         }
-        if conflicts.iter().any(|c| c.prefix == peer.subnet.into()) {
+        let dst = ipnet::IpNet::V4(subnet);
+        if conflicts.iter().any(|c| c.prefix == dst) {
             continue;
         }
-        if !routes.iter().any(|route| route.dst == peer.subnet.into()) {
+        if !routes.iter().any(|route| route.dst == dst) {
             return Err(format!(
                 "no route to {} (peer {}) yet",
                 peer.subnet, peer.public_ip
