@@ -156,12 +156,20 @@ fn host_gw_backend() {
     let c = NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#).unwrap();
     assert_eq!(c.backend, Backend::HostGw);
     assert_eq!(c.backend.type_name(), "host-gw");
-    assert_eq!(c.overlay_mtu(1500), 1500, "no encapsulation: the underlay MTU");
+    assert_eq!(
+        c.overlay_mtu(1500),
+        1500,
+        "no encapsulation: the underlay MTU"
+    );
     assert_eq!(c.overlay_mtu(9000), 9000);
     assert!(c.backend.direct_routing());
     assert_eq!(c.underlay_mtu, None);
     assert_eq!(NetConf::parse(&c.to_json()), Ok(c.clone()));
-    assert!(c.to_json().contains(r#""Backend":{"Type":"host-gw"}"#), "{}", c.to_json());
+    assert!(
+        c.to_json().contains(r#""Backend":{"Type":"host-gw"}"#),
+        "{}",
+        c.to_json()
+    );
     // Go's encoding/json matches keys case-insensitively; the type itself is exact.
     let c = NetConf::parse(r#"{"network":"10.244.0.0/16","backend":{"type":"host-gw"}}"#).unwrap();
     assert_eq!(c.backend, Backend::HostGw);

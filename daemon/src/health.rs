@@ -203,12 +203,14 @@ async fn dataplane_in_place(sources: &HealthSources) -> Result<(), String> {
     // A subnet another route holds has no weft route on purpose: that is reported
     // (`route_conflicts`), not a data plane that is not in place.
     let conflicts = metrics.route_conflicts();
+    // A peer the backend refuses has no route on purpose (logged and counted).
+    let refused = metrics.refused_peers();
     for peer in sources.control.peers() {
         let compatible = peer.backend == info.backend && peer.vni == info.vni;
         if !compatible || Some(peer.subnet) == own {
             continue;
         }
-        if conflicts.iter().any(|c| c.prefix == peer.subnet) {
+        if refused.contains(&peer.subnet) || conflicts.iter().any(|c| c.prefix == peer.subnet) {
             continue;
         }
         if !routes.iter().any(|route| route.dst == peer.subnet) {

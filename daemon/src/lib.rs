@@ -1,6 +1,7 @@
 //! weftd: the node daemon's library (subnet manager, data plane, netlink, masquerade and
 //! forward rules, health) and weftctl's client side. The binaries in `src/bin` are thin.
 
+pub mod backend;
 pub mod dataplane;
 pub mod firewall;
 pub mod health;

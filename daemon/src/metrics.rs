@@ -178,6 +178,27 @@ impl Repair {
     }
 }
 
+/// Why a peer's lease gets no route (see `backend::Refusal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// host-gw: the peer's PublicIP is on none of the underlay interface's subnets.
+    NotOnLink,
+    /// The peer's lease is of another backend (or VXLAN VNI) than this network's.
+    BackendMismatch,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 2] = [RefusalReason::NotOnLink, RefusalReason::BackendMismatch];
+
+    /// Stable snake_case name, used as the `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefusalReason::NotOnLink => "not_on_link",
+            RefusalReason::BackendMismatch => "backend_mismatch",
+        }
+    }
+}
+
 /// All data-plane counters of one node. Shared as `Arc<Metrics>`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -221,6 +242,11 @@ pub struct Metrics {
     drops: [AtomicU64; DropReason::ALL.len()],
     send_error_reports: [AtomicU64; SendErrorReport::ALL.len()],
     repairs: [AtomicU64; Repair::ALL.len()],
+    /// Peers refused a route, each counted once when its lease is first refused.
+    peers_refused: [AtomicU64; RefusalReason::ALL.len()],
+    /// The subnets of the peers refused now, for `/readyz` (which waits for no route
+    /// to them).
+    refused_peers: Mutex<Vec<Ipv4Net>>,
     /// What the data plane set up, published whenever it is (re)built (see
     /// [`Metrics::set_up`]).
     dataplane: Mutex<Option<DataplaneInfo>>,
@@ -552,6 +578,24 @@ pub struct ActiveOffloads {
 }
 
 impl Metrics {
+    /// Counts one peer refused a route.
+    pub fn count_refused_peer(&self, reason: RefusalReason) {
+        self.peers_refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused_peers_total(&self, reason: RefusalReason) -> u64 {
+        self.peers_refused[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// The subnets of the peers refused a route now.
+    pub fn set_refused_peers(&self, subnets: Vec<Ipv4Net>) {
+        *lock(&self.refused_peers) = subnets;
+    }
+
+    pub fn refused_peers(&self) -> Vec<Ipv4Net> {
+        lock(&self.refused_peers).clone()
+    }
+
     /// Counts one dropped packet.
     #[inline]
     pub fn drop_packet(&self, reason: DropReason) {
@@ -735,6 +779,8 @@ impl Metrics {
             underlay_tx_dropped: self.underlay_tx_dropped.load(Ordering::Relaxed),
             drops: DropReason::ALL.map(|reason| (reason.name(), self.drops(reason))),
             repairs: Repair::ALL.map(|what| (what.name(), self.repairs(what))),
+            peers_refused: RefusalReason::ALL
+                .map(|reason| (reason.name(), self.refused_peers_total(reason))),
             send_error_reports: SendErrorReport::ALL
                 .map(|kind| (kind.name(), self.send_error_reports(kind))),
         }
@@ -772,6 +818,8 @@ pub struct MetricsSnapshot {
     pub drops: [(&'static str, u64); DropReason::ALL.len()],
     /// `(what, count)` for every [`Repair`], in [`Repair::ALL`] order.
     pub repairs: [(&'static str, u64); Repair::ALL.len()],
+    /// `(reason, count)` for every [`RefusalReason`], in [`RefusalReason::ALL`] order.
+    pub peers_refused: [(&'static str, u64); RefusalReason::ALL.len()],
     /// `(kind, count)` for every [`SendErrorReport`], in [`SendErrorReport::ALL`] order.
     pub send_error_reports: [(&'static str, u64); SendErrorReport::ALL.len()],
 }

@@ -25,7 +25,6 @@ pub mod worker;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,13 +32,14 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, watch};
-use weft_config::{Backend, Settings};
+use weft_config::Settings;
 
+use crate::backend::{self, is_on_link, Backend as _, NodeBackend, Refusal, RouteDevices, Tunnel};
 use crate::lease::{LocalLease, Peer, PeerEvent};
 use crate::metrics::Metrics;
 use crate::netlink::{bridge, Netlink, Route};
-use peers::{compatible, Encap, PeerTable};
-use plane::{underlay_subnet, Plane, Repairer, Shared};
+use peers::PeerTable;
+use plane::{Plane, Repairer, Shared};
 use tun::Offloads;
 
 /// What the kernel may hand us from TUN: partial checksums and TCPv4 super-packets
@@ -63,9 +63,6 @@ fn worker_queues() -> usize {
         .clamp(2, 4)
 }
 
-/// Sending sockets for VXLAN, each with its own source port (flows are spread over them).
-const FLOW_SOCKETS: usize = 8;
-
 /// The pod bridge.
 pub const BRIDGE: &str = "cni0";
 /// How often routes are re-read and repaired even without events.
@@ -74,12 +71,12 @@ pub const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
 /// from it at run time and it could not be set up again.
 const KERNEL_ENCAP_RETRY: Duration = Duration::from_secs(30);
 
-/// The TUN device's name for a backend: `weft.<VNI>` or `weft.ipip`.
-pub fn device_name(backend: &Backend) -> String {
-    match backend {
-        Backend::Vxlan { vni, .. } => format!("weft.{vni}"),
-        Backend::Ipip { .. } => "weft.ipip".to_owned(),
-    }
+/// The TUN device's name for a backend: `weft.<VNI>` or `weft.ipip`; `None` for a
+/// backend without a tunnel (host-gw).
+pub fn device_name(backend: &weft_config::Backend) -> Option<String> {
+    NodeBackend::new(backend, [0; 6])
+        .tunnel()
+        .map(|tunnel| tunnel.device_name())
 }
 
 /// Runs the data plane until `shutdown` becomes true.
@@ -108,7 +105,7 @@ pub async fn run_with_metrics(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let netlink = Netlink::connect().context("opening netlink")?;
-    let backend = lease.netconf.backend.clone();
+    let backend = NodeBackend::new(&lease.netconf.backend, lease.vtep_mac);
     let subnet_len = lease.subnet.prefix_len();
 
     // cni0 with the gateway address, shared with the CNI plugin.
@@ -117,79 +114,33 @@ pub async fn run_with_metrics(
         .await
         .with_context(|| format!("setting up bridge {BRIDGE}"))?;
 
-    let name = device_name(&backend);
-    // Super-packets are only worth taking from TUN when they can leave in one UDP GSO
-    // send (VXLAN); IPIP segments them into one sendmmsg batch either way.
-    let wanted = if matches!(backend, Backend::Ipip { .. }) || io::udp_gso_supported() {
-        TUN_OFFLOADS
-    } else {
-        tracing::warn!("no UDP GSO (UDP_SEGMENT) in this kernel: TUN TSO off");
-        Offloads {
-            tso4: false,
-            ..TUN_OFFLOADS
-        }
-    };
-    let queues = worker_queues();
     let underlay = netlink.require_link(&lease.underlay_iface).await?;
-    let underlay_net = underlay_subnet(&netlink, underlay.index, lease.public_ip).await?;
-
-    let (encap, direct_routing) = match backend {
-        Backend::Vxlan {
-            vni,
-            port,
-            direct_routing,
-        } => (
-            Encap::Vxlan {
-                vni,
-                port,
-                local_mac: lease.vtep_mac,
-            },
-            direct_routing,
-        ),
-        Backend::Ipip { direct_routing } => (Encap::Ipip, direct_routing),
+    let on_link = underlay_subnets(&netlink, underlay.index).await?;
+    if backend.tunnel().is_none() && !is_on_link(lease.public_ip, &on_link) {
+        // flannel's host-gw refuses this too: peers route to our PublicIP as a
+        // next hop on their L2 network, which a NATed or foreign address is not.
+        anyhow::bail!(
+            "the {} backend needs PublicIP {} to be an address of the underlay interface {} \
+             (peers use it as their next hop on one L2 network), but it is not; \
+             leave --public-ip unset or give one of {}'s addresses",
+            backend.type_name(),
+            lease.public_ip,
+            lease.underlay_iface,
+            lease.underlay_iface
+        );
+    }
+    // The tunnel's devices, sockets and workers; a backend without one (host-gw) only
+    // routes.
+    let shared = match backend.tunnel() {
+        Some(tunnel) => Some(open_tunnel(&settings, &lease, tunnel, &metrics)?),
+        None => None,
     };
-    // Receiving sockets, one per receive worker. VXLAN: UDP sockets sharing the port
-    // with SO_REUSEPORT, so the kernel spreads peers' flows (distinct source ports, see
-    // `worker::pick_sender`) over the workers. IPIP: raw sockets, each filtering for its
-    // share of the inner flows (every raw socket sees every packet; see `io::ipip_sockets`).
-    // Sockets are bound to no device, so they outlive plane rebuilds and a re-created
-    // underlay device.
-    let receivers: Vec<Arc<OwnedFd>> = match encap {
-        Encap::Vxlan { port, .. } => (0..queues)
-            .map(|_| io::vxlan_socket(port).map(Arc::new))
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("binding UDP 0.0.0.0:{port} for VXLAN"))?,
-        Encap::Ipip => io::ipip_sockets(queues)
-            .context("opening the raw IPIP sockets")?
-            .into_iter()
-            .map(Arc::new)
-            .collect(),
+    let plane = match &shared {
+        Some(shared) => Some(Plane::start(&netlink, shared, &underlay).await?),
+        None => None,
     };
-    // VXLAN sends from a few ephemeral ports chosen by inner flow (see
-    // `worker::pick_sender`); IPIP from a raw socket of its own (everything, or what
-    // the TAP cannot take), not a receiving one: see `io::ipip_send_socket`.
-    let senders: Vec<OwnedFd> = match encap {
-        Encap::Vxlan { .. } => (0..FLOW_SOCKETS)
-            .map(|_| io::vxlan_send_socket())
-            .collect::<Result<_, _>>()
-            .context("opening the VXLAN sending sockets")?,
-        Encap::Ipip => vec![io::ipip_send_socket().context("opening the IPIP sending socket")?],
-    };
-    let shared = Shared {
-        busy_poll: settings.busy_poll,
-        kernel_encap: settings.kernel_encap,
-        name: name.clone(),
-        lease: lease.clone(),
-        encap,
-        wanted,
-        queues,
-        receivers,
-        senders: Arc::new(senders),
-        table: Arc::new(ArcSwap::from_pointee(PeerTable::empty(subnet_len))),
-        metrics: metrics.clone(),
-    };
-    let plane = Plane::start(&netlink, &shared, &underlay).await?;
-    let tun_index = plane.built.tun_index;
+    let tun_index = plane.as_ref().map_or(0, |plane| plane.built.tun_index);
+    let name = shared.as_ref().map(|shared| shared.name.clone());
 
     let mut host_rules =
         crate::firewall::HostRules::new(&settings, lease.netconf.network, lease.subnet);
@@ -197,26 +148,31 @@ pub async fn run_with_metrics(
         .install()
         .await
         .context("installing the masquerade rules")?;
-    let info = plane.info(&shared);
+    let info = match (&plane, &shared) {
+        (Some(plane), Some(shared)) => plane.info(shared),
+        _ => routed_info(&backend, &lease),
+    };
     tracing::info!(
-        device = %name, subnet = %lease.subnet, public_ip = %lease.public_ip,
-        mtu = lease.mtu, offloads = ?info.offloads, transmit_path = info.transmit_path,
-        "data plane up"
+        device = %info.device, backend = info.backend, subnet = %lease.subnet,
+        public_ip = %lease.public_ip, mtu = lease.mtu, offloads = ?info.offloads,
+        transmit_path = info.transmit_path, "data plane up"
     );
     metrics.set_up(info);
 
     let mut state = RouteInputs {
         own_subnet: lease.subnet,
-        encap,
-        direct_routing,
-        underlay_net,
+        backend,
+        on_link,
         tun_index,
         underlay_index: underlay.index,
     };
-    let mut repairs = Repairer::new(&netlink, &shared, gateway);
-    // `None` between a failed rebuild and the next attempt.
-    let mut plane = Some(plane);
+    let mut repairs = shared
+        .as_ref()
+        .map(|shared| Repairer::new(&netlink, shared, gateway));
+    // `None` between a failed rebuild and the next attempt, and without a tunnel.
+    let mut plane = plane;
     let mut peers: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
+    let mut refused: BTreeMap<Ipv4Net, Refusal> = BTreeMap::new();
     // The first reconcile one period from now, not at once: the peer snapshot that
     // follows the start must come first, or routes from the last run would be deleted
     // and put back a moment later.
@@ -245,9 +201,12 @@ pub async fn run_with_metrics(
                     // Gone peers' series go; before the table swap, so no worker can
                     // register a peer that just left.
                     metrics.retain_peers(peers.values().map(|p| (p.subnet, p.public_ip)));
-                    let (routes, table_input) = state.desired(&peers);
-                    shared.table.store(Arc::new(PeerTable::build(subnet_len, &encap, table_input)));
-                    if let Err(error) = sync_routes(&netlink, &routes, &metrics).await {
+                    let plan = state.desired(&peers);
+                    note_refusals(&mut refused, plan.refused, &metrics);
+                    if let Some(shared) = &shared {
+                        shared.table.store(Arc::new(PeerTable::build(subnet_len, &shared.encap, plan.reachable)));
+                    }
+                    if let Err(error) = sync_routes(&netlink, &plan.routes, &metrics).await {
                         tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
                     }
                 }
@@ -255,15 +214,21 @@ pub async fn run_with_metrics(
             },
             // A worker's fault is repaired at once, not at the next tick.
             () = fault_reported => {
-                repairs.check(&mut plane, &mut state).await;
-                if let Err(error) = sync_routes(&netlink, &state.desired(&peers).0, &metrics).await {
+                if let Some(repairs) = &mut repairs {
+                    repairs.check(&mut plane, &mut state).await;
+                }
+                if let Err(error) = sync_routes(&netlink, &state.desired(&peers).routes, &metrics).await {
                     tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
                 }
             }
             _ = reconcile.tick() => {
-                repairs.check(&mut plane, &mut state).await;
-                let (routes, _) = state.desired(&peers);
-                match sync_routes(&netlink, &routes, &metrics).await {
+                match &mut repairs {
+                    Some(repairs) => repairs.check(&mut plane, &mut state).await,
+                    None => check_routed(&netlink, gateway, &lease, &mut state, &metrics).await,
+                }
+                let plan = state.desired(&peers);
+                note_refusals(&mut refused, plan.refused, &metrics);
+                match sync_routes(&netlink, &plan.routes, &metrics).await {
                     Ok(fixes) => {
                         metrics.route_reconcile_fixes.fetch_add(fixes as u64, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -271,7 +236,9 @@ pub async fn run_with_metrics(
                 }
                 sample_underlay_stats(&netlink, &lease.underlay_iface, &metrics).await;
                 host_rules.reconcile(&metrics).await;
-                worker::drain_send_error_queues(&shared.senders, &metrics);
+                if let Some(shared) = &shared {
+                    worker::drain_send_error_queues(&shared.senders, &metrics);
+                }
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -297,59 +264,158 @@ pub async fn run_with_metrics(
             // The TAP and its program go with the last descriptor.
             drop((tun, tap_encap));
         }
-        if let Some(link) = netlink.link(&name).await? {
-            netlink.delete_link(link.index).await?;
+        if let Some(name) = &name {
+            if let Some(link) = netlink.link(name).await? {
+                netlink.delete_link(link.index).await?;
+            }
+            tracing::info!(device = %name, "removed TUN device (--cleanup-on-exit)");
         }
-        tracing::info!(device = %name, "removed TUN device and routes (--cleanup-on-exit)");
+        tracing::info!("removed routes (--cleanup-on-exit)");
     }
     result
 }
 
 /// What the route and peer-table computation depends on besides the peers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct RouteInputs {
     own_subnet: Ipv4Net,
-    encap: Encap,
-    direct_routing: bool,
-    underlay_net: Option<Ipv4Net>,
+    backend: NodeBackend,
+    /// The underlay interface's IPv4 subnets: a PublicIP in one is directly connected.
+    on_link: Vec<Ipv4Net>,
     tun_index: u32,
     underlay_index: u32,
 }
 
 impl RouteInputs {
-    /// Desired routes, and each compatible peer with whether it is reached through the
-    /// tunnel (`false` = DirectRouting: a plain route via its PublicIP, as flannel does
-    /// for peers on the same underlay subnet).
-    fn desired<'a>(
-        &self,
-        peers: &'a BTreeMap<Ipv4Net, Peer>,
-    ) -> (Vec<Route>, Vec<(&'a Peer, bool)>) {
-        let mut routes = Vec::with_capacity(peers.len());
-        let mut table = Vec::with_capacity(peers.len());
-        for peer in peers.values() {
-            if peer.subnet == self.own_subnet || compatible(&self.encap, &peer.backend).is_none() {
-                continue;
-            }
-            let direct = self.direct_routing
-                && self
-                    .underlay_net
-                    .is_some_and(|net| net.contains(&peer.public_ip));
-            routes.push(if direct {
-                Route {
-                    dst: peer.subnet,
-                    gateway: Some(peer.public_ip),
-                    oif: self.underlay_index,
-                }
-            } else {
-                Route {
-                    dst: peer.subnet,
-                    gateway: None,
-                    oif: self.tun_index,
-                }
-            });
-            table.push((peer, !direct));
+    /// The backend's plan: desired routes, each reachable peer with whether it is
+    /// reached through the tunnel (`false`: a plain route via its PublicIP, host-gw's
+    /// and DirectRouting's), and the refused peers.
+    fn desired<'a>(&self, peers: &'a BTreeMap<Ipv4Net, Peer>) -> backend::Plan<'a> {
+        let devices = RouteDevices {
+            tunnel: self.tun_index,
+            underlay: self.underlay_index,
+        };
+        backend::plan(
+            &self.backend,
+            self.own_subnet,
+            peers.values(),
+            &self.on_link,
+            devices,
+        )
+    }
+}
+
+/// Logs and counts each refusal that is news (a peer refused for the first time, or
+/// for another reason than before), forgets those of peers no longer refused, and
+/// publishes the refused subnets (for `/readyz`).
+fn note_refusals(known: &mut BTreeMap<Ipv4Net, Refusal>, now: Vec<Refusal>, metrics: &Metrics) {
+    let current: BTreeMap<Ipv4Net, Refusal> = now
+        .into_iter()
+        .map(|refusal| (refusal.subnet(), refusal))
+        .collect();
+    for (subnet, refusal) in &current {
+        if known.get(subnet) != Some(refusal) {
+            tracing::warn!(reason = refusal.reason().name(), "{refusal}");
+            metrics.count_refused_peer(refusal.reason());
         }
-        (routes, table)
+    }
+    if !current.keys().eq(known.keys()) {
+        metrics.set_refused_peers(current.keys().copied().collect());
+    }
+    *known = current;
+}
+
+/// The IPv4 subnets of the underlay interface `index` (host bits cleared).
+async fn underlay_subnets(netlink: &Netlink, index: u32) -> anyhow::Result<Vec<Ipv4Net>> {
+    let mut subnets: Vec<Ipv4Net> = netlink
+        .addresses(index)
+        .await?
+        .into_iter()
+        .map(|net| net.trunc())
+        .collect();
+    subnets.dedup();
+    Ok(subnets)
+}
+
+/// Opens what a tunnel needs that outlives a plane rebuild: its sockets and the peer
+/// table (the devices and workers are the plane's).
+fn open_tunnel(
+    settings: &Settings,
+    lease: &LocalLease,
+    tunnel: Tunnel,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Shared> {
+    // Super-packets are only worth taking from TUN when they can leave in one UDP GSO
+    // send (VXLAN) or the tunnel segments them into one batch either way (IPIP).
+    let wanted = if tunnel.wants_tso_without_udp_gso() || io::udp_gso_supported() {
+        TUN_OFFLOADS
+    } else {
+        tracing::warn!("no UDP GSO (UDP_SEGMENT) in this kernel: TUN TSO off");
+        Offloads {
+            tso4: false,
+            ..TUN_OFFLOADS
+        }
+    };
+    let queues = worker_queues();
+    Ok(Shared {
+        busy_poll: settings.busy_poll,
+        kernel_encap: settings.kernel_encap,
+        name: tunnel.device_name(),
+        lease: lease.clone(),
+        encap: tunnel,
+        wanted,
+        queues,
+        receivers: tunnel.open_receivers(queues)?,
+        senders: Arc::new(tunnel.open_senders()?),
+        table: Arc::new(ArcSwap::from_pointee(PeerTable::empty(
+            lease.subnet.prefix_len(),
+        ))),
+        metrics: metrics.clone(),
+    })
+}
+
+/// What `/readyz` and `/v1/status` show of a data plane without a tunnel: the routes
+/// leave through the underlay device, which `/readyz` checks.
+fn routed_info(backend: &NodeBackend, lease: &LocalLease) -> crate::metrics::DataplaneInfo {
+    crate::metrics::DataplaneInfo {
+        device: lease.underlay_iface.clone(),
+        bridge: BRIDGE.to_owned(),
+        backend: backend.type_name(),
+        vni: None,
+        offloads: crate::metrics::ActiveOffloads {
+            tun_csum: false,
+            tun_tso4: false,
+            udp_segment: false,
+            udp_gro: false,
+            kernel_encap: false,
+        },
+        transmit_path: "routed",
+        transmit_path_reason: None,
+    }
+}
+
+/// The reconcile's device checks without a tunnel: cni0, and the underlay device the
+/// routes name (a re-created one has a new ifindex, and maybe other subnets).
+async fn check_routed(
+    netlink: &Netlink,
+    gateway: Ipv4Net,
+    lease: &LocalLease,
+    state: &mut RouteInputs,
+    metrics: &Metrics,
+) {
+    if let Err(error) = plane::check_bridge(netlink, gateway, lease.mtu, metrics).await {
+        tracing::warn!(error = %format!("{error:#}"), "repairing {BRIDGE} failed; retrying at the next reconcile");
+    }
+    let Ok(Some(underlay)) = netlink.link(&lease.underlay_iface).await else {
+        return;
+    };
+    if underlay.index != state.underlay_index {
+        state.underlay_index = underlay.index;
+        metrics.count_repair(crate::metrics::Repair::Underlay);
+        tracing::warn!(iface = %lease.underlay_iface, "the underlay device was re-created; routes follow it");
+    }
+    if let Ok(on_link) = underlay_subnets(netlink, underlay.index).await {
+        state.on_link = on_link;
     }
 }
 
@@ -413,6 +479,7 @@ fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
 mod tests {
     use super::*;
     use crate::lease::PeerBackend;
+    use crate::metrics::RefusalReason;
 
     fn peer(subnet: &str, ip: &str) -> Peer {
         Peer {
@@ -426,15 +493,15 @@ mod tests {
     }
 
     fn inputs(direct_routing: bool) -> RouteInputs {
+        let config = weft_config::Backend::Vxlan {
+            vni: 1,
+            port: 8472,
+            direct_routing,
+        };
         RouteInputs {
             own_subnet: "10.244.1.0/24".parse().unwrap(),
-            encap: Encap::Vxlan {
-                vni: 1,
-                port: 8472,
-                local_mac: [2, 0, 0, 0, 0, 1],
-            },
-            direct_routing,
-            underlay_net: Some("192.0.2.0/24".parse().unwrap()),
+            backend: NodeBackend::new(&config, [2, 0, 0, 0, 0, 1]),
+            on_link: vec!["192.0.2.0/24".parse().unwrap()],
             tun_index: 7,
             underlay_index: 2,
         }
@@ -485,14 +552,19 @@ mod tests {
         ] {
             peers.insert(p.subnet, p);
         }
-        let (routes, table) = inputs(false).desired(&peers);
-        assert_eq!(routes.len(), 2, "the udp-backend peer gets no route");
-        assert!(routes.iter().all(|r| r.gateway.is_none() && r.oif == 7));
-        assert!(table.iter().all(|(_, tunnelled)| *tunnelled));
+        let plan = inputs(false).desired(&peers);
+        assert_eq!(plan.routes.len(), 2, "the udp-backend peer gets no route");
+        assert!(plan
+            .routes
+            .iter()
+            .all(|r| r.gateway.is_none() && r.oif == 7));
+        assert!(plan.reachable.iter().all(|(_, tunnelled)| *tunnelled));
+        assert_eq!(plan.refused.len(), 1);
+        assert_eq!(plan.refused[0].reason(), RefusalReason::BackendMismatch);
 
-        let (routes, table) = inputs(true).desired(&peers);
+        let plan = inputs(true).desired(&peers);
         assert_eq!(
-            routes[0],
+            plan.routes[0],
             Route {
                 dst: "10.244.2.0/24".parse().unwrap(),
                 gateway: Some("192.0.2.2".parse().unwrap()),
@@ -500,30 +572,67 @@ mod tests {
             }
         );
         assert_eq!(
-            routes[1].oif, 7,
+            plan.routes[1].oif, 7,
             "a peer on another underlay subnet stays tunnelled"
         );
         assert_eq!(
-            table.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
+            plan.reachable.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
             [false, true]
         );
     }
 
     #[test]
-    fn device_names() {
+    fn each_refusal_is_counted_once_until_it_changes() {
+        let metrics = Metrics::default();
+        let mut known = BTreeMap::new();
+        let refused = |ip: &str| {
+            let peer = Peer {
+                backend: PeerBackend::HostGw,
+                ..peer("10.244.9.0/24", ip)
+            };
+            let host_gw = NodeBackend::new(&weft_config::Backend::HostGw, [0; 6]);
+            host_gw
+                .reach(&peer, &["192.0.2.0/24".parse().unwrap()])
+                .unwrap_err()
+        };
+        let total = || metrics.refused_peers_total(RefusalReason::NotOnLink);
+        note_refusals(&mut known, vec![refused("198.51.100.9")], &metrics);
+        assert_eq!(total(), 1);
+        assert_eq!(metrics.refused_peers(), ["10.244.9.0/24".parse().unwrap()]);
+        // Every reconcile and re-list plans again: the same refusal is not news.
+        note_refusals(&mut known, vec![refused("198.51.100.9")], &metrics);
+        assert_eq!(total(), 1);
+        // The peer's lease changed (another PublicIP, still off link): news.
+        note_refusals(&mut known, vec![refused("198.51.100.10")], &metrics);
+        assert_eq!(total(), 2);
+        // Gone, then back: counted again.
+        note_refusals(&mut known, Vec::new(), &metrics);
+        assert!(metrics.refused_peers().is_empty());
+        note_refusals(&mut known, vec![refused("198.51.100.10")], &metrics);
+        assert_eq!(total(), 3);
         assert_eq!(
-            device_name(&Backend::Vxlan {
+            metrics.refused_peers_total(RefusalReason::BackendMismatch),
+            0
+        );
+    }
+
+    #[test]
+    fn device_names() {
+        let name = |config| device_name(&config);
+        assert_eq!(
+            name(weft_config::Backend::Vxlan {
                 vni: 1,
                 port: 8472,
                 direct_routing: false
             }),
-            "weft.1"
+            Some("weft.1".to_owned())
         );
         assert_eq!(
-            device_name(&Backend::Ipip {
+            name(weft_config::Backend::Ipip {
                 direct_routing: false
             }),
-            "weft.ipip"
+            Some("weft.ipip".to_owned())
         );
+        assert_eq!(name(weft_config::Backend::HostGw), None);
     }
 }

@@ -159,6 +159,7 @@ pub struct SavedPeer {
 pub enum SavedBackend {
     Vxlan { vni: u32, vtep_mac: MacAddr },
     Ipip,
+    HostGw,
     Other { name: String },
 }
 
@@ -170,6 +171,7 @@ impl From<&Peer> for SavedPeer {
                 vtep_mac: MacAddr(*vtep_mac),
             },
             PeerBackend::Ipip => SavedBackend::Ipip,
+            PeerBackend::HostGw => SavedBackend::HostGw,
             PeerBackend::Other(name) => SavedBackend::Other { name: name.clone() },
         };
         SavedPeer {
@@ -188,6 +190,7 @@ impl From<&SavedPeer> for Peer {
                 vtep_mac: vtep_mac.0,
             },
             SavedBackend::Ipip => PeerBackend::Ipip,
+            SavedBackend::HostGw => PeerBackend::HostGw,
             SavedBackend::Other { name } => PeerBackend::Other(name.clone()),
         };
         Peer {
@@ -614,7 +617,12 @@ mod tests {
         peers.push(SavedPeer::from(&Peer {
             subnet: "10.244.5.0/24".parse().unwrap(),
             public_ip: Ipv4Addr::new(192, 0, 2, 5),
-            backend: PeerBackend::Other("host-gw".into()),
+            backend: PeerBackend::HostGw,
+        }));
+        peers.push(SavedPeer::from(&Peer {
+            subnet: "10.244.6.0/24".parse().unwrap(),
+            public_ip: Ipv4Addr::new(192, 0, 2, 6),
+            backend: PeerBackend::Other("udp".into()),
         }));
         LastKnown {
             netconf: NETCONF.into(),
@@ -654,13 +662,11 @@ mod tests {
         assert_eq!(restored.lease_id, 0x1234);
         assert_eq!(restored.peers_as_of_unix, NOW - 60);
         assert_eq!(restored.netconf, NetConf::parse(NETCONF).unwrap());
-        assert_eq!(restored.peers.len(), 4);
+        assert_eq!(restored.peers.len(), 5);
         assert_eq!(restored.peers[0], peer(2));
         assert_eq!(restored.peers[2].backend, PeerBackend::Ipip);
-        assert_eq!(
-            restored.peers[3].backend,
-            PeerBackend::Other("host-gw".into())
-        );
+        assert_eq!(restored.peers[3].backend, PeerBackend::HostGw);
+        assert_eq!(restored.peers[4].backend, PeerBackend::Other("udp".into()));
         LastKnown::remove(dir.path()).unwrap();
         LastKnown::remove(dir.path()).unwrap();
         assert_eq!(LastKnown::load(dir.path()), Ok(None));

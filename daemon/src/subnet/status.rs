@@ -94,6 +94,7 @@ impl From<&Peer> for PeerView {
                 Some(weft_proto::lease::MacAddr(*vtep_mac).to_string()),
             ),
             PeerBackend::Ipip => ("ipip".to_owned(), None, None),
+            PeerBackend::HostGw => ("host-gw".to_owned(), None, None),
             PeerBackend::Other(name) => (name.clone(), None, None),
         };
         PeerView {
