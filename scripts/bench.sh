@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark (contract §7): weft vs the kernel's vxlan vs no encapsulation, pod to pod
+# The benchmark (docs/bench.md): weft vs the kernel's vxlan vs no encapsulation, pod to pod
 # across two lab nodes, every path in one run. Prints a table and writes
 # target/bench/results.json and target/bench/results.svg.
 #

@@ -1,7 +1,7 @@
 //! The round trip against how long the machine idles between pings: a kernel-vxlan and
 //! a weft-vxlan lab side by side, pinged in turn at each interval. The bench's `rtt`
 //! pings every 10 ms; on a VM that halts its idle vCPUs, everything runs slower after
-//! 10 ms idle than after 1, and weft has more to run (ARCHITECTURE.md, "Latency").
+//! 10 ms idle than after 1, and weft has more to run (docs/performance-notes.md, "Latency").
 //!
 //! ```text
 //! cargo run --release -p weft-bench --example rtt_sweep -- --count 600

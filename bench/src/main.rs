@@ -1,5 +1,5 @@
 //! `weft-bench`: weft vs the kernel's vxlan vs no encapsulation, side by side, in one
-//! run on one machine (contract §7).
+//! run on one machine (docs/bench.md).
 //!
 //! For each path it builds the two-node lab, checks the pods reach each other, runs
 //! every test, and tears the lab down before the next path. A path that cannot be built
@@ -253,7 +253,7 @@ fn progress(run: &Run) -> String {
     }
 }
 
-/// The `WEFTD_*` variables of our environment (contract §4: every flag is also
+/// The `WEFTD_*` variables of our environment (docs/weftd.md: every flag is also
 /// `WEFTD_<NAME>`), which every weftd of the lab inherits.
 fn weftd_env() -> Vec<String> {
     let mut vars: Vec<String> = std::env::vars()

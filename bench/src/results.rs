@@ -1,5 +1,5 @@
 //! What a benchmark run produced: the paths and tests, the results document
-//! (`target/bench/results.json`, contract §7) and the table printed on stdout.
+//! (`target/bench/results.json`, docs/bench.md) and the table printed on stdout.
 
 use std::fmt::Write as _;
 
@@ -356,7 +356,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn json_has_the_contract_shape() {
+    fn json_has_the_documented_shape() {
         let results = sample();
         let json: serde_json::Value = serde_json::to_value(&results).unwrap();
         let top: Vec<&str> = json

@@ -8,24 +8,24 @@ use proptest::prelude::*;
 use weft_config::subnet_env::SubnetEnvError;
 use weft_config::SubnetEnv;
 
-const CONTRACT_EXAMPLE: &str = "FLANNEL_NETWORK=10.244.0.0/16
+const DOCUMENTED_EXAMPLE: &str = "FLANNEL_NETWORK=10.244.0.0/16
 FLANNEL_SUBNET=10.244.1.1/24
 FLANNEL_MTU=1450
 FLANNEL_IPMASQ=false
 ";
 
 fn sample() -> SubnetEnv {
-    SubnetEnv::parse(CONTRACT_EXAMPLE).unwrap()
+    SubnetEnv::parse(DOCUMENTED_EXAMPLE).unwrap()
 }
 
 #[test]
-fn contract_example_parses_and_renders_byte_for_byte() {
+fn documented_example_parses_and_renders_byte_for_byte() {
     let env = sample();
     assert_eq!(env.network, "10.244.0.0/16".parse::<Ipv4Net>().unwrap());
     assert_eq!(env.subnet, "10.244.1.1/24".parse::<Ipv4Net>().unwrap());
     assert_eq!(env.mtu, 1450);
     assert!(!env.ipmasq);
-    assert_eq!(env.render(), CONTRACT_EXAMPLE);
+    assert_eq!(env.render(), DOCUMENTED_EXAMPLE);
 }
 
 /// flannel's Documentation/configuration.md dual-stack example: the IPv6 keys are
@@ -63,7 +63,7 @@ fn comments_blank_lines_crlf_and_order_are_tolerated() {
 
 #[test]
 fn bad_files() {
-    let full = |replace: &str, with: &str| CONTRACT_EXAMPLE.replace(replace, with);
+    let full = |replace: &str, with: &str| DOCUMENTED_EXAMPLE.replace(replace, with);
     let cases: Vec<(&str, String, &[&str])> = vec![
         ("empty", String::new(), &["FLANNEL_NETWORK is missing"]),
         (
@@ -118,12 +118,12 @@ fn bad_files() {
         ),
         (
             "duplicate key",
-            format!("{CONTRACT_EXAMPLE}FLANNEL_MTU=1400\n"),
+            format!("{DOCUMENTED_EXAMPLE}FLANNEL_MTU=1400\n"),
             &["line 5", "FLANNEL_MTU appears twice"],
         ),
         (
             "line without =",
-            format!("{CONTRACT_EXAMPLE}garbage here\n"),
+            format!("{DOCUMENTED_EXAMPLE}garbage here\n"),
             &["line 5", "expected KEY=VALUE", "garbage here"],
         ),
     ];
@@ -143,7 +143,7 @@ fn bad_files() {
 fn read_names_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("subnet.env");
-    std::fs::write(&path, CONTRACT_EXAMPLE.replace("1450", "x")).unwrap();
+    std::fs::write(&path, DOCUMENTED_EXAMPLE.replace("1450", "x")).unwrap();
     let err = SubnetEnv::read(&path).unwrap_err().to_string();
     assert!(
         err.starts_with(&format!("{} line 3: FLANNEL_MTU", path.display())),
@@ -165,7 +165,7 @@ fn write_atomic_creates_the_directory_replaces_and_leaves_no_temp_files() {
     let path = dir.path().join("run/flannel/subnet.env");
     let mut env = sample();
     env.write_atomic(&path).unwrap();
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), CONTRACT_EXAMPLE);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), DOCUMENTED_EXAMPLE);
     assert_eq!(SubnetEnv::read(&path).unwrap(), env);
 
     env.subnet = "10.244.9.1/24".parse().unwrap();

@@ -55,7 +55,7 @@ fn error(config: &Path, flags: &[&str], env: &[(&str, &str)]) -> String {
 }
 
 #[test]
-fn defaults_are_the_contracts() {
+fn defaults_are_the_documented_ones() {
     let fx = Fixture::new();
     let s = settings(&fx.config(""), &[], &[]).unwrap();
     let expected = Settings {

@@ -53,7 +53,7 @@ pub enum DropReason {
     /// A packet too big for the underlay that could not be segmented.
     TxTooBig,
     /// The sending socket's buffer or the underlay device's queue stayed full for
-    /// longer than a send may wait (`worker::SendPacer`).
+    /// longer than a send may wait (`pacer::SendPacer`).
     TxSocketFull,
 }
 

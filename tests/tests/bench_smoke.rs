@@ -1,5 +1,5 @@
 //! weft-bench end to end, kept short: one real path measured, one path that cannot be
-//! built, and the outputs contract §7 promises (table, results.json, results.svg).
+//! built, and the outputs docs/bench.md promises (table, results.json, results.svg).
 
 use std::process::Command;
 

@@ -65,7 +65,7 @@ enum Kind {
 }
 
 impl Kind {
-    /// The drop reason the contract implies (§4: only from PublicIPs of current leases,
+    /// The drop reason docs/etcd-schema.md ("On the wire") implies (only from PublicIPs of current leases,
     /// only with an inner source inside that lease's subnet; our VNI; for our subnet).
     fn reason(self, backend: Backend) -> &'static str {
         match self {

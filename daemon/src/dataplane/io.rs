@@ -60,7 +60,7 @@ const SENDER_ERROR_QUEUE_BYTES: usize = 16 << 10;
 /// How every sending socket is set up:
 /// * non-blocking: a full send buffer fails the send with `EAGAIN` instead of putting
 ///   the worker (and with it the receive half it also serves) to sleep; the worker then
-///   waits for room with a deadline (`worker::SendPacer`);
+///   waits for room with a deadline (`pacer::SendPacer`);
 /// * `IP_RECVERR`: without it Linux reports none of a UDP or raw socket's local drops
 ///   (`ENOBUFS` from a full queue is turned into success, `udp_send_skb`) nor ICMP
 ///   errors for unconnected sockets; with it they fail the send or land in the error

@@ -12,14 +12,19 @@
 //! packets never pass through here: [`worker`] threads move them between the TUN device
 //! and the underlay socket.
 
+mod batch;
 pub mod bpf;
 pub mod io;
+mod pacer;
 pub mod packet;
 pub mod peers;
 mod plane;
+mod receive;
 pub mod repair;
 pub mod reply_wait;
+mod send;
 pub mod tap_encap;
+mod transmit;
 pub mod tun;
 pub mod worker;
 
@@ -43,7 +48,7 @@ use plane::{Plane, Repairer, Shared};
 use tun::Offloads;
 
 /// What the kernel may hand us from TUN: partial checksums and TCPv4 super-packets
-/// (segmented by the queue workers, see `worker::Transmitter`).
+/// (segmented by the queue workers, see `transmit::Transmitter`).
 const TUN_OFFLOADS: Offloads = Offloads {
     csum: true,
     tso4: true,
@@ -96,15 +101,63 @@ pub async fn run(
     .await
 }
 
-/// [`run`], counting into `metrics` (which the caller exports).
+/// [`run`], counting into `metrics` (which the caller exports). Three phases: [`start`]
+/// (bridge, sockets, the first plane, host rules), [`Control::serve`] (peer events,
+/// worker faults and the reconcile tick until shutdown), [`Control::stop`].
 pub async fn run_with_metrics(
     settings: Settings,
     lease: LocalLease,
-    mut events: mpsc::Receiver<PeerEvent>,
-    mut shutdown: watch::Receiver<bool>,
+    events: mpsc::Receiver<PeerEvent>,
+    shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let netlink = Netlink::connect().context("opening netlink")?;
+    let Started {
+        shared,
+        plane,
+        routes,
+        host_rules,
+        gateway,
+    } = start(&netlink, &settings, &lease, &metrics).await?;
+    let mut control = Control {
+        netlink: &netlink,
+        lease: &lease,
+        metrics: &metrics,
+        shared: shared.as_ref(),
+        repairs: shared
+            .as_ref()
+            .map(|shared| Repairer::new(&netlink, shared, gateway)),
+        gateway,
+        plane,
+        routes,
+        host_rules,
+        peers: BTreeMap::new(),
+        refused: BTreeMap::new(),
+    };
+    let result = control.serve(events, shutdown).await;
+    control.stop(settings.cleanup_on_exit).await?;
+    result
+}
+
+/// What [`start`] set up: everything the control loop works on.
+struct Started {
+    /// The tunnel's sockets and peer table; `None` for a backend without a tunnel.
+    shared: Option<Shared>,
+    plane: Option<Plane>,
+    routes: RouteInputs,
+    host_rules: crate::firewall::HostRules,
+    /// cni0's address.
+    gateway: Ipv4Net,
+}
+
+/// The start: cni0, the sockets (which outlive planes), the first plane, the host
+/// firewall rules.
+async fn start(
+    netlink: &Netlink,
+    settings: &Settings,
+    lease: &LocalLease,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Started> {
     let backend = NodeBackend::new(&lease.netconf.backend, lease.vtep_mac);
     let subnet_len = lease.subnet.prefix_len();
 
@@ -115,7 +168,7 @@ pub async fn run_with_metrics(
         .with_context(|| format!("setting up bridge {BRIDGE}"))?;
 
     let underlay = netlink.require_link(&lease.underlay_iface).await?;
-    let on_link = underlay_subnets(&netlink, underlay.index).await?;
+    let on_link = underlay_subnets(netlink, underlay.index).await?;
     if backend.tunnel().is_none() && !is_on_link(lease.public_ip, &on_link) {
         // flannel's host-gw refuses this too: peers route to our PublicIP as a
         // next hop on their L2 network, which a NATed or foreign address is not.
@@ -132,25 +185,24 @@ pub async fn run_with_metrics(
     // The tunnel's devices, sockets and workers; a backend without one (host-gw) only
     // routes.
     let shared = match backend.tunnel() {
-        Some(tunnel) => Some(open_tunnel(&settings, &lease, tunnel, &metrics)?),
+        Some(tunnel) => Some(open_tunnel(settings, lease, tunnel, metrics)?),
         None => None,
     };
     let plane = match &shared {
-        Some(shared) => Some(Plane::start(&netlink, shared, &underlay).await?),
+        Some(shared) => Some(Plane::start(netlink, shared, &underlay).await?),
         None => None,
     };
     let tun_index = plane.as_ref().map_or(0, |plane| plane.built.tun_index);
-    let name = shared.as_ref().map(|shared| shared.name.clone());
 
     let mut host_rules =
-        crate::firewall::HostRules::new(&settings, lease.netconf.network, lease.subnet);
+        crate::firewall::HostRules::new(settings, lease.netconf.network, lease.subnet);
     host_rules
         .install()
         .await
         .context("installing the masquerade rules")?;
     let info = match (&plane, &shared) {
         (Some(plane), Some(shared)) => plane.info(shared),
-        _ => routed_info(&backend, &lease),
+        _ => routed_info(&backend, lease),
     };
     tracing::info!(
         device = %info.device, backend = info.backend, subnet = %lease.subnet,
@@ -159,170 +211,20 @@ pub async fn run_with_metrics(
     );
     metrics.set_up(info);
 
-    let mut state = RouteInputs {
+    let routes = RouteInputs {
         own_subnet: lease.subnet,
         backend,
         on_link,
         tun_index,
         underlay_index: underlay.index,
     };
-    let mut repairs = shared
-        .as_ref()
-        .map(|shared| Repairer::new(&netlink, shared, gateway));
-    // `None` between a failed rebuild and the next attempt, and without a tunnel.
-    let mut plane = plane;
-    let mut peers: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
-    let mut refused: BTreeMap<Ipv4Net, Refusal> = BTreeMap::new();
-    // The first reconcile one period from now, not at once: the peer snapshot that
-    // follows the start must come first, or routes from the last run would be deleted
-    // and put back a moment later.
-    let mut reconcile = tokio::time::interval_at(
-        tokio::time::Instant::now() + RECONCILE_PERIOD,
-        RECONCILE_PERIOD,
-    );
-    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result = loop {
-        let faults = plane.as_ref().map(|plane| plane.faults.clone());
-        let fault_reported = async {
-            match &faults {
-                Some(faults) => faults.reported().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => {
-                    apply_event(&mut peers, event, &lease.subnet);
-                    // A burst of events (a watch catching up, many nodes joining) is
-                    // applied as one: one table swap and one route reconcile.
-                    while let Ok(event) = events.try_recv() {
-                        apply_event(&mut peers, event, &lease.subnet);
-                    }
-                    // Gone peers' series go; before the table swap, so no worker can
-                    // register a peer that just left.
-                    metrics.retain_peers(peers.values().map(|p| (p.subnet, p.public_ip)));
-                    let plan = state.desired(&peers);
-                    note_refusals(&mut refused, plan.refused, &metrics);
-                    if let Some(shared) = &shared {
-                        shared.table.store(Arc::new(PeerTable::build(subnet_len, &shared.encap, plan.reachable)));
-                    }
-                    if let Err(error) = sync_routes(&netlink, &plan.routes, &metrics).await {
-                        tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
-                    }
-                }
-                None => break Ok(()),
-            },
-            // A worker's fault is repaired at once, not at the next tick.
-            () = fault_reported => {
-                if let Some(repairs) = &mut repairs {
-                    repairs.check(&mut plane, &mut state).await;
-                }
-                if let Err(error) = sync_routes(&netlink, &state.desired(&peers).routes, &metrics).await {
-                    tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
-                }
-            }
-            _ = reconcile.tick() => {
-                match &mut repairs {
-                    Some(repairs) => repairs.check(&mut plane, &mut state).await,
-                    None => check_routed(&netlink, gateway, &lease, &mut state, &metrics).await,
-                }
-                let plan = state.desired(&peers);
-                note_refusals(&mut refused, plan.refused, &metrics);
-                match sync_routes(&netlink, &plan.routes, &metrics).await {
-                    Ok(fixes) => {
-                        metrics.route_reconcile_fixes.fetch_add(fixes as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Err(error) => tracing::warn!(error = %format!("{error:#}"), "route reconcile failed"),
-                }
-                sample_underlay_stats(&netlink, &lease.underlay_iface, &metrics).await;
-                host_rules.reconcile(&metrics).await;
-                if let Some(shared) = &shared {
-                    worker::drain_send_error_queues(&shared.senders, &metrics);
-                }
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    break Ok(());
-                }
-            }
-        }
-    };
-
-    metrics.set_down();
-    let devices = match plane {
-        Some(plane) => Some(plane.stop().await?),
-        None => None,
-    };
-
-    // The masquerade table and forward rules stay (a restart replaces them atomically),
-    // so pods keep NAT and forwarding while weftd is down.
-    if settings.cleanup_on_exit {
-        host_rules.cleanup().await;
-        sync_routes(&netlink, &[], &metrics).await?;
-        if let Some((tun, tap_encap)) = devices {
-            tun.set_transient()?;
-            // The TAP and its program go with the last descriptor.
-            drop((tun, tap_encap));
-        }
-        if let Some(name) = &name {
-            if let Some(link) = netlink.link(name).await? {
-                netlink.delete_link(link.index).await?;
-            }
-            tracing::info!(device = %name, "removed TUN device (--cleanup-on-exit)");
-        }
-        tracing::info!("removed routes (--cleanup-on-exit)");
-    }
-    result
-}
-
-/// What the route and peer-table computation depends on besides the peers.
-#[derive(Debug, Clone)]
-struct RouteInputs {
-    own_subnet: Ipv4Net,
-    backend: NodeBackend,
-    /// The underlay interface's IPv4 subnets: a PublicIP in one is directly connected.
-    on_link: Vec<Ipv4Net>,
-    tun_index: u32,
-    underlay_index: u32,
-}
-
-impl RouteInputs {
-    /// The backend's plan: desired routes, each reachable peer with whether it is
-    /// reached through the tunnel (`false`: a plain route via its PublicIP, host-gw's
-    /// and DirectRouting's), and the refused peers.
-    fn desired<'a>(&self, peers: &'a BTreeMap<Ipv4Net, Peer>) -> backend::Plan<'a> {
-        let devices = RouteDevices {
-            tunnel: self.tun_index,
-            underlay: self.underlay_index,
-        };
-        backend::plan(
-            &self.backend,
-            self.own_subnet,
-            peers.values(),
-            &self.on_link,
-            devices,
-        )
-    }
-}
-
-/// Logs and counts each refusal that is news (a peer refused for the first time, or
-/// for another reason than before), forgets those of peers no longer refused, and
-/// publishes the refused subnets (for `/readyz`).
-fn note_refusals(known: &mut BTreeMap<Ipv4Net, Refusal>, now: Vec<Refusal>, metrics: &Metrics) {
-    let current: BTreeMap<Ipv4Net, Refusal> = now
-        .into_iter()
-        .map(|refusal| (refusal.subnet(), refusal))
-        .collect();
-    for (subnet, refusal) in &current {
-        if known.get(subnet) != Some(refusal) {
-            tracing::warn!(reason = refusal.reason().name(), "{refusal}");
-            metrics.count_refused_peer(refusal.reason());
-        }
-    }
-    if !current.keys().eq(known.keys()) {
-        metrics.set_refused_peers(current.keys().copied().collect());
-    }
-    *known = current;
+    Ok(Started {
+        shared,
+        plane,
+        routes,
+        host_rules,
+        gateway,
+    })
 }
 
 /// The IPv4 subnets of the underlay interface `index` (host bits cleared).
@@ -417,6 +319,220 @@ async fn check_routed(
     if let Ok(on_link) = underlay_subnets(netlink, underlay.index).await {
         state.on_link = on_link;
     }
+}
+
+/// The control loop's state between [`start`] and [`Control::stop`].
+struct Control<'a> {
+    netlink: &'a Netlink,
+    lease: &'a LocalLease,
+    metrics: &'a Arc<Metrics>,
+    /// The tunnel's sockets and peer table; `None` for a backend without a tunnel.
+    shared: Option<&'a Shared>,
+    /// The tunnel's device checks; without a tunnel, [`check_routed`].
+    repairs: Option<Repairer<'a>>,
+    /// cni0's address.
+    gateway: Ipv4Net,
+    /// `None` between a failed rebuild and the next attempt, and without a tunnel.
+    plane: Option<Plane>,
+    routes: RouteInputs,
+    host_rules: crate::firewall::HostRules,
+    peers: BTreeMap<Ipv4Net, Peer>,
+    /// The peers the backend refuses now, each logged and counted once.
+    refused: BTreeMap<Ipv4Net, Refusal>,
+}
+
+impl Control<'_> {
+    /// Serves peer events, worker faults and the reconcile tick until `shutdown` turns
+    /// true or the events end.
+    async fn serve(
+        &mut self,
+        mut events: mpsc::Receiver<PeerEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        // The first reconcile one period from now, not at once: the peer snapshot that
+        // follows the start must come first, or routes from the last run would be
+        // deleted and put back a moment later.
+        let mut reconcile = tokio::time::interval_at(
+            tokio::time::Instant::now() + RECONCILE_PERIOD,
+            RECONCILE_PERIOD,
+        );
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let faults = self.plane.as_ref().map(|plane| plane.faults.clone());
+            let fault_reported = async {
+                match &faults {
+                    Some(faults) => faults.reported().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.on_events(event, &mut events).await,
+                    None => return Ok(()),
+                },
+                // A worker's fault is repaired at once, not at the next tick.
+                () = fault_reported => self.on_fault().await,
+                _ = reconcile.tick() => self.on_reconcile().await,
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies `first` and every event already queued behind it.
+    async fn on_events(&mut self, first: PeerEvent, events: &mut mpsc::Receiver<PeerEvent>) {
+        let own_subnet = self.lease.subnet;
+        apply_event(&mut self.peers, first, &own_subnet);
+        // A burst of events (a watch catching up, many nodes joining) is applied as
+        // one: one table swap and one route reconcile.
+        while let Ok(event) = events.try_recv() {
+            apply_event(&mut self.peers, event, &own_subnet);
+        }
+        // Gone peers' series go; before the table swap, so no worker can register a
+        // peer that just left.
+        self.metrics
+            .retain_peers(self.peers.values().map(|p| (p.subnet, p.public_ip)));
+        let plan = self.routes.desired(&self.peers);
+        note_refusals(&mut self.refused, plan.refused, self.metrics);
+        if let Some(shared) = self.shared {
+            shared.table.store(Arc::new(PeerTable::build(
+                own_subnet.prefix_len(),
+                &shared.encap,
+                plan.reachable,
+            )));
+        }
+        if let Err(error) = sync_routes(self.netlink, &plan.routes, self.metrics).await {
+            tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
+        }
+    }
+
+    /// A worker reported a lost TUN queue or a failed TAP.
+    async fn on_fault(&mut self) {
+        if let Some(repairs) = &mut self.repairs {
+            repairs.check(&mut self.plane, &mut self.routes).await;
+        }
+        let routes = self.routes.desired(&self.peers).routes;
+        if let Err(error) = sync_routes(self.netlink, &routes, self.metrics).await {
+            tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
+        }
+    }
+
+    /// The periodic reconcile: devices, routes, underlay counters, host rules, the
+    /// sending sockets' error queues.
+    async fn on_reconcile(&mut self) {
+        match &mut self.repairs {
+            Some(repairs) => repairs.check(&mut self.plane, &mut self.routes).await,
+            None => {
+                check_routed(
+                    self.netlink,
+                    self.gateway,
+                    self.lease,
+                    &mut self.routes,
+                    self.metrics,
+                )
+                .await
+            }
+        }
+        let plan = self.routes.desired(&self.peers);
+        note_refusals(&mut self.refused, plan.refused, self.metrics);
+        match sync_routes(self.netlink, &plan.routes, self.metrics).await {
+            Ok(fixes) => {
+                self.metrics
+                    .route_reconcile_fixes
+                    .fetch_add(fixes as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(error) => tracing::warn!(error = %format!("{error:#}"), "route reconcile failed"),
+        }
+        sample_underlay_stats(self.netlink, &self.lease.underlay_iface, self.metrics).await;
+        self.host_rules.reconcile(self.metrics).await;
+        if let Some(shared) = self.shared {
+            worker::drain_send_error_queues(&shared.senders, self.metrics);
+        }
+    }
+
+    /// Stops the workers; with `cleanup` (`--cleanup-on-exit`) also removes the host
+    /// rules, routes and devices.
+    async fn stop(self, cleanup: bool) -> anyhow::Result<()> {
+        self.metrics.set_down();
+        let devices = match self.plane {
+            Some(plane) => Some(plane.stop().await?),
+            None => None,
+        };
+        // The masquerade table and forward rules stay (a restart replaces them
+        // atomically), so pods keep NAT and forwarding while weftd is down.
+        if cleanup {
+            let mut host_rules = self.host_rules;
+            host_rules.cleanup().await;
+            sync_routes(self.netlink, &[], self.metrics).await?;
+            if let Some((tun, tap_encap)) = devices {
+                tun.set_transient()?;
+                // The TAP and its program go with the last descriptor.
+                drop((tun, tap_encap));
+            }
+            if let Some(shared) = self.shared {
+                let name = &shared.name;
+                if let Some(link) = self.netlink.link(name).await? {
+                    self.netlink.delete_link(link.index).await?;
+                }
+                tracing::info!(device = %name, "removed TUN device (--cleanup-on-exit)");
+            }
+            tracing::info!("removed routes (--cleanup-on-exit)");
+        }
+        Ok(())
+    }
+}
+
+/// What the route and peer-table computation depends on besides the peers.
+#[derive(Debug, Clone)]
+struct RouteInputs {
+    own_subnet: Ipv4Net,
+    backend: NodeBackend,
+    /// The underlay interface's IPv4 subnets: a PublicIP in one is directly connected.
+    on_link: Vec<Ipv4Net>,
+    tun_index: u32,
+    underlay_index: u32,
+}
+
+impl RouteInputs {
+    /// The backend's plan: desired routes, each reachable peer with whether it is
+    /// reached through the tunnel (`false`: a plain route via its PublicIP, host-gw's
+    /// and DirectRouting's), and the refused peers.
+    fn desired<'a>(&self, peers: &'a BTreeMap<Ipv4Net, Peer>) -> backend::Plan<'a> {
+        let devices = RouteDevices {
+            tunnel: self.tun_index,
+            underlay: self.underlay_index,
+        };
+        backend::plan(
+            &self.backend,
+            self.own_subnet,
+            peers.values(),
+            &self.on_link,
+            devices,
+        )
+    }
+}
+
+/// Logs and counts each refusal that is news (a peer refused for the first time, or
+/// for another reason than before), forgets those of peers no longer refused, and
+/// publishes the refused subnets (for `/readyz`).
+fn note_refusals(known: &mut BTreeMap<Ipv4Net, Refusal>, now: Vec<Refusal>, metrics: &Metrics) {
+    let current: BTreeMap<Ipv4Net, Refusal> = now
+        .into_iter()
+        .map(|refusal| (refusal.subnet(), refusal))
+        .collect();
+    for (subnet, refusal) in &current {
+        if known.get(subnet) != Some(refusal) {
+            tracing::warn!(reason = refusal.reason().name(), "{refusal}");
+            metrics.count_refused_peer(refusal.reason());
+        }
+    }
+    if !current.keys().eq(known.keys()) {
+        metrics.set_refused_peers(current.keys().copied().collect());
+    }
+    *known = current;
 }
 
 fn apply_event(peers: &mut BTreeMap<Ipv4Net, Peer>, event: PeerEvent, own_subnet: &Ipv4Net) {

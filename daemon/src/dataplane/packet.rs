@@ -22,7 +22,7 @@ use crate::metrics::DropReason;
 
 /// Bytes reserved in front of the inner packet in every transmit buffer: room for the
 /// largest thing written there, a frame for the encapsulating TAP (vnet header +
-/// Ethernet + VXLAN's outer headers: 74, see `worker::TapQueue`), 16-byte aligned.
+/// Ethernet + VXLAN's outer headers: 74, see `transmit::TapQueue`), 16-byte aligned.
 pub const HEADROOM: usize = 80;
 const _: () = assert!(HEADROOM >= weft_proto::ipip::HEADROOM && HEADROOM >= VXLAN_OVERHEAD);
 /// VXLAN header (8) + inner Ethernet header (14).

@@ -159,7 +159,7 @@ pub fn conflist(kind: CniKind, node: &NodeInfo, subnet: ipnet::Ipv4Net, mtu: u32
             })
         }
     };
-    // Chained like the contract's example conflist: the reference portmap after the
+    // Chained like the documented example conflist: the reference portmap after the
     // main plugin (it must pass the result through and run its DEL too).
     let portmap = serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}});
     serde_json::json!({"cniVersion": "1.0.0", "name": "weft", "plugins": [plugin, portmap]})
