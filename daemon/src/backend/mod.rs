@@ -16,13 +16,18 @@ pub mod ipip;
 pub mod vxlan;
 
 use std::net::Ipv4Addr;
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
+use weft_proto::error::EncapError;
+use weft_proto::ipv4::OuterIpv4;
 
+use crate::dataplane::packet::{accept_ipip, accept_vxlan, Accepted};
+use crate::dataplane::peers::PeerTable;
 use crate::lease::{MacAddr, Peer, PeerBackend};
-use crate::metrics::RefusalReason;
+use crate::metrics::{DropReason, RefusalReason};
 use crate::netlink::Route;
 
 /// What a backend decides. Pure: no I/O, so every rule is unit-tested with plain data.
@@ -300,6 +305,87 @@ impl Tunnel {
         match self {
             Tunnel::Vxlan { .. } => vxlan::open_senders(),
             Tunnel::Ipip => ipip::open_senders(),
+        }
+    }
+
+    // The hot path's per-backend steps: each delegates to the code that does it.
+
+    /// Receive: whether `datagram` (from outer source `source`) is this tunnel's packet
+    /// for a pod here from a current peer, and where its inner packet is; else the
+    /// drop reason (`dataplane::packet`'s rules).
+    #[inline]
+    pub fn accept(
+        &self,
+        datagram: &[u8],
+        source: Ipv4Addr,
+        own_subnet: &Ipv4Net,
+        peers: &PeerTable,
+    ) -> Result<Accepted, DropReason> {
+        match self {
+            Tunnel::Vxlan { vni, .. } => accept_vxlan(datagram, source, *vni, own_subnet, peers),
+            Tunnel::Ipip => accept_ipip(datagram, own_subnet, peers),
+        }
+    }
+
+    /// Transmit through the kernel (`dataplane::tap_encap`): every header of the frame
+    /// written in front of the inner packet at `slot[headroom..headroom + inner_len]`,
+    /// addressed with `outer` (VXLAN: to the peer's VTEP MAC `peer_mac`); the frame's
+    /// range in `slot`.
+    #[inline]
+    pub fn write_tap_frame(
+        &self,
+        slot: &mut [u8],
+        headroom: usize,
+        inner_len: usize,
+        peer_mac: MacAddr,
+        outer: OuterIpv4,
+    ) -> Result<Range<usize>, EncapError> {
+        match *self {
+            Tunnel::Vxlan {
+                vni,
+                port,
+                local_mac,
+            } => vxlan::write_tap_frame(
+                slot, headroom, inner_len, vni, port, local_mac, peer_mac, outer,
+            ),
+            Tunnel::Ipip => ipip::write_tap_frame(slot, headroom, inner_len, outer),
+        }
+    }
+
+    /// Transmit from userspace sockets (the kernel adds the outer IPv4 header, and UDP
+    /// for VXLAN): what goes in front of the inner packet at `slot[headroom..]` (VXLAN:
+    /// its header and the inner Ethernet header; IPIP: nothing); where the datagram
+    /// starts.
+    #[inline]
+    pub fn write_datagram_headers(
+        &self,
+        slot: &mut [u8],
+        headroom: usize,
+        peer_mac: &MacAddr,
+    ) -> usize {
+        match self {
+            Tunnel::Vxlan { vni, local_mac, .. } => {
+                vxlan::write_datagram_headers(slot, headroom, *vni, local_mac, peer_mac)
+            }
+            Tunnel::Ipip => headroom,
+        }
+    }
+
+    /// The outer headers the TAP's tc program declares, after the frame's Ethernet
+    /// header (`dataplane::tap_encap`).
+    pub fn tap_outer_len(&self) -> usize {
+        match self {
+            Tunnel::Vxlan { .. } => weft_proto::vxlan::OVERHEAD,
+            Tunnel::Ipip => weft_proto::ipip::OVERHEAD,
+        }
+    }
+
+    /// The TAP's tc program's `bpf_skb_adjust_room` flags (`BPF_F_ADJ_ROOM_*`): what
+    /// the kernel is told the outer headers are.
+    pub fn tap_adjust_room_flags(&self) -> u64 {
+        match self {
+            Tunnel::Vxlan { .. } => vxlan::TAP_ADJUST_ROOM_FLAGS,
+            Tunnel::Ipip => ipip::TAP_ADJUST_ROOM_FLAGS,
         }
     }
 }

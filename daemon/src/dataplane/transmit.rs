@@ -17,9 +17,8 @@ use super::worker::{LogLimiter, WorkerContext, BATCH, MAX_INNER_PACKET};
 use crate::lease::MacAddr;
 use crate::metrics::{Direction, DropReason, PeerTally};
 use weft_proto::ipv4::OuterIpv4;
-use weft_proto::udp::UdpChecksum;
 use weft_proto::vnet::{GsoType, VirtioNetHdr, VirtioNetRepr};
-use weft_proto::{flow, gso, ipip, vxlan};
+use weft_proto::{flow, gso};
 
 /// IPIP's one sending socket when there is no encapsulating TAP (`tap_encap`), and for
 /// the rare super-packet too long for one outer header.
@@ -39,10 +38,6 @@ pub struct TapQueue {
 const TAP_PREFIX: usize = VNET_HDR_LEN + weft_proto::vxlan::HEADROOM;
 const _: () = assert!(HEADROOM >= TAP_PREFIX);
 
-/// Ports the outer UDP source port is chosen from, by inner flow: the kernel vxlan
-/// device's default (the local ephemeral range).
-const VXLAN_SRC_PORTS: (u16, u16) = (32_768, 61_000);
-
 impl TapQueue {
     /// Writes `slot[HEADROOM..HEADROOM + inner_len]` (read from TUN with `vnet`) as one
     /// frame: the complete outer headers in front of it, `vnet` in front of those with
@@ -56,7 +51,7 @@ impl TapQueue {
         peer: &PeerEntry,
         ident: &mut OuterIdent,
     ) -> Result<(), TapSendError> {
-        let mut outer = OuterIpv4 {
+        let outer = OuterIpv4 {
             src_addr: self.local_ip,
             dst_addr: peer.public_ip,
             ttl: super::tap_encap::OUTER_TTL,
@@ -66,47 +61,9 @@ impl TapQueue {
             ident: ident.take(vnet.segments(inner_len)),
             dont_frag: true,
         };
-        let frame = match encap {
-            Encap::Ipip => ipip::encap_frame(
-                slot,
-                HEADROOM,
-                inner_len,
-                &ipip::IpipFrame {
-                    outer_src_mac: weft_proto::MacAddr(super::tap_encap::FRAME_SRC_MAC),
-                    outer_dst_mac: weft_proto::MacAddr(super::tap_encap::FRAME_DST_MAC),
-                    outer,
-                },
-            ),
-            Encap::Vxlan {
-                vni,
-                port,
-                local_mac,
-            } => {
-                // As the kernel's vxlan device: fragments allowed on the way.
-                outer.dont_frag = false;
-                let inner = &slot[HEADROOM..HEADROOM + inner_len];
-                let src_port = flow::flow_src_port(inner, VXLAN_SRC_PORTS.0, VXLAN_SRC_PORTS.1);
-                vxlan::encap_frame(
-                    slot,
-                    HEADROOM,
-                    inner_len,
-                    &vxlan::VxlanFrame {
-                        encap: vxlan::VxlanEncap {
-                            vni: *vni,
-                            src_mac: weft_proto::MacAddr(*local_mac),
-                            dst_mac: weft_proto::MacAddr(peer.vtep_mac),
-                        },
-                        outer_src_mac: weft_proto::MacAddr(super::tap_encap::FRAME_SRC_MAC),
-                        outer_dst_mac: weft_proto::MacAddr(super::tap_encap::FRAME_DST_MAC),
-                        outer,
-                        src_port,
-                        dst_port: *port,
-                        udp_checksum: UdpChecksum::None,
-                    },
-                )
-            }
-        }
-        .map_err(TapSendError::Encap)?;
+        let frame = encap
+            .write_tap_frame(slot, HEADROOM, inner_len, peer.vtep_mac, outer)
+            .map_err(TapSendError::Encap)?;
         let prefix = (HEADROOM - frame.start) as u16;
         let mut moved = *vnet;
         if moved.gso_type != GsoType::None || moved.needs_csum() {
@@ -379,18 +336,16 @@ impl Transmitter {
                 continue;
             }
             let inner_range = HEADROOM..HEADROOM + inner.len;
-            let (start, to, sender) = match &ctx.encap {
-                Encap::Vxlan { vni, local_mac, .. } => {
-                    let start = HEADROOM - VXLAN_OVERHEAD;
-                    let headers: &mut [u8; VXLAN_OVERHEAD] = (&mut slot[start..HEADROOM])
-                        .try_into()
-                        .expect("headroom holds the VXLAN headers");
-                    write_vxlan_headers(headers, *vni, local_mac, &peer.vtep_mac);
-                    let sender = pick_sender(&slot[inner_range], senders.len());
-                    (start, peer.sockaddr, sender)
-                }
-                Encap::Ipip => (HEADROOM, peer.sockaddr, IPIP_RAW_SENDER),
+            // UDP flows spread over the sending sockets; IPIP has one.
+            let sender = if ctx.encap.is_udp() {
+                pick_sender(&slot[inner_range], senders.len())
+            } else {
+                IPIP_RAW_SENDER
             };
+            let start = ctx
+                .encap
+                .write_datagram_headers(slot, HEADROOM, &peer.vtep_mac);
+            let to = peer.sockaddr;
             batch.push(
                 senders,
                 ctx,
