@@ -9,12 +9,11 @@ use std::sync::Arc;
 
 use super::io::{read_nonblocking, set_nonblocking, write_packet};
 use super::pacer::SendPacer;
-use super::packet::{parse_inner_ipv4, write_vxlan_headers, HEADROOM, VXLAN_OVERHEAD};
+use super::packet::{parse_inner_ipv4, HEADROOM, VXLAN_OVERHEAD};
 use super::peers::{Encap, PeerEntry};
 use super::send::{send_failed, send_segmented, SendBatch};
 use super::tun::VNET_HDR_LEN;
 use super::worker::{LogLimiter, WorkerContext, BATCH, MAX_INNER_PACKET};
-use crate::lease::MacAddr;
 use crate::metrics::{Direction, DropReason, PeerTally};
 use weft_proto::ipv4::OuterIpv4;
 use weft_proto::vnet::{GsoType, VirtioNetHdr, VirtioNetRepr};
@@ -312,11 +311,12 @@ impl Transmitter {
                 batch.flush(senders, ctx, log);
                 let packet = &packet[..inner.len];
                 let sender = pick_sender(packet, senders.len());
-                match &ctx.encap {
-                    Encap::Vxlan { vni, local_mac, .. } => train.add(
-                        senders, sender, ctx, log, packet, &vnet, peer, *vni, local_mac,
-                    ),
-                    Encap::Ipip => send_ipip_segments(
+                // A UDP tunnel's segments leave in UDP GSO trains; a raw IP tunnel's in
+                // one sendmmsg batch.
+                if ctx.encap.is_udp() {
+                    train.add(senders, sender, ctx, log, packet, &vnet, peer);
+                } else {
+                    send_ipip_segments(
                         ctx,
                         senders,
                         packet,
@@ -325,7 +325,7 @@ impl Transmitter {
                         &mut train.buffer,
                         batch,
                         log,
-                    ),
+                    );
                 }
                 continue;
             }
@@ -449,8 +449,6 @@ impl Train {
         packet: &[u8],
         vnet: &VirtioNetRepr,
         peer: &PeerEntry,
-        vni: u32,
-        local_mac: &MacAddr,
     ) {
         if self.count > 0 && !self.bound_for(&peer.sockaddr, sender) {
             self.flush(senders, ctx, log);
@@ -467,12 +465,9 @@ impl Train {
             return;
         };
         for i in 0..layout.count {
-            let start = base + i * layout.stride;
-            let headers: &mut [u8; VXLAN_OVERHEAD] = (&mut self.buffer
-                [start..start + VXLAN_OVERHEAD])
-                .try_into()
-                .expect("segment headroom holds the VXLAN headers");
-            write_vxlan_headers(headers, vni, local_mac, &peer.vtep_mac);
+            let inner_start = base + i * layout.stride + VXLAN_OVERHEAD;
+            ctx.encap
+                .write_datagram_headers(&mut self.buffer, inner_start, &peer.vtep_mac);
         }
         let mut start = 0;
         if self.count > 0 && layout.stride != self.stride {
