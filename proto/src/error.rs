@@ -185,6 +185,7 @@ pub(crate) fn need(layer: Layer, need: usize, have: usize) -> Result<(), WireErr
 
 /// Checks that `buf` holds `inner_len` bytes at `inner_start` with `headroom` bytes
 /// before them; returns the end of the inner packet.
+#[inline]
 pub(crate) fn check_geometry(
     buf_len: usize,
     inner_start: usize,

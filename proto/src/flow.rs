@@ -47,6 +47,7 @@ const fn jhash_3words(a: u32, b: u32, c: u32, initval: u32) -> u32 {
 }
 
 /// The hash of the inner IPv4 packet's flow; 0 when it is not a valid IPv4 packet.
+#[inline]
 pub fn flow_hash(inner_ip_packet: &[u8]) -> u32 {
     let Ok((header_len, total_len)) = ipv4::check_header(inner_ip_packet, Layer::InnerIpv4) else {
         return 0;
@@ -73,6 +74,7 @@ pub fn flow_hash(inner_ip_packet: &[u8]) -> u32 {
 /// The UDP source port in `[min, max)` for the inner IPv4 packet's flow, computed as
 /// the kernel's `udp_flow_src_port`. Returns `min` if `min >= max`; a packet that is
 /// not valid IPv4 hashes as 0 (one fixed port).
+#[inline]
 pub fn flow_src_port(inner_ip_packet: &[u8], min: u16, max: u16) -> u16 {
     if min >= max {
         return min;

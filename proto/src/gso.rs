@@ -17,6 +17,7 @@
 //! * [`complete_checksum`] finishes a `NEEDS_CSUM` packet that is not segmented;
 //!   [`gro_datagrams`] splits a `UDP_GRO` receive buffer into its datagrams.
 
+use core::net::Ipv4Addr;
 use core::ops::Range;
 
 use crate::checksum;
@@ -193,6 +194,7 @@ pub fn segment(
 /// Completes the partial checksum of a `NEEDS_CSUM` packet in place: sums
 /// `packet[csum_start..]` (its field holding the pseudo-header sum) and stores the
 /// complement at `csum_start + csum_offset`. Does nothing without `NEEDS_CSUM`.
+#[inline]
 pub fn complete_checksum(packet: &mut [u8], vnet: &VirtioNetRepr) -> Result<(), GsoError> {
     if !vnet.needs_csum() {
         return Ok(());
@@ -228,6 +230,43 @@ pub fn gro_datagrams(buf: &[u8], gso_size: u16) -> core::slice::Chunks<'_, u8> {
     };
     buf.chunks(size)
 }
+
+/// A TCP flow's identity (addresses and ports): the receive side keeps one
+/// super-packet open per key and closes a flow's super-packet before anything else of
+/// that flow is written, so no segment overtakes another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl FlowKey {
+    /// The flow of an unfragmented IPv4/TCP packet whose ports lie within its total
+    /// length; `None` for anything else (which is then never coalesced).
+    #[inline]
+    pub fn of_tcp(packet: &[u8]) -> Option<FlowKey> {
+        let ip = ipv4::Ipv4Packet::new_checked(packet).ok()?;
+        if ip.protocol() != protocol::TCP || ip.is_fragment() {
+            return None;
+        }
+        let ports = ip.payload();
+        if ports.len() < PORTS_LEN {
+            return None;
+        }
+        let tcp = tcp::TcpPacket::new_unchecked(ports);
+        Some(FlowKey {
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+            src_port: tcp.src_port(),
+            dst_port: tcp.dst_port(),
+        })
+    }
+}
+
+/// Bytes of a TCP header that hold the two ports.
+const PORTS_LEN: usize = 4;
 
 /// Why a segment was not (or not further) coalesced. The caller then finishes the
 /// current super-packet and starts a new one with this segment (or writes it alone).
@@ -430,5 +469,54 @@ impl TcpCoalescer {
         }
         .emit(&mut VirtioNetHdr::new_unchecked(head));
         0..end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp_packet(src_port: u16) -> [u8; 40] {
+        let mut p = [0u8; 40];
+        ipv4::Ipv4Repr {
+            src_addr: Ipv4Addr::new(10, 244, 1, 2),
+            dst_addr: Ipv4Addr::new(10, 244, 2, 2),
+            protocol: protocol::TCP,
+            payload_len: 20,
+            ttl: 64,
+            tos: 0,
+            ident: 1,
+            dont_frag: true,
+            more_frags: false,
+            frag_offset: 0,
+        }
+        .emit(&mut ipv4::Ipv4Packet::new_unchecked(&mut p[..]));
+        let mut tcp = tcp::TcpPacket::new_unchecked(&mut p[20..]);
+        tcp.set_src_port(src_port);
+        tcp.set_dst_port(5201);
+        p
+    }
+
+    #[test]
+    fn tcp_flow_keys_are_addresses_and_ports() {
+        let a = tcp_packet(40000);
+        let b = tcp_packet(40001);
+        let key = FlowKey::of_tcp(&a).unwrap();
+        assert_eq!(key.src, Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(key.dst, Ipv4Addr::new(10, 244, 2, 2));
+        assert_eq!((key.src_port, key.dst_port), (40000, 5201));
+        assert_ne!(FlowKey::of_tcp(&a), FlowKey::of_tcp(&b));
+        let mut udp = a;
+        ipv4::Ipv4Packet::new_unchecked(&mut udp[..]).set_protocol(protocol::UDP);
+        assert_eq!(FlowKey::of_tcp(&udp), None);
+        let mut fragment = a;
+        ipv4::Ipv4Packet::new_unchecked(&mut fragment[..]).set_frag(false, true, 0);
+        assert_eq!(FlowKey::of_tcp(&fragment), None);
+        // Ports beyond the total length (or the buffer) are not read.
+        let mut short = a;
+        ipv4::Ipv4Packet::new_unchecked(&mut short[..]).set_total_len(22);
+        assert_eq!(FlowKey::of_tcp(&short), None);
+        assert_eq!(FlowKey::of_tcp(&a[..22]), None);
+        assert_eq!(FlowKey::of_tcp(&[]), None);
     }
 }

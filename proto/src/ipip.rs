@@ -20,6 +20,7 @@ pub const HEADROOM: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
 pub const OVERHEAD: usize = ipv4::HEADER_LEN;
 
 /// [`check_geometry`] for IPIP, which also needs the outer IPv4 total length to fit.
+#[inline]
 fn check_ipip_geometry(
     buf_len: usize,
     inner_start: usize,
@@ -37,6 +38,7 @@ fn check_ipip_geometry(
 
 /// Writes a 20-byte outer IPv4 header (protocol 4) before the inner packet at
 /// `buf[inner_start..inner_start + inner_len]`; returns the range of the outer packet.
+#[inline]
 pub fn encap_header(
     buf: &mut [u8],
     inner_start: usize,
@@ -69,6 +71,7 @@ pub struct IpipFrame {
 
 /// Writes outer Ethernet + IPv4 into the [`HEADROOM`] bytes before the inner packet;
 /// returns the range of the frame.
+#[inline]
 pub fn encap_frame(
     buf: &mut [u8],
     inner_start: usize,
@@ -104,12 +107,22 @@ pub struct IpipDecap {
 /// not a fragment) + inner IPv4 packet (sane header, total length within the outer
 /// payload). The outer checksum is not re-verified: the kernel checked it before
 /// delivering; [`decap_frame`] verifies it.
+#[inline]
 pub fn decap(packet: &[u8]) -> Result<IpipDecap, WireError> {
     let (header_len, total_len) = ipv4::check_header(packet, Layer::OuterIpv4)?;
     let outer = Ipv4Packet::new_unchecked(&packet[..total_len]);
     decap_checked_outer(&outer, header_len)
 }
 
+/// [`decap`] for an outer packet already checked by [`Ipv4Packet::new_checked`] (a
+/// receiver that looked at the outer source first): the outer header is not checked
+/// again.
+#[inline]
+pub fn decap_checked(outer: &Ipv4Packet<&[u8]>) -> Result<IpipDecap, WireError> {
+    decap_checked_outer(outer, outer.header_len())
+}
+
+#[inline]
 fn decap_checked_outer(
     outer: &Ipv4Packet<&[u8]>,
     header_len: usize,

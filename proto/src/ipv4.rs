@@ -45,6 +45,7 @@ const ECN_ECT0: u8 = 0x02;
 /// Checks the header of the IPv4 packet at the start of `b` and returns
 /// `(header_len, total_len)`; `total_len <= b.len()` (trailing bytes, e.g. Ethernet
 /// padding, are allowed and not part of the packet).
+#[inline]
 pub fn check_header(b: &[u8], layer: Layer) -> Result<(usize, usize), WireError> {
     need(layer, HEADER_LEN, b.len())?;
     let version = b[field::VER_IHL] >> 4;
@@ -111,6 +112,7 @@ pub struct OuterIpv4 {
 impl OuterIpv4 {
     /// Writes a 20-byte header at the start of `header` for a payload of
     /// `payload_len` bytes carrying `protocol`, with a correct checksum.
+    #[inline]
     pub(crate) fn emit(&self, header: &mut [u8], protocol: u8, payload_len: usize, inner_tos: u8) {
         Ipv4Repr {
             src_addr: self.src_addr,

@@ -27,10 +27,18 @@
 //!
 //! # The data plane's entry points
 //!
-//! * [`vxlan::encap_payload`] / [`vxlan::decap`]: UDP-socket VXLAN payloads.
-//! * [`ipip::decap`] (send needs no work: the raw socket adds the outer header).
-//! * [`flow::flow_src_port`]: the outer UDP source port per inner flow.
-//! * [`gso`]: TSO super-packet segmentation and GRO-style coalescing.
+//! What weftd's workers call per packet (and `weft-bench`'s `encap` bench measures):
+//!
+//! * transmit: [`vnet::VirtioNetRepr::parse`] of the TUN read, [`ipv4::Ipv4Packet`]
+//!   for the inner destination, [`flow`] for the sending socket and the outer UDP
+//!   source port; [`vxlan::encap_payload`] (a UDP socket adds outer IPv4/UDP) or
+//!   [`vxlan::encap_frame`] / [`ipip::encap_frame`] (whole frames for the
+//!   encapsulating TAP, with [`vnet::VirtioNetRepr::with_prefix`] in front);
+//!   [`gso::segment`] / [`gso::complete_checksum`] where the kernel cannot take a
+//!   super-packet;
+//! * receive: [`vxlan::decap`] / [`ipip::decap_checked`], then [`gso::FlowKey`] and
+//!   [`gso::TcpCoalescer`] to rebuild super-packets, or [`offload::receive_header`]
+//!   for a packet written to TUN alone.
 
 pub mod arp;
 pub mod checksum;
@@ -41,6 +49,7 @@ pub mod gso;
 pub mod ipip;
 pub mod ipv4;
 pub mod lease;
+pub mod offload;
 pub mod tcp;
 pub mod udp;
 pub mod vnet;

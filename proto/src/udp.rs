@@ -17,6 +17,8 @@ mod field {
 
 /// Length of a UDP header.
 pub const HEADER_LEN: usize = field::CHECKSUM.end;
+/// Where the checksum lies in the header (a virtio-net header's `csum_offset`).
+pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
 
 /// A view of a UDP datagram (header + payload).
 #[derive(Debug, Clone)]

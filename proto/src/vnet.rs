@@ -193,6 +193,7 @@ pub struct VirtioNetRepr {
 }
 
 impl VirtioNetRepr {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(hdr: &VirtioNetHdr<T>) -> Result<Self, WireError> {
         let hdr = VirtioNetHdr::new_checked(hdr.buffer.as_ref())?;
         Ok(VirtioNetRepr {
@@ -206,6 +207,7 @@ impl VirtioNetRepr {
         })
     }
 
+    #[inline]
     pub fn needs_csum(&self) -> bool {
         self.flags & flags::NEEDS_CSUM != 0
     }
@@ -213,6 +215,7 @@ impl VirtioNetRepr {
     /// How many packets of at most `gso_size` payload bytes the `packet_len`-byte packet
     /// behind this header stands for: 1 unless it is a GSO super-packet with a segment
     /// size, else its payload (after `hdr_len`) divided into segments, rounded up.
+    #[inline]
     pub fn segments(&self, packet_len: usize) -> usize {
         if self.gso_type == GsoType::None || self.gso_size == 0 {
             return 1;
@@ -225,8 +228,23 @@ impl VirtioNetRepr {
         HEADER_LEN
     }
 
+    /// The header for the same packet once `prefix` bytes of headers (a tunnel's outer
+    /// headers) are put in front of it: the GSO header length and the checksum start,
+    /// both counted from the start of the packet, move by `prefix`. A header without
+    /// GSO or a partial checksum has no offsets to move.
+    #[inline]
+    pub fn with_prefix(&self, prefix: u16) -> VirtioNetRepr {
+        let mut moved = *self;
+        if moved.gso_type != GsoType::None || moved.needs_csum() {
+            moved.hdr_len = moved.hdr_len.saturating_add(prefix);
+            moved.csum_start = moved.csum_start.saturating_add(prefix);
+        }
+        moved
+    }
+
     /// # Panics
     /// If the buffer is shorter than [`HEADER_LEN`].
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, hdr: &mut VirtioNetHdr<T>) {
         hdr.set_flags(self.flags);
         hdr.set_gso_type_raw(self.gso_type.to_raw() | if self.gso_ecn { GSO_ECN } else { 0 });

@@ -166,6 +166,7 @@ pub struct VxlanEncap {
 /// [`PAYLOAD_HEADROOM`] bytes before the inner IPv4 packet at
 /// `buf[inner_start..inner_start + inner_len]`, and returns the range of `buf` that
 /// is the UDP datagram payload to send. The inner packet is neither read nor copied.
+#[inline]
 pub fn encap_payload(
     buf: &mut [u8],
     inner_start: usize,
@@ -209,6 +210,7 @@ pub struct VxlanFrame {
 /// Writes the complete Ethernet frame (outer Ethernet + IPv4 + UDP + VXLAN + inner
 /// Ethernet) into the [`HEADROOM`] bytes before the inner IPv4 packet and returns the
 /// range of `buf` holding the frame.
+#[inline]
 pub fn encap_frame(
     buf: &mut [u8],
     inner_start: usize,
@@ -271,6 +273,7 @@ pub struct VxlanDecap {
 /// and that the inner IPv4 header is sane (version, header length, total length within
 /// the datagram). The inner header checksum is left to the kernel, which verifies it
 /// when the packet is written to TUN.
+#[inline]
 pub fn decap(datagram: &[u8]) -> Result<VxlanDecap, WireError> {
     let vxlan = VxlanPacket::new_checked(datagram)?;
     let inner = EthernetFrame::new_checked(vxlan.payload())
@@ -376,6 +379,7 @@ pub(crate) fn outer_ethernet_ipv4(
 }
 
 /// The outer IPv4 packet carries `expected_protocol` and is not a fragment.
+#[inline]
 pub(crate) fn check_outer_protocol(
     ip: &Ipv4Packet<&[u8]>,
     expected_protocol: u8,

@@ -10,7 +10,7 @@ use weft_proto::ipv4::{protocol, Ipv4Packet, Ipv4Repr};
 use weft_proto::tcp::{flags, TcpPacket};
 use weft_proto::udp::UdpPacket;
 use weft_proto::vnet::{self, GsoType, VirtioNetHdr, VirtioNetRepr};
-use weft_proto::{vxlan, MacAddr, VxlanEncap};
+use weft_proto::{offload, vxlan, MacAddr, VxlanEncap};
 
 const HEADROOM: usize = weft_proto::VXLAN_PAYLOAD_HEADROOM;
 
@@ -281,6 +281,79 @@ proptest! {
             }
             prop_assert_eq!(&coalesced[range][vnet::HEADER_LEN..], &expected[..]);
         }
+    }
+}
+
+/// The super-packet `s` with a complete TCP checksum, as a peer kernel's GSO sends it
+/// whole over veth (or after `complete_checksum` on a lone packet).
+fn completed(s: &Super) -> Vec<u8> {
+    let mut packet = s.packet.clone();
+    gso::complete_checksum(&mut packet, &s.vnet).unwrap();
+    packet
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// A received packet that fits the MTU with a partial checksum (a kernel peer's
+    /// checksum offload): the header asks the kernel to finish it, and finishing it as
+    /// the kernel does gives back the packet with its complete checksum.
+    #[test]
+    fn receive_header_hands_partial_checksums_back_complete(s in tcp_super()) {
+        let complete = completed(&s);
+        let mut received = s.packet.clone();
+        let mtu = received.len();
+        let header = offload::receive_header(&mut received, mtu);
+        prop_assert_eq!(&received, &s.packet, "a packet within the MTU is not rewritten");
+        prop_assert_eq!(header.gso_type, GsoType::None);
+        let partial = s.packet != complete;
+        prop_assert_eq!(header.needs_csum(), partial);
+        if partial {
+            prop_assert_eq!((header.csum_start, header.csum_offset), (s.vnet.csum_start, s.vnet.csum_offset));
+            gso::complete_checksum(&mut received, &header).unwrap();
+        }
+        prop_assert_eq!(received, complete.clone());
+        // A complete checksum needs nothing.
+        let mut whole = complete.clone();
+        let mtu = whole.len();
+        prop_assert_eq!(offload::receive_header(&mut whole, mtu), VirtioNetRepr::default());
+    }
+
+    /// A received super-packet longer than the MTU (a peer kernel's GSO packet that
+    /// crossed veth whole): its header lets the kernel cut it into segments that fit
+    /// the MTU, checksums valid, payload intact.
+    #[test]
+    fn receive_header_makes_super_packets_segmentable(s in tcp_super(), mtu in 576usize..=1500) {
+        let mut received = completed(&s);
+        prop_assume!(received.len() > mtu);
+        let header = offload::receive_header(&mut received, mtu);
+        let headers_len = usize::from(s.vnet.hdr_len);
+        prop_assert_eq!(header.gso_type, GsoType::TcpV4);
+        prop_assert_eq!(usize::from(header.hdr_len), headers_len);
+        prop_assert_eq!(usize::from(header.gso_size), mtu - headers_len);
+        let mut out = vec![0u8; 2 * received.len() + 80_000];
+        let layout = gso::segment(&received, &header, &mut out, 0).unwrap();
+        let mut payload = Vec::new();
+        for i in 0..layout.count {
+            let seg = &out[layout.segment(i)];
+            prop_assert!(seg.len() <= mtu);
+            let ip = Ipv4Packet::new_checked(seg).unwrap();
+            prop_assert!(ip.verify_checksum());
+            let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+            prop_assert!(tcp.verify_checksum(ip.src_addr(), ip.dst_addr()));
+            payload.extend_from_slice(tcp.payload());
+        }
+        prop_assert_eq!(&payload[..], &s.packet[headers_len..]);
+    }
+
+    /// The flow key is the emitted addresses and ports.
+    #[test]
+    fn flow_keys_are_what_was_emitted(s in tcp_super()) {
+        let key = gso::FlowKey::of_tcp(&s.packet).unwrap();
+        let ip = Ipv4Packet::new_unchecked(&s.packet[..]);
+        let tcp = TcpPacket::new_unchecked(ip.payload());
+        prop_assert_eq!(key, gso::FlowKey { src: ip.src_addr(), dst: ip.dst_addr(),
+                                            src_port: tcp.src_port(), dst_port: tcp.dst_port() });
     }
 }
 

@@ -11,7 +11,9 @@ use weft_proto::tcp::{TcpPacket, TcpRepr};
 use weft_proto::udp::{UdpChecksum, UdpPacket, UdpRepr};
 use weft_proto::vnet::{GsoType, VirtioNetHdr, VirtioNetRepr};
 use weft_proto::vxlan::{VxlanPacket, VxlanRepr};
-use weft_proto::{flow, ipip, vxlan, IpipFrame, VxlanEncap, VxlanFrame, VXLAN_HEADROOM};
+use weft_proto::{
+    flow, gso, ipip, offload, vxlan, IpipFrame, VxlanEncap, VxlanFrame, VXLAN_HEADROOM,
+};
 
 fn mac() -> impl Strategy<Value = MacAddr> {
     any::<[u8; 6]>().prop_map(MacAddr)
@@ -127,6 +129,42 @@ proptest! {
         }
         let port = flow::flow_src_port(&bytes, 32768, 61000);
         prop_assert!((32768..61000).contains(&port));
+        if let Ok(p) = Ipv4Packet::new_checked(&bytes[..]) {
+            if let Ok(d) = ipip::decap_checked(&p) {
+                prop_assert!(d.inner.end <= bytes.len());
+                prop_assert_eq!(Ok(d), ipip::decap(&bytes));
+            }
+        }
+        if let Some(key) = gso::FlowKey::of_tcp(&bytes) {
+            prop_assert_eq!(key.src, Ipv4Packet::new_unchecked(&bytes[..]).src_addr());
+        }
+        let mut copy = bytes.clone();
+        let header = offload::receive_header(&mut copy, usize::from(a.octets()[0]) * 8);
+        prop_assert!(usize::from(header.hdr_len) <= copy.len());
+        if let Some((start, offset)) = offload::partial_checksum(&bytes) {
+            prop_assert!(usize::from(start) + usize::from(offset) + 2 <= bytes.len());
+        }
+    }
+
+    /// Outer headers in front of a packet move its vnet offsets by their length, and
+    /// only where there are offsets.
+    #[test]
+    fn vnet_with_prefix_moves_offsets(flags in 0u8..8, gso_type in gso_type(), hdr_len in any::<u16>(),
+                                      gso_size in any::<u16>(), csum_start in any::<u16>(),
+                                      csum_offset in any::<u16>(), prefix in any::<u16>()) {
+        let repr = VirtioNetRepr { flags, gso_type, gso_ecn: false, hdr_len, gso_size, csum_start, csum_offset };
+        let moved = repr.with_prefix(prefix);
+        let mut buf = [0u8; weft_proto::vnet::HEADER_LEN];
+        moved.emit(&mut VirtioNetHdr::new_unchecked(&mut buf[..]));
+        prop_assert_eq!(VirtioNetRepr::parse(&VirtioNetHdr::new_unchecked(&buf[..])), Ok(moved));
+        prop_assert_eq!((moved.flags, moved.gso_type, moved.gso_size, moved.csum_offset),
+                        (flags, gso_type, gso_size, csum_offset));
+        if gso_type != GsoType::None || repr.needs_csum() {
+            prop_assert_eq!(moved.hdr_len, hdr_len.saturating_add(prefix));
+            prop_assert_eq!(moved.csum_start, csum_start.saturating_add(prefix));
+        } else {
+            prop_assert_eq!(moved, repr);
+        }
     }
 
     /// Arbitrary bytes behind a plausible prefix reach the deeper checks.

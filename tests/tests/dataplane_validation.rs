@@ -8,22 +8,16 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
 use dataplane_support::{in_netns, netconf, wait_ping, Cluster};
-use weft_daemon::dataplane::packet::{write_vxlan_headers, VXLAN_OVERHEAD};
 use weft_daemon::metrics::DropReason;
+use weft_proto::vxlan::{self, VxlanEncap, PAYLOAD_HEADROOM};
+use weft_proto::MacAddr;
 use weft_tests::link::{End, Veth};
 use weft_tests::netns::Netns;
 use weft_tests::{require_root, wait_until};
 
 /// A VXLAN datagram carrying an ICMP echo request `src → dst`.
 fn vxlan_datagram(vni: u32, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut headers = [0u8; VXLAN_OVERHEAD];
-    write_vxlan_headers(
-        &mut headers,
-        vni,
-        &[2, 0, 0, 0, 0, 0x99],
-        &[0x02, 0x77, 0, 0, 0, 1],
-    );
-    let mut datagram = headers.to_vec();
+    let mut datagram = vec![0u8; PAYLOAD_HEADROOM];
     let mut ip = [0u8; 28];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&28u16.to_be_bytes());
@@ -33,6 +27,12 @@ fn vxlan_datagram(vni: u32, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     ip[16..20].copy_from_slice(&dst.octets());
     ip[20] = 8; // echo request
     datagram.extend_from_slice(&ip);
+    let encap = VxlanEncap {
+        vni,
+        src_mac: MacAddr([2, 0, 0, 0, 0, 0x99]),
+        dst_mac: MacAddr([0x02, 0x77, 0, 0, 0, 1]),
+    };
+    vxlan::encap_payload(&mut datagram, PAYLOAD_HEADROOM, ip.len(), &encap).unwrap();
     datagram
 }
 

@@ -2,19 +2,15 @@
 //! (protocol 4) to each peer's PublicIP; DirectRouting sends to peers on the same
 //! underlay subnet unencapsulated.
 
-use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use ipnet::Ipv4Net;
-use weft_proto::error::EncapError;
-use weft_proto::ipip;
-use weft_proto::ipv4::OuterIpv4;
 
 use super::{tunnel_or_direct, Backend, Reach, Refusal, Tunnel};
 use crate::dataplane::io;
-use crate::dataplane::tap_encap::{adjust_room, FRAME_DST_MAC, FRAME_SRC_MAC};
+use crate::dataplane::tap_encap::adjust_room;
 use crate::lease::{Peer, PeerBackend};
 
 /// The TUN device's name (flannel's is `flannel.ipip`).
@@ -68,24 +64,3 @@ pub(super) fn open_senders() -> anyhow::Result<Vec<OwnedFd>> {
 /// The TAP program's `bpf_skb_adjust_room` flags: an outer IPv4 header, segment size
 /// kept.
 pub(super) const TAP_ADJUST_ROOM_FLAGS: u64 = adjust_room::FIXED_GSO | adjust_room::ENCAP_L3_IPV4;
-
-/// The TAP frame for the inner packet at `slot[headroom..headroom + inner_len]`: the
-/// frame's Ethernet header and the outer IPv4 header in front of it.
-#[inline]
-pub(super) fn write_tap_frame(
-    slot: &mut [u8],
-    headroom: usize,
-    inner_len: usize,
-    outer: OuterIpv4,
-) -> Result<Range<usize>, EncapError> {
-    ipip::encap_frame(
-        slot,
-        headroom,
-        inner_len,
-        &ipip::IpipFrame {
-            outer_src_mac: weft_proto::MacAddr(FRAME_SRC_MAC),
-            outer_dst_mac: weft_proto::MacAddr(FRAME_DST_MAC),
-            outer,
-        },
-    )
-}

@@ -22,9 +22,10 @@ use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use weft_proto::error::EncapError;
-use weft_proto::ipv4::OuterIpv4;
 
-use crate::dataplane::packet::{accept_ipip, accept_vxlan, Accepted};
+use crate::dataplane::packet::{
+    accept_ipip, accept_vxlan, write_ipip_outer, write_vxlan_outer, Accepted, TapOuter,
+};
 use crate::dataplane::peers::PeerTable;
 use crate::lease::{MacAddr, Peer, PeerBackend};
 use crate::metrics::{DropReason, RefusalReason};
@@ -327,47 +328,26 @@ impl Tunnel {
         }
     }
 
-    /// Transmit through the kernel (`dataplane::tap_encap`): every header of the frame
-    /// written in front of the inner packet at `slot[headroom..headroom + inner_len]`,
-    /// addressed with `outer` (VXLAN: to the peer's VTEP MAC `peer_mac`); the frame's
-    /// range in `slot`.
+    /// Transmit: this tunnel's headers in front of the inner packet at `buf[inner]`,
+    /// addressed to a peer whose VTEP MAC is `peer_mac` (VXLAN); the range to send.
+    /// With `tap`, the whole frame the kernel sends as is (`dataplane::tap_encap`);
+    /// without, what a socket sends (the kernel adds outer IPv4, and UDP for VXLAN).
+    /// The headers are written by `dataplane::packet`.
     #[inline]
-    pub fn write_tap_frame(
+    pub fn write_outer(
         &self,
-        slot: &mut [u8],
-        headroom: usize,
-        inner_len: usize,
-        peer_mac: MacAddr,
-        outer: OuterIpv4,
+        buf: &mut [u8],
+        inner: Range<usize>,
+        peer_mac: &MacAddr,
+        tap: Option<&TapOuter>,
     ) -> Result<Range<usize>, EncapError> {
-        match *self {
+        match self {
             Tunnel::Vxlan {
                 vni,
                 port,
                 local_mac,
-            } => vxlan::write_tap_frame(
-                slot, headroom, inner_len, vni, port, local_mac, peer_mac, outer,
-            ),
-            Tunnel::Ipip => ipip::write_tap_frame(slot, headroom, inner_len, outer),
-        }
-    }
-
-    /// Transmit from userspace sockets (the kernel adds the outer IPv4 header, and UDP
-    /// for VXLAN): what goes in front of the inner packet at `slot[headroom..]` (VXLAN:
-    /// its header and the inner Ethernet header; IPIP: nothing); where the datagram
-    /// starts.
-    #[inline]
-    pub fn write_datagram_headers(
-        &self,
-        slot: &mut [u8],
-        headroom: usize,
-        peer_mac: &MacAddr,
-    ) -> usize {
-        match self {
-            Tunnel::Vxlan { vni, local_mac, .. } => {
-                vxlan::write_datagram_headers(slot, headroom, *vni, local_mac, peer_mac)
-            }
-            Tunnel::Ipip => headroom,
+            } => write_vxlan_outer(buf, inner, *vni, *port, local_mac, peer_mac, tap),
+            Tunnel::Ipip => write_ipip_outer(buf, inner, tap),
         }
     }
 

@@ -2,21 +2,15 @@
 //! peer's PublicIP, addressed to its VTEP MAC; DirectRouting sends to peers on the same
 //! underlay subnet unencapsulated.
 
-use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use ipnet::Ipv4Net;
-use weft_proto::error::EncapError;
-use weft_proto::ipv4::OuterIpv4;
-use weft_proto::udp::UdpChecksum;
-use weft_proto::{flow, vxlan};
 
 use super::{tunnel_or_direct, Backend, Reach, Refusal, Tunnel};
 use crate::dataplane::io;
-use crate::dataplane::packet::{write_vxlan_headers, VXLAN_OVERHEAD};
-use crate::dataplane::tap_encap::{adjust_room, FRAME_DST_MAC, FRAME_SRC_MAC};
+use crate::dataplane::tap_encap::adjust_room;
 use crate::lease::{MacAddr, Peer, PeerBackend};
 
 /// Sending sockets, each with its own ephemeral source port; flows are spread over them
@@ -83,10 +77,6 @@ pub(super) fn open_senders() -> anyhow::Result<Vec<OwnedFd>> {
         .context("opening the VXLAN sending sockets")
 }
 
-/// Ports the outer UDP source port is chosen from, by inner flow: the kernel vxlan
-/// device's default (the local ephemeral range).
-const SRC_PORTS: (u16, u16) = (32_768, 61_000);
-
 /// The TAP program's `bpf_skb_adjust_room` flags: outer IPv4 + UDP + an inner Ethernet
 /// header, segment size kept.
 pub(super) const TAP_ADJUST_ROOM_FLAGS: u64 = adjust_room::FIXED_GSO
@@ -94,59 +84,3 @@ pub(super) const TAP_ADJUST_ROOM_FLAGS: u64 = adjust_room::FIXED_GSO
     | adjust_room::ENCAP_L4_UDP
     | adjust_room::ENCAP_L2_ETH
     | adjust_room::encap_l2(weft_proto::ethernet::HEADER_LEN as u64);
-
-/// The TAP frame for the inner packet at `slot[headroom..headroom + inner_len]`: every
-/// outer header written in front of it (see [`Tunnel::write_tap_frame`]).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub(super) fn write_tap_frame(
-    slot: &mut [u8],
-    headroom: usize,
-    inner_len: usize,
-    vni: u32,
-    port: u16,
-    local_mac: MacAddr,
-    peer_mac: MacAddr,
-    mut outer: OuterIpv4,
-) -> Result<Range<usize>, EncapError> {
-    // As the kernel's vxlan device: fragments allowed on the way.
-    outer.dont_frag = false;
-    let inner = &slot[headroom..headroom + inner_len];
-    let src_port = flow::flow_src_port(inner, SRC_PORTS.0, SRC_PORTS.1);
-    vxlan::encap_frame(
-        slot,
-        headroom,
-        inner_len,
-        &vxlan::VxlanFrame {
-            encap: vxlan::VxlanEncap {
-                vni,
-                src_mac: weft_proto::MacAddr(local_mac),
-                dst_mac: weft_proto::MacAddr(peer_mac),
-            },
-            outer_src_mac: weft_proto::MacAddr(FRAME_SRC_MAC),
-            outer_dst_mac: weft_proto::MacAddr(FRAME_DST_MAC),
-            outer,
-            src_port,
-            dst_port: port,
-            udp_checksum: UdpChecksum::None,
-        },
-    )
-}
-
-/// The VXLAN header and inner Ethernet header in front of `slot[headroom..]`, for a
-/// datagram the kernel sends from a UDP socket; where the datagram starts.
-#[inline]
-pub(super) fn write_datagram_headers(
-    slot: &mut [u8],
-    headroom: usize,
-    vni: u32,
-    local_mac: &MacAddr,
-    peer_mac: &MacAddr,
-) -> usize {
-    let start = headroom - VXLAN_OVERHEAD;
-    let headers: &mut [u8; VXLAN_OVERHEAD] = (&mut slot[start..headroom])
-        .try_into()
-        .expect("headroom holds the VXLAN headers");
-    write_vxlan_headers(headers, vni, local_mac, peer_mac);
-    start
-}

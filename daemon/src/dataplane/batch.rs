@@ -255,8 +255,9 @@ impl RecvQueue {
 
 /// The `UDP_GRO` segment size from a received message's control data (0 = none).
 fn gro_size(control: &[u8]) -> usize {
-    control_data(control, libc::SOL_UDP, libc::UDP_GRO, 4).map_or(0, |data| {
-        let size = i32::from_ne_bytes(data[..4].try_into().expect("i32"));
+    const INT: usize = std::mem::size_of::<libc::c_int>();
+    control_data(control, libc::SOL_UDP, libc::UDP_GRO, INT).map_or(0, |data| {
+        let size = libc::c_int::from_ne_bytes(data[..INT].try_into().expect("c_int"));
         usize::try_from(size).unwrap_or(0)
     })
 }

@@ -106,9 +106,12 @@ pub fn classify_send_error(origin: u8, icmp_type: u8, icmp_code: u8) -> SendErro
 /// `sock_extended_err` (errno u32, origin u8, type u8, code u8, ...). `None` when the
 /// control data holds no such record.
 pub fn parse_send_error(control: &[u8]) -> Option<SendErrorReport> {
-    const EXTENDED_ERR: usize = 16; // sizeof(struct sock_extended_err)
+    const EXTENDED_ERR: usize = std::mem::size_of::<libc::sock_extended_err>();
     let err = control_data(control, libc::IPPROTO_IP, libc::IP_RECVERR, EXTENDED_ERR)?;
-    Some(classify_send_error(err[4], err[5], err[6]))
+    // SAFETY: `control_data` returned at least `EXTENDED_ERR` bytes; `read_unaligned`
+    // needs no alignment, and any bytes are a valid `sock_extended_err` (plain integers).
+    let err: libc::sock_extended_err = unsafe { std::ptr::read_unaligned(err.as_ptr().cast()) };
+    Some(classify_send_error(err.ee_origin, err.ee_type, err.ee_code))
 }
 
 /// The data of the first control message of `level`/`kind` carrying at least `min_len`

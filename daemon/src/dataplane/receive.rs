@@ -8,22 +8,15 @@ use std::sync::Arc;
 
 use super::batch::RecvQueue;
 use super::io::write_packet;
-use super::packet::{rx_vnet_header, Accepted, VXLAN_OVERHEAD};
-use super::tun::VNET_HDR_LEN;
+use super::packet::{Accepted, VXLAN_OVERHEAD};
 use super::worker::{LogLimiter, WorkerContext, MAX_INNER_PACKET};
 use crate::metrics::{Direction, DropReason, PeerTally};
-use weft_proto::gso;
-use weft_proto::vnet::{VirtioNetHdr, VirtioNetRepr};
-
-/// How many packets of at most the overlay MTU the packet behind `vnet` (a header from
-/// [`rx_vnet_header`]) stands for: 1, or a super-packet's segment count.
-fn wire_segments(vnet: &[u8; VNET_HDR_LEN], len: usize) -> u64 {
-    VirtioNetRepr::parse(&VirtioNetHdr::new_unchecked(&vnet[..]))
-        .map_or(1, |repr| repr.segments(len) as u64)
-}
+use weft_proto::gso::{self, FlowKey};
+use weft_proto::offload;
+use weft_proto::vnet::{self, VirtioNetHdr};
 
 /// Bytes per receive slot: the largest datagram, i.e. a 64 KB inner super-packet (a
-/// peer kernel's GSO packet that crossed veth whole, see `rx_vnet_header`, or a
+/// peer kernel's GSO packet that crossed veth whole, see `weft_proto::offload`, or a
 /// UDP_GRO train) plus encapsulation, with room for an outer IPv4 header with options
 /// on the raw IPIP socket.
 const RX_SLOT_LEN: usize = MAX_INNER_PACKET + VXLAN_OVERHEAD + 128;
@@ -146,24 +139,6 @@ impl Receiver {
 /// How many TCP flows are coalesced at once on one receive thread.
 const COALESCE_FLOWS: usize = 8;
 
-/// A TCP flow's identity: addresses and ports.
-type FlowKey = [u8; 12];
-
-/// The flow of an unfragmented IPv4/TCP packet.
-fn tcp_flow(packet: &[u8]) -> Option<FlowKey> {
-    let header_len = usize::from(packet.first()? & 0x0f) * 4;
-    if packet.len() < header_len + 4
-        || packet[9] != 6
-        || u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0
-    {
-        return None;
-    }
-    let mut key = [0u8; 12];
-    key[..8].copy_from_slice(&packet[12..20]);
-    key[8..].copy_from_slice(&packet[header_len..header_len + 4]);
-    Some(key)
-}
-
 /// One super-packet being built (`weft_proto::gso::TcpCoalescer`) in its own buffer.
 struct CoalesceSlot {
     buffer: Vec<u8>,
@@ -184,7 +159,7 @@ impl Coalescers {
         Coalescers {
             slots: (0..COALESCE_FLOWS)
                 .map(|_| CoalesceSlot {
-                    buffer: vec![0u8; VNET_HDR_LEN + MAX_INNER_PACKET],
+                    buffer: vec![0u8; vnet::HEADER_LEN + MAX_INNER_PACKET],
                     open: None,
                 })
                 .collect(),
@@ -228,7 +203,7 @@ impl<'a> RxOutput<'a> {
     fn deliver(&mut self, datagram: &mut [u8], accepted: Accepted) {
         let Accepted { offset, len } = accepted;
         let inner = &datagram[offset..offset + len];
-        if let Some(key) = tcp_flow(inner) {
+        if let Some(key) = FlowKey::of_tcp(inner) {
             // The flow's open super-packet, if any: continue it, or close it first so
             // that this packet never overtakes it.
             let same = self
@@ -269,11 +244,13 @@ impl<'a> RxOutput<'a> {
         }
         // Not coalescable (not TCP with payload, a partial checksum, a peer kernel's
         // super-packet): write it alone, in place, behind its own vnet header.
-        let start = offset - VNET_HDR_LEN;
-        let vnet = rx_vnet_header(&mut datagram[offset..offset + len], self.ctx.mtu);
-        datagram[start..offset].copy_from_slice(&vnet);
+        let start = offset - vnet::HEADER_LEN;
+        let vnet = offload::receive_header(&mut datagram[offset..offset + len], self.ctx.mtu);
+        vnet.emit(&mut VirtioNetHdr::new_unchecked(
+            &mut datagram[start..offset],
+        ));
         // A whole super-packet counts as the segments it stands for, as on transmit.
-        let segments = wire_segments(&vnet, len);
+        let segments = vnet.segments(len) as u64;
         self.packets += segments;
         self.bytes += len as u64;
         self.publish();
@@ -326,59 +303,5 @@ impl<'a> RxOutput<'a> {
         if let Some(suppressed) = self.log.allow() {
             tracing::warn!(%error, suppressed, "TUN write failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use weft_proto::vnet::GsoType;
-
-    fn tcp_packet(src_port: u16) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&40u16.to_be_bytes());
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[10, 244, 1, 2]);
-        p[16..20].copy_from_slice(&[10, 244, 2, 2]);
-        p[20..22].copy_from_slice(&src_port.to_be_bytes());
-        p[22..24].copy_from_slice(&5201u16.to_be_bytes());
-        p
-    }
-
-    #[test]
-    fn tcp_flow_keys_addresses_and_ports() {
-        let a = tcp_packet(40000);
-        let b = tcp_packet(40001);
-        assert_eq!(tcp_flow(&a), tcp_flow(&a.clone()));
-        assert_ne!(tcp_flow(&a), tcp_flow(&b));
-        let mut udp = a.clone();
-        udp[9] = 17;
-        assert_eq!(tcp_flow(&udp), None);
-        let mut fragment = a.clone();
-        fragment[6] = 0x20; // more fragments
-        assert_eq!(tcp_flow(&fragment), None);
-        assert_eq!(tcp_flow(&a[..22]), None);
-        assert_eq!(tcp_flow(&[]), None);
-    }
-
-    #[test]
-    fn a_super_packet_counts_as_its_segments() {
-        let header = |gso_type, hdr_len, gso_size| {
-            let mut bytes = [0u8; VNET_HDR_LEN];
-            VirtioNetRepr {
-                gso_type,
-                hdr_len,
-                gso_size,
-                ..VirtioNetRepr::default()
-            }
-            .emit(&mut VirtioNetHdr::new_unchecked(&mut bytes[..]));
-            bytes
-        };
-        assert_eq!(wire_segments(&header(GsoType::None, 0, 0), 1400), 1);
-        let tso = header(GsoType::TcpV4, 52, 1398);
-        assert_eq!(wire_segments(&tso, 52 + 3 * 1398), 3);
-        assert_eq!(wire_segments(&tso, 52 + 3 * 1398 + 10), 4);
-        assert_eq!(wire_segments(&header(GsoType::TcpV4, 52, 0), 9000), 1);
     }
 }

@@ -143,9 +143,11 @@ pub async fn setup(
 const ADJ_ROOM_MAC: i32 = 1;
 const ADJ_ROOM_FIXED_GSO: i32 = 1;
 const TC_ACT_SHOT: i32 = 2;
-const ETH_HEADER_LEN: i32 = 14;
-/// Stack space for the outer headers (the largest, VXLAN's 50 bytes, rounded up).
-const STACK_HEADERS: i16 = -56;
+const ETH_HEADER_LEN: i32 = weft_proto::ethernet::HEADER_LEN as i32;
+/// Stack space for the outer headers (the largest, VXLAN's 50 bytes, rounded up to the
+/// stack's 8-byte slots).
+const STACK_HEADERS: i16 = -(weft_proto::vxlan::OVERHEAD.next_multiple_of(8) as i16);
+const _: () = assert!(STACK_HEADERS == -56);
 
 /// The tc program, in full:
 ///

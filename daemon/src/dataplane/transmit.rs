@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use super::io::{read_nonblocking, set_nonblocking, write_packet};
 use super::pacer::SendPacer;
-use super::packet::{parse_inner_ipv4, HEADROOM, VXLAN_OVERHEAD};
+use super::packet::{TapOuter, HEADROOM, VXLAN_OVERHEAD};
 use super::peers::{Encap, PeerEntry};
 use super::send::{send_failed, send_segmented, SendBatch};
-use super::tun::VNET_HDR_LEN;
 use super::worker::{LogLimiter, WorkerContext, BATCH, MAX_INNER_PACKET};
 use crate::metrics::{Direction, DropReason, PeerTally};
-use weft_proto::ipv4::OuterIpv4;
-use weft_proto::vnet::{GsoType, VirtioNetHdr, VirtioNetRepr};
+use weft_proto::error::WireError;
+use weft_proto::ipv4::Ipv4Packet;
+use weft_proto::vnet::{self, GsoType, VirtioNetHdr, VirtioNetRepr};
 use weft_proto::{flow, gso};
 
 /// IPIP's one sending socket when there is no encapsulating TAP (`tap_encap`), and for
@@ -32,11 +32,6 @@ pub struct TapQueue {
     pub local_ip: Ipv4Addr,
 }
 
-/// The most a TAP frame puts before the inner packet: vnet header, Ethernet, VXLAN's
-/// outer headers.
-const TAP_PREFIX: usize = VNET_HDR_LEN + weft_proto::vxlan::HEADROOM;
-const _: () = assert!(HEADROOM >= TAP_PREFIX);
-
 impl TapQueue {
     /// Writes `slot[HEADROOM..HEADROOM + inner_len]` (read from TUN with `vnet`) as one
     /// frame: the complete outer headers in front of it, `vnet` in front of those with
@@ -50,29 +45,23 @@ impl TapQueue {
         peer: &PeerEntry,
         ident: &mut OuterIdent,
     ) -> Result<(), TapSendError> {
-        let outer = OuterIpv4 {
-            src_addr: self.local_ip,
-            dst_addr: peer.public_ip,
-            ttl: super::tap_encap::OUTER_TTL,
-            tos: 0,
+        let outer = TapOuter {
+            src: self.local_ip,
+            dst: peer.public_ip,
             // The kernel's GSO gives each wire packet cut from a super-packet the next
             // ID: they take as many as there are segments.
             ident: ident.take(vnet.segments(inner_len)),
-            dont_frag: true,
         };
+        let inner = HEADROOM..HEADROOM + inner_len;
         let frame = encap
-            .write_tap_frame(slot, HEADROOM, inner_len, peer.vtep_mac, outer)
+            .write_outer(slot, inner, &peer.vtep_mac, Some(&outer))
             .map_err(TapSendError::Encap)?;
         let prefix = (HEADROOM - frame.start) as u16;
-        let mut moved = *vnet;
-        if moved.gso_type != GsoType::None || moved.needs_csum() {
-            moved.hdr_len = moved.hdr_len.saturating_add(prefix);
-            moved.csum_start = moved.csum_start.saturating_add(prefix);
-        }
-        let start = frame.start - VNET_HDR_LEN;
-        moved.emit(&mut VirtioNetHdr::new_unchecked(
-            &mut slot[start..frame.start],
-        ));
+        let start = frame.start - vnet::HEADER_LEN;
+        vnet.with_prefix(prefix)
+            .emit(&mut VirtioNetHdr::new_unchecked(
+                &mut slot[start..frame.start],
+            ));
         write_packet(self.fd.as_fd(), &slot[start..frame.end]).map_err(TapSendError::Write)
     }
 }
@@ -157,7 +146,7 @@ const MAX_GSO_SEGMENTS: usize = 64;
 const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// Bytes per transmit slot: headroom, the vnet header and the largest inner packet.
-const TX_SLOT_LEN: usize = HEADROOM + MAX_INNER_PACKET + VNET_HDR_LEN;
+const TX_SLOT_LEN: usize = HEADROOM + MAX_INNER_PACKET + vnet::HEADER_LEN;
 
 /// The transmit half of a queue worker: TUN queue → peers.
 ///
@@ -227,7 +216,8 @@ impl Transmitter {
         let mut round = TxRound::default();
         while !batch.is_full() {
             let slot = &mut buffers[slot_index * SLOT_LEN..(slot_index + 1) * SLOT_LEN];
-            let read = match read_nonblocking(tun.as_fd(), &mut slot[HEADROOM - VNET_HDR_LEN..]) {
+            let read = match read_nonblocking(tun.as_fd(), &mut slot[HEADROOM - vnet::HEADER_LEN..])
+            {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
                 Err(error) => {
@@ -239,39 +229,36 @@ impl Transmitter {
                 }
             };
             round.packets += 1;
-            if read < VNET_HDR_LEN {
-                ctx.metrics.drop_packet(DropReason::TxMalformed);
-                continue;
-            }
-            let (vnet_bytes, packet) = slot
-                [HEADROOM - VNET_HDR_LEN..HEADROOM - VNET_HDR_LEN + read]
-                .split_at_mut(VNET_HDR_LEN);
-            let Ok(vnet) = VirtioNetRepr::parse(&VirtioNetHdr::new_unchecked(&*vnet_bytes)) else {
+            let (vnet_bytes, packet) =
+                slot[HEADROOM - vnet::HEADER_LEN..][..read].split_at(read.min(vnet::HEADER_LEN));
+            let Ok(vnet) = VirtioNetRepr::parse(&VirtioNetHdr::new_unchecked(vnet_bytes)) else {
                 ctx.metrics.drop_packet(DropReason::TxMalformed);
                 continue;
             };
-            let Some(inner) = parse_inner_ipv4(packet) else {
-                // The overlay is IPv4 only: IPv6 the host sends into the device (router
-                // solicitations, MLD) has no peer; anything else is malformed.
-                let reason = if packet.first().is_some_and(|b| b >> 4 == 6) {
-                    DropReason::TxNoPeer
-                } else {
-                    DropReason::TxMalformed
-                };
-                ctx.metrics.drop_packet(reason);
-                continue;
+            let (dst, inner_len) = match Ipv4Packet::new_checked(packet) {
+                Ok(ip) => (ip.dst_addr(), usize::from(ip.total_len())),
+                Err(error) => {
+                    // The overlay is IPv4 only: IPv6 the host sends into the device
+                    // (router solicitations, MLD) has no peer; anything else is malformed.
+                    let reason = match error {
+                        WireError::Version { version: 6, .. } => DropReason::TxNoPeer,
+                        _ => DropReason::TxMalformed,
+                    };
+                    ctx.metrics.drop_packet(reason);
+                    continue;
+                }
             };
-            let Some(peer) = peers.route(inner.dst) else {
+            let Some(peer) = peers.route(dst) else {
                 ctx.metrics.drop_packet(DropReason::TxNoPeer);
                 continue;
             };
-            let segments = vnet.segments(inner.len);
+            let segments = vnet.segments(inner_len);
             tally.count(
                 &ctx.metrics,
                 peer.subnet,
                 peer.public_ip,
                 segments as u64,
-                inner.len as u64,
+                inner_len as u64,
             );
             if vnet.gso_type != GsoType::None {
                 round.super_packets += 1;
@@ -280,13 +267,13 @@ impl Transmitter {
                 // Keep packet order: whatever waits for a socket goes first.
                 train.flush(senders, ctx, log);
                 batch.flush(senders, ctx, log);
-                tap.send(&ctx.encap, slot, inner.len, &vnet, peer, outer_ident)
+                tap.send(&ctx.encap, slot, inner_len, &vnet, peer, outer_ident)
             });
             match tap_sent {
                 None => {}
                 Some(Ok(())) => {
                     ctx.metrics.tx_syscalls.fetch_add(1, Ordering::Relaxed);
-                    ctx.metrics.tx.add(segments as u64, inner.len as u64);
+                    ctx.metrics.tx.add(segments as u64, inner_len as u64);
                     continue;
                 }
                 // Longer than one outer header can say: segmented below.
@@ -305,11 +292,11 @@ impl Transmitter {
                     continue;
                 }
             }
-            let packet = &mut slot[HEADROOM..HEADROOM + inner.len];
+            let inner = HEADROOM..HEADROOM + inner_len;
             if vnet.gso_type != GsoType::None {
                 // Keep packet order: whatever is queued goes first.
                 batch.flush(senders, ctx, log);
-                let packet = &packet[..inner.len];
+                let packet = &slot[inner];
                 let sender = pick_sender(packet, senders.len());
                 // A UDP tunnel's segments leave in UDP GSO trains; a raw IP tunnel's in
                 // one sendmmsg batch.
@@ -330,29 +317,30 @@ impl Transmitter {
                 continue;
             }
             train.flush(senders, ctx, log);
-            if vnet.needs_csum() && gso::complete_checksum(&mut packet[..inner.len], &vnet).is_err()
+            if vnet.needs_csum() && gso::complete_checksum(&mut slot[inner.clone()], &vnet).is_err()
             {
                 ctx.metrics.drop_packet(DropReason::TxMalformed);
                 continue;
             }
-            let inner_range = HEADROOM..HEADROOM + inner.len;
             // UDP flows spread over the sending sockets; IPIP has one.
             let sender = if ctx.encap.is_udp() {
-                pick_sender(&slot[inner_range], senders.len())
+                pick_sender(&slot[inner.clone()], senders.len())
             } else {
                 IPIP_RAW_SENDER
             };
-            let start = ctx
-                .encap
-                .write_datagram_headers(slot, HEADROOM, &peer.vtep_mac);
-            let to = peer.sockaddr;
+            let written = ctx.encap.write_outer(slot, inner, &peer.vtep_mac, None);
+            let Ok(datagram) = written else {
+                // Longer than one datagram can carry (an MTU near 64 KB).
+                ctx.metrics.drop_packet(DropReason::TxTooBig);
+                continue;
+            };
             batch.push(
                 senders,
                 ctx,
                 log,
-                &mut slot[start..HEADROOM + inner.len],
-                to,
-                inner.len,
+                &mut slot[datagram],
+                peer.sockaddr,
+                inner_len,
                 sender,
             );
             slot_index = (slot_index + 1) % BATCH;
@@ -465,9 +453,16 @@ impl Train {
             return;
         };
         for i in 0..layout.count {
-            let inner_start = base + i * layout.stride + VXLAN_OVERHEAD;
-            ctx.encap
-                .write_datagram_headers(&mut self.buffer, inner_start, &peer.vtep_mac);
+            let segment = layout.segment(i);
+            let inner = base + segment.start..base + segment.end;
+            let written = ctx
+                .encap
+                .write_outer(&mut self.buffer, inner, &peer.vtep_mac, None);
+            if written.is_err() {
+                // Segments longer than one datagram can carry (an MTU near 64 KB).
+                ctx.metrics.drop_packet(DropReason::TxTooBig);
+                return;
+            }
         }
         let mut start = 0;
         if self.count > 0 && layout.stride != self.stride {
@@ -595,13 +590,22 @@ mod tests {
 
     fn tcp_packet(src_port: u16) -> Vec<u8> {
         let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&40u16.to_be_bytes());
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[10, 244, 1, 2]);
-        p[16..20].copy_from_slice(&[10, 244, 2, 2]);
-        p[20..22].copy_from_slice(&src_port.to_be_bytes());
-        p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+        weft_proto::ipv4::Ipv4Repr {
+            src_addr: Ipv4Addr::new(10, 244, 1, 2),
+            dst_addr: Ipv4Addr::new(10, 244, 2, 2),
+            protocol: weft_proto::ipv4::protocol::TCP,
+            payload_len: 20,
+            ttl: 64,
+            tos: 0,
+            ident: 1,
+            dont_frag: true,
+            more_frags: false,
+            frag_offset: 0,
+        }
+        .emit(&mut Ipv4Packet::new_unchecked(&mut p[..]));
+        let mut tcp = weft_proto::tcp::TcpPacket::new_unchecked(&mut p[20..]);
+        tcp.set_src_port(src_port);
+        tcp.set_dst_port(5201);
         p
     }
 

@@ -16,18 +16,6 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-/// Size of `struct virtio_net_hdr` (no `num_buffers`): the prefix of every read and
-/// write once `IFF_VNET_HDR` is on.
-pub const VNET_HDR_LEN: usize = 10;
-
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the L4 checksum is partial; `csum_start`/`csum_offset`
-/// say where to finish it.
-pub const VNET_F_NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_GSO_NONE` / `_TCPV4` / `_UDP_L4`.
-pub const VNET_GSO_NONE: u8 = 0;
-pub const VNET_GSO_TCPV4: u8 = 1;
-pub const VNET_GSO_UDP_L4: u8 = 5;
-
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
     #[error("opening /dev/net/tun: {0}")]
@@ -161,7 +149,9 @@ impl Tun {
                     source: io::Error::last_os_error(),
                 });
             }
-            let header_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
+            // Every read and write starts with a `struct virtio_net_hdr` (no
+            // `num_buffers`), weft_proto::vnet's format.
+            let header_len: libc::c_int = weft_proto::vnet::HEADER_LEN as libc::c_int;
             tun.ioctl_ptr(&file, libc::TUNSETVNETHDRSZ, &header_len, "TUNSETVNETHDRSZ")?;
             tun.offloads = tun.set_offloads(&file, offloads)?;
             if queue == 0 && kind == Kind::Tun {
