@@ -5,10 +5,11 @@
 //!   TCP transfer arrives intact), each peer subnet is routed `via` the peer's PublicIP
 //!   on `eth0` (`proto 87`), no `weft.*` device, UDP socket or worker thread exists,
 //!   subnet.env's MTU is the underlay's, and the leases are flannel's host-gw records;
-//! * a peer whose PublicIP is not on the underlay's subnet (198.51.100.0/24 while the
-//!   nodes are on 192.0.2.0/24), and a peer of another backend: each gets no route,
-//!   weftd says why once in its log and counts it in `weft_peers_refused_total`, and the
-//!   on-link peer keeps working.
+//! * a node whose PublicIP is not on the others' underlay subnet (198.51.100.0/24 behind
+//!   a router, while they are on 192.0.2.0/24), and a peer of another backend: each gets
+//!   no route, weftd says why once in its log and counts it in
+//!   `weft_peers_refused_total` (on both sides of the router), and the on-link peers
+//!   keep working.
 
 mod dataplane_support;
 
@@ -134,49 +135,103 @@ fn two_host_gw_nodes_route_pods_via_each_others_public_ip() {
     }
 }
 
+/// Node 3 is moved to 198.51.100.3/24 before its weftd starts; the underlay namespace
+/// routes between the two subnets (it holds 192.0.2.254 and 198.51.100.254 on its
+/// bridge, and etcd), so node 3 reaches etcd but is no directly connected node of
+/// nodes 1 and 2, nor they of it.
 #[test]
 #[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn a_peer_off_the_underlay_subnet_is_refused_logged_once_and_counted() {
     if !require_root("a_peer_off_the_underlay_subnet_is_refused_logged_once_and_counted") {
         return;
     }
-    let mut lab = host_gw_lab(2);
-    let n1 = lab.node_ns(1).unwrap();
-    let (far, other) = ("10.244.200.0/24", "10.244.201.0/24");
-    // A node behind a router, on another L2 subnet; and a vxlan node in a host-gw net.
-    put_lease(
-        &lab,
-        far,
-        r#"{"PublicIP":"198.51.100.20","PublicIPv6":null,"BackendType":"host-gw"}"#,
-    );
+    let mut lab = Lab::start(LabSpec {
+        netconf: Some(HOST_GW.to_owned()),
+        start_weftd: false,
+        ..LabSpec::weft(3)
+    })
+    .unwrap();
+    let router = lab.underlay();
+    router
+        .ip(&["addr", "add", "198.51.100.254/24", "dev", "br0"])
+        .unwrap();
+    router
+        .run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    let n3 = lab.node_ns(3).unwrap();
+    n3.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
+    n3.ip(&["addr", "add", "198.51.100.3/24", "dev", "eth0"])
+        .unwrap();
+    n3.ip(&["route", "add", "default", "via", "198.51.100.254"])
+        .unwrap();
+    for n in 1..=3 {
+        lab.start_weftd(n).unwrap();
+    }
+    lab.wait_weftd_ready(1).unwrap();
+    lab.wait_weftd_ready(2).unwrap();
+    // Node 3's lease names its new PublicIP (the lab knows it as 192.0.2.3).
+    let leases = lab.wait_leases(3, Duration::from_secs(30)).unwrap();
+    let far = leases
+        .iter()
+        .find(|l| l.public_ip.to_string() == "198.51.100.3")
+        .unwrap_or_else(|| panic!("no lease of node 3 in {leases:?}"))
+        .subnet
+        .to_string();
+    // And a vxlan node in this host-gw network.
+    let other = "10.244.201.0/24";
     put_lease(
         &lab,
         other,
         r#"{"PublicIP":"192.0.2.21","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:21"}}"#,
     );
-    wait_until("both refusals counted", RECONCILE_WAIT, || {
+
+    let n1 = lab.node_ns(1).unwrap();
+    wait_until("node 1 to count both refusals", RECONCILE_WAIT, || {
         refused(&n1, "not_on_link") >= 1.0 && refused(&n1, "backend_mismatch") >= 1.0
     })
     .unwrap();
-
     let log_path = lab.node(1).unwrap().weftd_log();
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let not_on_link = "peer 10.244.200.0/24 is not routed: its PublicIP 198.51.100.20 is not on \
-                       the underlay interface's subnet (192.0.2.0/24), so it is not a directly \
-                       connected node";
-    assert!(log.contains(not_on_link), "no {not_on_link:?} in:\n{log}");
+    let not_on_link = format!(
+        "peer {far} is not routed: its PublicIP 198.51.100.3 is not on the underlay \
+         interface's subnet (192.0.2.0/24), so it is not a directly connected node"
+    );
+    assert!(log.contains(&not_on_link), "no {not_on_link:?} in:\n{log}");
     let mismatch = "peer 10.244.201.0/24 (PublicIP 192.0.2.21) is not routed: its lease is \
                     vxlan (VNI 1), this network is host-gw";
     assert!(log.contains(mismatch), "no {mismatch:?} in:\n{log}");
-    assert!(routes_to(&n1, far).is_empty(), "{:?}", routes_to(&n1, far));
+    assert!(
+        routes_to(&n1, &far).is_empty(),
+        "{:?}",
+        routes_to(&n1, &far)
+    );
     assert!(
         routes_to(&n1, other).is_empty(),
         "{:?}",
         routes_to(&n1, other)
     );
 
-    // The on-link peer still works, and the node is ready: /readyz waits for no route
-    // to a refused peer.
+    // Node 3 refuses nodes 1 and 2 the same way, naming its own subnet.
+    let (n1_subnet, _) = lab.node_subnet(1).unwrap();
+    let n3_ns = lab.node_ns(3).unwrap();
+    wait_until("node 3 to refuse nodes 1 and 2", RECONCILE_WAIT, || {
+        refused(&n3_ns, "not_on_link") >= 2.0
+    })
+    .unwrap();
+    let n3_log = std::fs::read_to_string(lab.node(3).unwrap().weftd_log()).unwrap();
+    let from_n3 = format!(
+        "peer {n1_subnet} is not routed: its PublicIP 192.0.2.1 is not on the underlay \
+         interface's subnet (198.51.100.0/24)"
+    );
+    assert!(n3_log.contains(&from_n3), "no {from_n3:?} in:\n{n3_log}");
+    let n3_routes = n3_ns.ip(&["route", "show", "proto", "87"]).unwrap();
+    assert!(
+        n3_routes.trim().is_empty(),
+        "node 3 routes nothing: {n3_routes}"
+    );
+
+    // The on-link peers still work, and node 1 is ready: /readyz waits for no route to
+    // a refused peer.
     let a = lab.add_pod(1, "a").unwrap();
     let b = lab.add_pod(2, "b").unwrap();
     wait_until("pod a to reach pod b", RECONCILE_WAIT, || lab.ping("a", b)).unwrap();
@@ -197,7 +252,11 @@ fn a_peer_off_the_underlay_subnet_is_refused_logged_once_and_counted() {
     assert_eq!(refused(&n1, "not_on_link"), 1.0);
     assert_eq!(refused(&n1, "backend_mismatch"), 1.0);
     let log = std::fs::read_to_string(&log_path).unwrap();
-    assert_eq!(log.matches(not_on_link).count(), 1, "logged once:\n{log}");
+    assert_eq!(log.matches(&not_on_link).count(), 1, "logged once:\n{log}");
     assert_eq!(log.matches(mismatch).count(), 1, "logged once:\n{log}");
-    assert!(routes_to(&n1, far).is_empty(), "{:?}", routes_to(&n1, far));
+    assert!(
+        routes_to(&n1, &far).is_empty(),
+        "{:?}",
+        routes_to(&n1, &far)
+    );
 }
