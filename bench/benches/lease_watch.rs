@@ -3,7 +3,7 @@
 //! A real etcd (the test harness's, on loopback), one weftd peer watcher
 //! (`watch_peers`, as weftd runs it), and 1,000 subnet leases created concurrently
 //! with weftd's create-if-absent transaction. Printed per round: from the first write
-//! until the watcher has delivered all 1,000 `PeerEvent`s, and how far the watcher
+//! until the watcher has delivered all 1,000 `LeaseEvent`s, and how far the watcher
 //! trailed the last acknowledged write. Target: under 1 s.
 //!
 //! `cargo bench -p weft-bench --bench lease_watch` (needs `etcd` on PATH).
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, watch};
-use weft_daemon::lease::PeerEvent;
+use weft_daemon::lease::LeaseEvent;
 use weft_daemon::subnet::{watch_peers, ControlStatus, EtcdOptions, Registry};
 use weft_proto::lease::{LeaseAttrs, MacAddr};
 use weft_tests::etcd::Etcd;
@@ -67,7 +67,7 @@ async fn rounds(endpoint: &str) -> anyhow::Result<Vec<(Duration, Duration)>> {
             stop,
         ));
         // The initial snapshot: the watcher is listening from here on.
-        let Some(PeerEvent::Snapshot(before)) = events.recv().await else {
+        let Some(LeaseEvent::Snapshot(before)) = events.recv().await else {
             anyhow::bail!("watcher did not start with a snapshot");
         };
 
@@ -88,11 +88,11 @@ async fn rounds(endpoint: &str) -> anyhow::Result<Vec<(Duration, Duration)>> {
             let mut seen = 0;
             while seen < LEASES {
                 match events.recv().await {
-                    Some(PeerEvent::Upsert(_)) => seen += 1,
-                    Some(PeerEvent::Snapshot(all)) => {
+                    Some(LeaseEvent::Upsert(_)) => seen += 1,
+                    Some(LeaseEvent::Snapshot(all)) => {
                         seen = all.len().saturating_sub(before.len()) as u32;
                     }
-                    Some(PeerEvent::Removed(_)) => {}
+                    Some(LeaseEvent::Removed(_)) => {}
                     None => break,
                 }
             }

@@ -207,13 +207,17 @@ async fn dataplane_in_place(sources: &HealthSources) -> Result<(), String> {
     let refused = metrics.refused_peers();
     for peer in sources.control.peers() {
         let compatible = peer.backend == info.backend && peer.vni == info.vni;
-        if !compatible || Some(peer.subnet) == own {
+        // The data plane routes IPv4 peers only (it refuses the others, logged).
+        let ipnet::IpNet::V4(subnet) = peer.subnet else {
+            continue;
+        };
+        if !compatible || Some(subnet) == own {
             continue;
         }
-        if refused.contains(&peer.subnet) || conflicts.iter().any(|c| c.prefix == peer.subnet) {
+        if refused.contains(&subnet) || conflicts.iter().any(|c| c.prefix == subnet) {
             continue;
         }
-        if !routes.iter().any(|route| route.dst == peer.subnet) {
+        if !routes.iter().any(|route| route.dst == subnet) {
             return Err(format!(
                 "no route to {} (peer {}) yet",
                 peer.subnet, peer.public_ip

@@ -1,11 +1,14 @@
-//! The narrow interface between the control plane (`subnet`, which talks to etcd) and
-//! the data plane (`dataplane`, which owns devices, routes and sockets). Neither side
-//! sees the other's internals: the subnet manager produces a [`LocalLease`] and a stream
-//! of [`PeerEvent`]s; the data plane consumes them.
+//! The narrow interface between the control plane (`subnet`, which talks to the subnet
+//! store) and the data plane (`dataplane`, which owns devices, routes and sockets).
+//! Neither side sees the other's internals: the subnet manager produces a
+//! [`LocalLease`] and a stream of [`LeaseEvent`]s about [`PeerLease`]s, whose addresses
+//! may be of either family; at the boundary they become the data plane's [`PeerEvent`]s
+//! about IPv4 [`Peer`]s ([`PeerEvent::from_lease_event`]), a peer the data plane cannot
+//! carry being refused with a log line rather than a panic.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_config::NetConf;
 
 /// A 48-bit MAC address (the VXLAN VTEP MAC).
@@ -51,7 +54,30 @@ pub enum PeerBackend {
     Other(String),
 }
 
-/// Another node of the cluster, from its lease.
+/// Another node of the cluster as its lease says, in either address family: what the
+/// control plane keeps, reports and saves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLease {
+    pub subnet: IpNet,
+    pub public_ip: IpAddr,
+    /// flannel's `PublicIPv6`, kept as the record has it.
+    pub public_ipv6: Option<Ipv6Addr>,
+    pub backend: PeerBackend,
+}
+
+/// What the control plane knows changed among the peers. Events are applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// A peer appeared or its lease changed (same subnet key).
+    Upsert(PeerLease),
+    /// The lease of this subnet is gone.
+    Removed(IpNet),
+    /// The complete current set of peers (after the initial list, and after every
+    /// re-list following a watch disconnect or compaction). Peers not in it are gone.
+    Snapshot(Vec<PeerLease>),
+}
+
+/// Another node of the cluster, as the data plane (IPv4 for now) routes to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub subnet: Ipv4Net,
@@ -59,7 +85,7 @@ pub struct Peer {
     pub backend: PeerBackend,
 }
 
-/// What the subnet manager tells the data plane. Events are applied in order.
+/// What the data plane is told about its peers. Events are applied in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
     /// A peer appeared or its lease changed (same subnet key).
@@ -75,17 +101,18 @@ pub enum PeerEvent {
 #[derive(Debug, thiserror::Error)]
 #[error("lease of {subnet}: {source}")]
 pub struct PeerRecordError {
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     #[source]
     pub source: weft_proto::lease::LeaseError,
 }
 
-impl Peer {
+impl PeerLease {
     /// The peer described by a lease record (flannel's schema) for `subnet`.
     pub fn from_record(
-        subnet: Ipv4Net,
+        subnet: impl Into<IpNet>,
         attrs: &weft_proto::lease::LeaseAttrs,
-    ) -> Result<Peer, PeerRecordError> {
+    ) -> Result<PeerLease, PeerRecordError> {
+        let subnet = subnet.into();
         let backend = match attrs.backend_type.as_str() {
             "vxlan" => {
                 let data = attrs
@@ -100,11 +127,87 @@ impl Peer {
             "host-gw" => PeerBackend::HostGw,
             other => PeerBackend::Other(other.to_owned()),
         };
+        Ok(PeerLease {
+            subnet,
+            public_ip: IpAddr::V4(attrs.public_ip),
+            public_ipv6: attrs.public_ipv6,
+            backend,
+        })
+    }
+}
+
+/// A peer the data plane cannot carry yet: its subnet or PublicIP is not IPv4.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "peer {subnet} with PublicIP {public_ip} is not IPv4; the data plane carries IPv4 only, \
+     so this peer is not routed"
+)]
+pub struct NotIpv4 {
+    pub subnet: IpNet,
+    pub public_ip: IpAddr,
+}
+
+impl TryFrom<&PeerLease> for Peer {
+    type Error = NotIpv4;
+
+    fn try_from(lease: &PeerLease) -> Result<Peer, NotIpv4> {
+        match (lease.subnet, lease.public_ip) {
+            (IpNet::V4(subnet), IpAddr::V4(public_ip)) => Ok(Peer {
+                subnet,
+                public_ip,
+                backend: lease.backend.clone(),
+            }),
+            (subnet, public_ip) => Err(NotIpv4 { subnet, public_ip }),
+        }
+    }
+}
+
+impl From<&Peer> for PeerLease {
+    fn from(peer: &Peer) -> Self {
+        PeerLease {
+            subnet: IpNet::V4(peer.subnet),
+            public_ip: IpAddr::V4(peer.public_ip),
+            public_ipv6: None,
+            backend: peer.backend.clone(),
+        }
+    }
+}
+
+impl Peer {
+    /// The IPv4 peer described by a lease record for `subnet`.
+    pub fn from_record(
+        subnet: Ipv4Net,
+        attrs: &weft_proto::lease::LeaseAttrs,
+    ) -> Result<Peer, PeerRecordError> {
+        let lease = PeerLease::from_record(subnet, attrs)?;
         Ok(Peer {
             subnet,
             public_ip: attrs.public_ip,
-            backend,
+            backend: lease.backend,
         })
+    }
+}
+
+impl PeerEvent {
+    /// The data plane's view of a control-plane event: peers that are not IPv4 are
+    /// left out, each with a warning (`None` when nothing is left to tell).
+    pub fn from_lease_event(event: &LeaseEvent) -> Option<PeerEvent> {
+        let ipv4 = |lease: &PeerLease| match Peer::try_from(lease) {
+            Ok(peer) => Some(peer),
+            Err(refused) => {
+                tracing::warn!(subnet = %refused.subnet, public_ip = %refused.public_ip, "{refused}");
+                None
+            }
+        };
+        match event {
+            LeaseEvent::Upsert(lease) => ipv4(lease).map(PeerEvent::Upsert),
+            LeaseEvent::Removed(IpNet::V4(subnet)) => Some(PeerEvent::Removed(*subnet)),
+            // Never handed over, so nothing to remove.
+            LeaseEvent::Removed(IpNet::V6(_)) => None,
+            LeaseEvent::Snapshot(all) => {
+                Some(PeerEvent::Snapshot(all.iter().filter_map(ipv4).collect()))
+            }
+        }
     }
 }
 
@@ -208,6 +311,44 @@ mod tests {
         .unwrap();
         let err = Peer::from_record("10.244.8.0/24".parse().unwrap(), &attrs).unwrap_err();
         assert!(err.to_string().contains("10.244.8.0/24"), "{err}");
+    }
+
+    #[test]
+    fn public_ipv6_is_kept_and_a_v6_peer_is_refused_at_the_data_plane_boundary() {
+        let json = br#"{"PublicIP":"192.0.2.7","PublicIPv6":"2001:db8::7","BackendType":"ipip"}"#;
+        let attrs = LeaseAttrs::from_json(json).unwrap();
+        let subnet: Ipv4Net = "10.244.7.0/24".parse().unwrap();
+        let lease = PeerLease::from_record(subnet, &attrs).unwrap();
+        assert_eq!(lease.public_ipv6, Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(lease.subnet, IpNet::V4(subnet));
+        let peer = Peer::try_from(&lease).unwrap();
+        assert_eq!(peer.public_ip, Ipv4Addr::new(192, 0, 2, 7));
+        assert_eq!(
+            PeerEvent::from_lease_event(&LeaseEvent::Upsert(lease.clone())),
+            Some(PeerEvent::Upsert(peer.clone()))
+        );
+
+        let v6 = PeerLease {
+            subnet: "fd00:1::/64".parse().unwrap(),
+            public_ip: "2001:db8::8".parse().unwrap(),
+            public_ipv6: None,
+            backend: PeerBackend::Ipip,
+        };
+        let refused = Peer::try_from(&v6).unwrap_err();
+        assert!(refused.to_string().contains("fd00:1::/64"), "{refused}");
+        assert_eq!(
+            PeerEvent::from_lease_event(&LeaseEvent::Upsert(v6.clone())),
+            None
+        );
+        assert_eq!(
+            PeerEvent::from_lease_event(&LeaseEvent::Removed(v6.subnet)),
+            None
+        );
+        assert_eq!(
+            PeerEvent::from_lease_event(&LeaseEvent::Snapshot(vec![v6, lease])),
+            Some(PeerEvent::Snapshot(vec![peer])),
+            "the IPv4 peers of a snapshot still get through"
+        );
     }
 
     #[test]

@@ -415,7 +415,7 @@ mod tests {
             public_ip: Ipv4Addr::new(192, 0, 2, 4),
             backend: crate::lease::PeerBackend::Ipip,
         };
-        control.set_peers(std::iter::once(&peer));
+        control.set_peers(std::iter::once(&crate::lease::PeerLease::from(&peer)));
         metrics
             .peer_stats(peer.subnet, peer.public_ip)
             .rx

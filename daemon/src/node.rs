@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use weft_config::{NetConf, Settings, SubnetEnv};
 
 use crate::health::HealthSources;
-use crate::lease::{overlay_mtu, LocalLease, PeerEvent};
+use crate::lease::{overlay_mtu, LeaseEvent, LocalLease, PeerEvent};
 use crate::metrics::Metrics;
 use crate::subnet::manager::{sleep_or_shutdown, Backoff};
 use crate::subnet::state::{
@@ -404,7 +404,7 @@ fn start_restored(
     // The channel is fresh and far larger than one event: this cannot be full.
     let _ = dataplane
         .peers
-        .try_send(PeerEvent::Snapshot(restored.peers.clone()));
+        .try_send(LeaseEvent::Snapshot(restored.peers.clone()));
     Ok(dataplane)
 }
 
@@ -439,7 +439,7 @@ struct Dataplane {
     lease: LocalLease,
     stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
-    peers: mpsc::Sender<PeerEvent>,
+    peers: mpsc::Sender<LeaseEvent>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -451,12 +451,16 @@ impl Dataplane {
         saver: &LastKnownWriter,
     ) -> Dataplane {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (peers_tx, mut peers_rx) = mpsc::channel::<PeerEvent>(PEER_EVENT_QUEUE);
+        let (peers_tx, mut peers_rx) = mpsc::channel::<LeaseEvent>(PEER_EVENT_QUEUE);
         let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
         let saver = saver.clone();
         tokio::spawn(async move {
             while let Some(event) = peers_rx.recv().await {
                 saver.apply(&event);
+                // The data plane's boundary: it gets the peers it can carry (IPv4).
+                let Some(event) = PeerEvent::from_lease_event(&event) else {
+                    continue;
+                };
                 if events_tx.send(event).await.is_err() {
                     return;
                 }

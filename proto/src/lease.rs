@@ -228,6 +228,15 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_record_keeps_public_ipv6_and_v6_backend_data() {
+        let json = r#"{"PublicIP":"192.0.2.7","PublicIPv6":"2001:db8::7","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"f6:3e:1a:9b:0c:d2"},"BackendV6Data":{"VNI":1,"VtepMAC":"f6:3e:1a:9b:0c:d3"}}"#;
+        let attrs = LeaseAttrs::from_json(json.as_bytes()).unwrap();
+        assert_eq!(attrs.public_ipv6, Some("2001:db8::7".parse().unwrap()));
+        assert!(attrs.backend_v6_data.is_some());
+        assert_eq!(attrs.to_json(), json, "re-written unchanged");
+    }
+
+    #[test]
     fn tolerates_missing_optional_fields_and_extra_ones() {
         let attrs = LeaseAttrs::from_json(br#"{"PublicIP":"192.0.2.3","Future":true}"#).unwrap();
         assert_eq!(attrs.backend_type, "");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, watch, Notify};
-use weft_daemon::lease::{Peer, PeerBackend, PeerEvent};
+use weft_daemon::lease::{LeaseEvent, Peer, PeerBackend, PeerEvent};
 use weft_daemon::subnet::manager::default_renew_interval;
 use weft_daemon::subnet::{
     watch_peers, AcquiredHow, ControlStatus, EtcdOptions, HeldLease, ManagerConfig, ManagerError,
@@ -90,12 +90,15 @@ async fn etcd_state(registry: &Registry) -> BTreeMap<Ipv4Net, Ipv4Addr> {
         .collect()
 }
 
-/// A data plane stand-in: applies peer events to a map.
-fn collect_peers(mut events: mpsc::Receiver<PeerEvent>) -> Arc<Mutex<BTreeMap<Ipv4Net, Peer>>> {
+/// A data plane stand-in: applies peer events, as the data plane gets them, to a map.
+fn collect_peers(mut events: mpsc::Receiver<LeaseEvent>) -> Arc<Mutex<BTreeMap<Ipv4Net, Peer>>> {
     let peers = Arc::new(Mutex::new(BTreeMap::new()));
     let sink = peers.clone();
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
+            let Some(event) = PeerEvent::from_lease_event(&event) else {
+                continue;
+            };
             let mut map = sink.lock().unwrap();
             match event {
                 PeerEvent::Snapshot(all) => {
@@ -170,7 +173,7 @@ async fn twenty_concurrent_managers_get_distinct_subnets_retrying_lost_races() {
     assert!(retries > 0, "the race-retry path was not exercised");
 
     // etcd agrees: 20 keys, each with its own node's PublicIP.
-    let state = etcd_state(managers[0].registry()).await;
+    let state = etcd_state(managers[0].store()).await;
     assert_eq!(state.len(), 20);
     let ips: std::collections::BTreeSet<_> = state.values().collect();
     assert_eq!(ips.len(), 20);
@@ -265,7 +268,7 @@ fn keep_and_watch(
     let notify = Arc::new(Notify::new());
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(watch_peers(
-        m.registry().clone(),
+        m.store().clone(),
         Some(held.subnet),
         tx,
         Some(notify.clone()),
@@ -292,7 +295,7 @@ async fn expired_lease_is_reacquired_as_the_same_subnet() {
     let (_stop_tx, stop) = watch::channel(false);
     keep_and_watch(m.clone(), held, stop);
 
-    let registry = m.registry().clone();
+    let registry = m.store().clone();
     let lease_now = eventually(
         "the lease to expire and be re-acquired",
         Duration::from_secs(20),
@@ -332,7 +335,7 @@ async fn revoked_lease_is_reacquired_as_the_same_subnet() {
     // An operator revokes it with etcdctl (lease IDs in hex there).
     etcd.etcdctl(&["lease", "revoke", &format!("{revoked:x}")])
         .expect("etcdctl lease revoke");
-    let registry = m.registry().clone();
+    let registry = m.store().clone();
     let current = eventually(
         "the revoked lease to be re-acquired",
         Duration::from_secs(15),
@@ -376,7 +379,7 @@ async fn reservation_is_honoured_and_never_gets_a_ttl() {
     let (_stop_tx, stop) = watch::channel(false);
     keep_and_watch(m.clone(), held, stop);
     // Several keep cycles later the key is still lease-less, with our current MAC.
-    let registry = m.registry().clone();
+    let registry = m.store().clone();
     eventually("a few keep cycles", Duration::from_secs(10), || {
         let status = m.status().clone();
         async move {
@@ -732,7 +735,7 @@ async fn etcd_outage_degrades_readiness_but_keeps_the_lease() {
     )
     .await;
     let stored = m
-        .registry()
+        .store()
         .get_subnet(subnet)
         .await
         .unwrap()
@@ -784,12 +787,12 @@ async fn subnet_taken_by_another_node_is_reported_then_taken_back_when_freed() {
     };
     assert!(reason.contains("192.0.2.77"), "{reason}");
     // It does not fight over the key.
-    let current = m.registry().get_subnet(subnet).await.unwrap().unwrap();
+    let current = m.store().get_subnet(subnet).await.unwrap().unwrap();
     assert_eq!(current.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 77));
 
     // The other node gives it up: the subnet comes back to us.
     etcd.etcdctl(&["del", &key]).unwrap();
-    let registry = m.registry().clone();
+    let registry = m.store().clone();
     eventually(
         "the subnet to be taken back",
         Duration::from_secs(10),

@@ -6,16 +6,16 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_proto::lease::{parse_subnet_key, LeaseAttrs};
 
-use crate::lease::{Peer, PeerEvent};
+use crate::lease::{LeaseEvent, PeerLease};
 
 /// The current peers, keyed by subnet.
 #[derive(Debug, Clone, Default)]
 pub struct PeerTable {
-    own: Option<Ipv4Net>,
-    peers: BTreeMap<Ipv4Net, Peer>,
+    own: Option<IpNet>,
+    peers: BTreeMap<IpNet, PeerLease>,
 }
 
 /// What one etcd key/value said, before it is known to be a peer.
@@ -56,17 +56,17 @@ impl PeerTable {
     /// A table for a node owning `own` (`None` for an observer such as `weftctl`).
     pub fn new(own: Option<Ipv4Net>) -> Self {
         PeerTable {
-            own,
+            own: own.map(IpNet::V4),
             peers: BTreeMap::new(),
         }
     }
 
     /// This node's subnet, never reported as a peer.
-    pub fn own(&self) -> Option<Ipv4Net> {
+    pub fn own(&self) -> Option<IpNet> {
         self.own
     }
 
-    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+    pub fn peers(&self) -> impl Iterator<Item = &PeerLease> {
         self.peers.values()
     }
 
@@ -79,18 +79,18 @@ impl PeerTable {
     }
 
     /// Replaces the whole set (after a list) and returns the snapshot event.
-    pub fn reset(&mut self, entries: impl IntoIterator<Item = SubnetEntry>) -> PeerEvent {
+    pub fn reset(&mut self, entries: impl IntoIterator<Item = SubnetEntry>) -> LeaseEvent {
         self.peers.clear();
         for entry in entries {
             if let Some(peer) = self.to_peer(&entry) {
                 self.peers.insert(peer.subnet, peer);
             }
         }
-        PeerEvent::Snapshot(self.peers.values().cloned().collect())
+        LeaseEvent::Snapshot(self.peers.values().cloned().collect())
     }
 
     /// A put of a subnet key. `None` when nothing changed for the data plane.
-    pub fn upsert(&mut self, entry: &SubnetEntry) -> Option<PeerEvent> {
+    pub fn upsert(&mut self, entry: &SubnetEntry) -> Option<LeaseEvent> {
         let Some(peer) = self.to_peer(entry) else {
             // A record that became unusable (or is ours) must not keep routing to the
             // old one.
@@ -100,21 +100,22 @@ impl PeerTable {
             return None;
         }
         self.peers.insert(peer.subnet, peer.clone());
-        Some(PeerEvent::Upsert(peer))
+        Some(LeaseEvent::Upsert(peer))
     }
 
     /// A delete (or expiry) of a subnet key. `None` when it was not a known peer.
-    pub fn remove(&mut self, subnet: Ipv4Net) -> Option<PeerEvent> {
+    pub fn remove(&mut self, subnet: impl Into<IpNet>) -> Option<LeaseEvent> {
+        let subnet = subnet.into();
         self.peers
             .remove(&subnet)
-            .map(|_| PeerEvent::Removed(subnet))
+            .map(|_| LeaseEvent::Removed(subnet))
     }
 
-    fn to_peer(&self, entry: &SubnetEntry) -> Option<Peer> {
-        if Some(entry.subnet) == self.own {
+    fn to_peer(&self, entry: &SubnetEntry) -> Option<PeerLease> {
+        if Some(IpNet::V4(entry.subnet)) == self.own {
             return None;
         }
-        match Peer::from_record(entry.subnet, &entry.attrs) {
+        match PeerLease::from_record(entry.subnet, &entry.attrs) {
             Ok(peer) => Some(peer),
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring peer lease");
@@ -146,11 +147,11 @@ mod tests {
     #[test]
     fn own_subnet_is_never_a_peer() {
         let mut table = PeerTable::new(Some("10.244.1.0/24".parse().unwrap()));
-        let PeerEvent::Snapshot(peers) = table.reset([entry(1, 1), entry(2, 2)]) else {
+        let LeaseEvent::Snapshot(peers) = table.reset([entry(1, 1), entry(2, 2)]) else {
             panic!("reset must give a snapshot");
         };
         assert_eq!(peers.len(), 1);
-        assert_eq!(peers[0].subnet, "10.244.2.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(peers[0].subnet, "10.244.2.0/24".parse::<IpNet>().unwrap());
         assert_eq!(table.upsert(&entry(1, 9)), None);
     }
 
@@ -159,12 +160,12 @@ mod tests {
         let mut table = PeerTable::new(None);
         assert!(matches!(
             table.upsert(&entry(3, 1)),
-            Some(PeerEvent::Upsert(_))
+            Some(LeaseEvent::Upsert(_))
         ));
         assert_eq!(table.upsert(&entry(3, 1)), None, "same record twice");
         assert!(matches!(
             table.upsert(&entry(3, 2)),
-            Some(PeerEvent::Upsert(_))
+            Some(LeaseEvent::Upsert(_))
         ));
         assert_eq!(table.len(), 1);
     }
@@ -174,7 +175,10 @@ mod tests {
         let mut table = PeerTable::new(None);
         table.upsert(&entry(4, 1));
         let subnet = entry(4, 1).subnet;
-        assert_eq!(table.remove(subnet), Some(PeerEvent::Removed(subnet)));
+        assert_eq!(
+            table.remove(subnet),
+            Some(LeaseEvent::Removed(subnet.into()))
+        );
         assert_eq!(table.remove(subnet), None);
         assert!(table.is_empty());
     }
@@ -186,7 +190,10 @@ mod tests {
         let mut broken = entry(5, 1);
         broken.attrs.backend_data = None;
         let subnet = broken.subnet;
-        assert_eq!(table.upsert(&broken), Some(PeerEvent::Removed(subnet)));
+        assert_eq!(
+            table.upsert(&broken),
+            Some(LeaseEvent::Removed(subnet.into()))
+        );
     }
 
     #[test]

@@ -5,8 +5,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseKeepAliveStream,
@@ -16,6 +15,10 @@ use ipnet::Ipv4Net;
 use weft_proto::lease::{subnet_key, LeaseAttrs};
 
 use super::peers::{decode_entry, SubnetEntry};
+pub use super::store::{EtcdHealth, Reachability, StoredLease};
+
+mod as_store;
+pub use as_store::EtcdWatch;
 
 /// How long one etcd request may take before the endpoint counts as unreachable.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,79 +99,6 @@ impl EtcdOptions {
     }
 }
 
-/// Whether etcd answered lately, shared with the health endpoint.
-#[derive(Debug, Default)]
-pub struct Reachability {
-    inner: Mutex<ReachabilityInner>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct ReachabilityInner {
-    last_ok: Option<Instant>,
-    failing_since: Option<Instant>,
-    last_error: Option<String>,
-}
-
-/// A point-in-time view of [`Reachability`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EtcdHealth {
-    /// No request has completed yet.
-    Unknown,
-    Reachable,
-    Unreachable {
-        for_: Duration,
-        error: String,
-    },
-}
-
-impl Reachability {
-    fn ok(&self) {
-        let mut inner = self.lock();
-        inner.last_ok = Some(Instant::now());
-        inner.failing_since = None;
-        inner.last_error = None;
-    }
-
-    fn failed(&self, error: String) {
-        let mut inner = self.lock();
-        inner.failing_since.get_or_insert_with(Instant::now);
-        inner.last_error = Some(error);
-    }
-
-    pub fn health(&self) -> EtcdHealth {
-        let inner = self.lock().clone();
-        match (inner.failing_since, inner.last_error) {
-            (Some(since), Some(error)) => EtcdHealth::Unreachable {
-                for_: since.elapsed(),
-                error,
-            },
-            _ if inner.last_ok.is_some() => EtcdHealth::Reachable,
-            _ => EtcdHealth::Unknown,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ReachabilityInner> {
-        // A panic while holding this lock cannot leave the plain data inconsistent.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// One subnet key as stored in etcd.
-#[derive(Debug, Clone)]
-pub struct StoredLease {
-    pub subnet: Ipv4Net,
-    pub attrs: LeaseAttrs,
-    /// The etcd lease the key is attached to; 0 for a reservation (no TTL).
-    pub lease_id: i64,
-    pub mod_revision: i64,
-}
-
-impl StoredLease {
-    pub fn is_reservation(&self) -> bool {
-        self.lease_id == 0
-    }
-}
-
 /// The outcome of a create-if-absent.
 #[derive(Debug, Clone)]
 pub enum CreateOutcome {
@@ -185,6 +115,15 @@ pub struct Registry {
     endpoints: String,
     timeout: Duration,
     reachability: Arc<Reachability>,
+    /// The open keep-alive stream of the lease this node renews (one at a time).
+    keep_alive: Arc<tokio::sync::Mutex<Option<KeepAlive>>>,
+}
+
+/// A keep-alive stream open for one etcd lease.
+struct KeepAlive {
+    lease_id: i64,
+    keeper: LeaseKeeper,
+    responses: LeaseKeepAliveStream,
 }
 
 impl std::fmt::Debug for Registry {
@@ -299,6 +238,7 @@ impl Registry {
             endpoints,
             timeout: REQUEST_TIMEOUT,
             reachability,
+            keep_alive: Arc::default(),
         })
     }
 

@@ -10,21 +10,21 @@
 //!   that is stale, foreign or garbled is ignored (logged), never fatal
 //!   ([`LastKnown::restorable`] holds the rules).
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Notify};
 use weft_config::NetConf;
 use weft_proto::lease::MacAddr;
 
-use crate::lease::{Peer, PeerBackend, PeerEvent};
+use crate::lease::{PeerBackend, PeerLease};
+
+mod writer;
+pub use writer::{apply_peer_event, LastKnownWriter};
 
 /// File name inside `--state-dir`.
 pub const STATE_FILE: &str = "node.json";
@@ -149,8 +149,10 @@ pub struct LastKnown {
 /// A peer in `last-known.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedPeer {
-    pub subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
+    pub subnet: IpNet,
+    pub public_ip: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<Ipv6Addr>,
     pub backend: SavedBackend,
 }
 
@@ -163,8 +165,8 @@ pub enum SavedBackend {
     Other { name: String },
 }
 
-impl From<&Peer> for SavedPeer {
-    fn from(peer: &Peer) -> Self {
+impl From<&PeerLease> for SavedPeer {
+    fn from(peer: &PeerLease) -> Self {
         let backend = match &peer.backend {
             PeerBackend::Vxlan { vni, vtep_mac } => SavedBackend::Vxlan {
                 vni: *vni,
@@ -177,12 +179,13 @@ impl From<&Peer> for SavedPeer {
         SavedPeer {
             subnet: peer.subnet,
             public_ip: peer.public_ip,
+            public_ipv6: peer.public_ipv6,
             backend,
         }
     }
 }
 
-impl From<&SavedPeer> for Peer {
+impl From<&SavedPeer> for PeerLease {
     fn from(saved: &SavedPeer) -> Self {
         let backend = match &saved.backend {
             SavedBackend::Vxlan { vni, vtep_mac } => PeerBackend::Vxlan {
@@ -193,9 +196,10 @@ impl From<&SavedPeer> for Peer {
             SavedBackend::HostGw => PeerBackend::HostGw,
             SavedBackend::Other { name } => PeerBackend::Other(name.clone()),
         };
-        Peer {
+        PeerLease {
             subnet: saved.subnet,
             public_ip: saved.public_ip,
+            public_ipv6: saved.public_ipv6,
             backend,
         }
     }
@@ -230,7 +234,7 @@ pub struct Restored {
     pub expires_unix: Option<u64>,
     pub peers_as_of_unix: u64,
     /// Every saved peer except this node's own subnet.
-    pub peers: Vec<Peer>,
+    pub peers: Vec<PeerLease>,
 }
 
 impl LastKnown {
@@ -306,8 +310,8 @@ impl LastKnown {
         let peers = self
             .peers
             .iter()
-            .filter(|p| p.subnet != self.subnet)
-            .map(Peer::from)
+            .filter(|p| p.subnet != IpNet::V4(self.subnet))
+            .map(PeerLease::from)
             .collect();
         Ok(Restored {
             netconf,
@@ -342,484 +346,5 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Keeps [`LastKnown`] up to date in `--state-dir`: the lease (from the lease keeper's
-/// state) and the peers (every [`PeerEvent`] the data plane gets passes through
-/// [`LastKnownWriter::apply`]). Changes only mark the state dirty; a task writes it at
-/// most once per debounce period, so a burst of peer events (a re-list of 5,000 peers)
-/// is one write, and writes once more on shutdown.
-#[derive(Debug, Clone)]
-pub struct LastKnownWriter {
-    shared: Arc<WriterShared>,
-}
-
-#[derive(Debug)]
-struct WriterShared {
-    dir: PathBuf,
-    pending: Mutex<Pending>,
-    wake: Notify,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    netconf: Option<String>,
-    public_ip: Option<Ipv4Addr>,
-    /// subnet, lease id, expiry.
-    lease: Option<(Ipv4Net, i64, Option<u64>)>,
-    peers: BTreeMap<Ipv4Net, Peer>,
-    dirty: bool,
-    /// The file must go (the subnet is not ours any more).
-    remove: bool,
-}
-
-impl LastKnownWriter {
-    /// Starts the writing task for `dir`; it ends (after a last write of what is
-    /// pending) when `stop` turns true. Await the handle to know that write is done.
-    pub fn spawn(
-        dir: PathBuf,
-        debounce: Duration,
-        stop: watch::Receiver<bool>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
-        let shared = Arc::new(WriterShared {
-            dir,
-            pending: Mutex::default(),
-            wake: Notify::new(),
-        });
-        let task = tokio::spawn(write_loop(shared.clone(), debounce, stop));
-        (LastKnownWriter { shared }, task)
-    }
-
-    fn pending(&self) -> MutexGuard<'_, Pending> {
-        // Plain data: a panic elsewhere cannot leave it half-updated in a harmful way.
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn changed(&self, mut pending: MutexGuard<'_, Pending>) {
-        pending.dirty = true;
-        drop(pending);
-        self.shared.wake.notify_one();
-    }
-
-    /// Starts from a restored state, as it is on disk (nothing to write).
-    pub fn seed(&self, restored: &Restored, public_ip: Ipv4Addr) {
-        let mut pending = self.pending();
-        pending.netconf = Some(restored.netconf_json.clone());
-        pending.public_ip = Some(public_ip);
-        pending.lease = Some((restored.subnet, restored.lease_id, restored.expires_unix));
-        pending.peers = restored
-            .peers
-            .iter()
-            .map(|p| (p.subnet, p.clone()))
-            .collect();
-    }
-
-    /// The net-conf (as stored in etcd) and PublicIP the lease belongs to.
-    pub fn set_netconf(&self, netconf_json: String, public_ip: Ipv4Addr) {
-        let mut pending = self.pending();
-        if pending.netconf.as_ref() == Some(&netconf_json) && pending.public_ip == Some(public_ip) {
-            return;
-        }
-        pending.netconf = Some(netconf_json);
-        pending.public_ip = Some(public_ip);
-        self.changed(pending);
-    }
-
-    /// The lease as the keeper holds it now; written when it differs enough from the
-    /// saved one ([`expiry_worth_saving`]).
-    pub fn set_lease(&self, subnet: Ipv4Net, lease_id: i64, expires_unix: Option<u64>) {
-        let mut pending = self.pending();
-        let worth = match pending.lease {
-            Some((saved_subnet, saved_id, saved_expiry)) => {
-                saved_subnet != subnet
-                    || saved_id != lease_id
-                    || expiry_worth_saving(saved_expiry, expires_unix, now_unix())
-            }
-            None => true,
-        };
-        if !worth {
-            return;
-        }
-        pending.lease = Some((subnet, lease_id, expires_unix));
-        pending.remove = false;
-        self.changed(pending);
-    }
-
-    /// The subnet is not this node's any more: no start without etcd from it.
-    pub fn forget(&self) {
-        let mut pending = self.pending();
-        if pending.lease.take().is_some() {
-            pending.remove = true;
-            self.changed(pending);
-        }
-    }
-
-    /// Applies one peer event (the same the data plane gets); marks the state dirty only
-    /// when the peer set changed.
-    pub fn apply(&self, event: &PeerEvent) {
-        let mut pending = self.pending();
-        let changed = apply_peer_event(&mut pending.peers, event);
-        if changed {
-            self.changed(pending);
-        }
-    }
-
-    /// The state as it would be written now (`None` without a lease).
-    fn snapshot(pending: &Pending) -> Option<LastKnown> {
-        let (subnet, lease_id, expires_unix) = pending.lease?;
-        Some(LastKnown {
-            netconf: pending.netconf.clone()?,
-            public_ip: pending.public_ip?,
-            subnet,
-            lease_id,
-            expires_unix,
-            written_unix: now_unix(),
-            peers: pending.peers.values().map(SavedPeer::from).collect(),
-        })
-    }
-}
-
-/// Applies `event` to `peers`; true when the set changed.
-pub fn apply_peer_event(peers: &mut BTreeMap<Ipv4Net, Peer>, event: &PeerEvent) -> bool {
-    match event {
-        PeerEvent::Upsert(peer) => peers.insert(peer.subnet, peer.clone()).as_ref() != Some(peer),
-        PeerEvent::Removed(subnet) => peers.remove(subnet).is_some(),
-        PeerEvent::Snapshot(all) => {
-            let new: BTreeMap<Ipv4Net, Peer> = all.iter().map(|p| (p.subnet, p.clone())).collect();
-            if *peers == new {
-                return false;
-            }
-            *peers = new;
-            true
-        }
-    }
-}
-
-async fn write_loop(
-    shared: Arc<WriterShared>,
-    debounce: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let stopping = tokio::select! {
-            () = shared.wake.notified() => {
-                // Let the rest of a burst arrive; it goes into the same write.
-                tokio::select! {
-                    () = tokio::time::sleep(debounce) => false,
-                    () = stopped(&mut stop) => true,
-                }
-            }
-            () = stopped(&mut stop) => true,
-        };
-        flush(&shared).await;
-        if stopping {
-            return;
-        }
-    }
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn flush(shared: &Arc<WriterShared>) {
-    enum Job {
-        Write(LastKnown),
-        Remove,
-    }
-    let job = {
-        let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if !std::mem::take(&mut pending.dirty) {
-            return;
-        }
-        if std::mem::take(&mut pending.remove) && pending.lease.is_none() {
-            Job::Remove
-        } else {
-            match LastKnownWriter::snapshot(&pending) {
-                Some(state) => Job::Write(state),
-                None => return,
-            }
-        }
-    };
-    let dir = shared.dir.clone();
-    let result = tokio::task::spawn_blocking(move || match job {
-        Job::Write(state) => state.save(&dir),
-        Job::Remove => LastKnown::remove(&dir),
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot update the last known state"),
-        Err(e) => tracing::warn!(error = %e, "writing the last known state failed"),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identity_survives_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = NodeState::load_or_create(dir.path()).unwrap();
-        assert_eq!(
-            first.vtep_mac.0[0] & 0x03,
-            0x02,
-            "locally administered unicast"
-        );
-        let mut with_lease = first.clone();
-        with_lease.last_lease = Some(LastLease {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.9.0/24".parse().unwrap(),
-            public_ip: Ipv4Addr::new(192, 0, 2, 9),
-        });
-        with_lease.save(dir.path()).unwrap();
-        let again = NodeState::load_or_create(dir.path()).unwrap();
-        assert_eq!(again, with_lease);
-    }
-
-    #[test]
-    fn corrupt_state_is_an_error_naming_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(STATE_FILE), b"{").unwrap();
-        let err = NodeState::load_or_create(dir.path())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(STATE_FILE), "{err}");
-    }
-
-    const NETCONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
-    const NOW: u64 = 1_796_359_207;
-
-    fn peer(third: u8) -> Peer {
-        Peer {
-            subnet: Ipv4Net::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap(),
-            public_ip: Ipv4Addr::new(192, 0, 2, third),
-            backend: PeerBackend::Vxlan {
-                vni: 1,
-                vtep_mac: [2, 0, 0, 0, 0, third],
-            },
-        }
-    }
-
-    fn saved() -> LastKnown {
-        let mut peers: Vec<SavedPeer> = [2, 3].map(|t| SavedPeer::from(&peer(t))).to_vec();
-        peers.push(SavedPeer::from(&Peer {
-            subnet: "10.244.4.0/24".parse().unwrap(),
-            public_ip: Ipv4Addr::new(192, 0, 2, 4),
-            backend: PeerBackend::Ipip,
-        }));
-        peers.push(SavedPeer::from(&Peer {
-            subnet: "10.244.5.0/24".parse().unwrap(),
-            public_ip: Ipv4Addr::new(192, 0, 2, 5),
-            backend: PeerBackend::HostGw,
-        }));
-        peers.push(SavedPeer::from(&Peer {
-            subnet: "10.244.6.0/24".parse().unwrap(),
-            public_ip: Ipv4Addr::new(192, 0, 2, 6),
-            backend: PeerBackend::Other("udp".into()),
-        }));
-        LastKnown {
-            netconf: NETCONF.into(),
-            public_ip: Ipv4Addr::new(192, 0, 2, 1),
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            lease_id: 0x1234,
-            expires_unix: Some(NOW + 3600),
-            written_unix: NOW - 60,
-            peers,
-        }
-    }
-
-    fn last_lease(subnet: &str) -> LastLease {
-        LastLease {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: subnet.parse().unwrap(),
-            public_ip: Ipv4Addr::new(192, 0, 2, 1),
-        }
-    }
-
-    #[test]
-    fn last_known_round_trips_and_restores_its_peers() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(LastKnown::load(dir.path()), Ok(None));
-        let state = saved();
-        state.save(dir.path()).unwrap();
-        let loaded = LastKnown::load(dir.path()).unwrap().unwrap();
-        assert_eq!(loaded, state);
-        let restored = loaded
-            .restorable(
-                Ipv4Addr::new(192, 0, 2, 1),
-                Some(&last_lease("10.244.1.0/24")),
-                NOW,
-            )
-            .unwrap();
-        assert_eq!(restored.subnet, state.subnet);
-        assert_eq!(restored.lease_id, 0x1234);
-        assert_eq!(restored.peers_as_of_unix, NOW - 60);
-        assert_eq!(restored.netconf, NetConf::parse(NETCONF).unwrap());
-        assert_eq!(restored.peers.len(), 5);
-        assert_eq!(restored.peers[0], peer(2));
-        assert_eq!(restored.peers[2].backend, PeerBackend::Ipip);
-        assert_eq!(restored.peers[3].backend, PeerBackend::HostGw);
-        assert_eq!(restored.peers[4].backend, PeerBackend::Other("udp".into()));
-        LastKnown::remove(dir.path()).unwrap();
-        LastKnown::remove(dir.path()).unwrap();
-        assert_eq!(LastKnown::load(dir.path()), Ok(None));
-    }
-
-    #[test]
-    fn stale_or_foreign_state_is_refused_with_the_reason() {
-        let ip = Ipv4Addr::new(192, 0, 2, 1);
-        let last = last_lease("10.244.1.0/24");
-        let check = |state: LastKnown, last: Option<&LastLease>, now| {
-            state.restorable(ip, last, now).unwrap_err().to_string()
-        };
-
-        let mut foreign = saved();
-        foreign.public_ip = Ipv4Addr::new(192, 0, 2, 2);
-        let err = check(foreign, Some(&last), NOW);
-        assert!(
-            err.contains("192.0.2.2") && err.contains("192.0.2.1"),
-            "{err}"
-        );
-
-        let mut other_network = saved();
-        other_network.netconf = r#"{"Network":"10.50.0.0/16"}"#.into();
-        let err = check(other_network, Some(&last), NOW);
-        assert!(
-            err.contains("10.244.1.0/24") && err.contains("10.50.0.0/16"),
-            "{err}"
-        );
-
-        let mut bad_netconf = saved();
-        bad_netconf.netconf = r#"{"Network":"nope"}"#.into();
-        assert!(check(bad_netconf, Some(&last), NOW).contains("net-conf"));
-
-        let err = check(saved(), Some(&last_lease("10.244.9.0/24")), NOW);
-        assert!(
-            err.contains("10.244.9.0/24") && err.contains(STATE_FILE),
-            "{err}"
-        );
-        assert!(check(saved(), None, NOW).contains("none"));
-
-        let err = check(saved(), Some(&last), NOW + 3600);
-        assert!(err.contains("expired"), "{err}");
-        // A reservation never expires.
-        let mut reservation = saved();
-        reservation.lease_id = 0;
-        reservation.expires_unix = None;
-        assert!(reservation.restorable(ip, Some(&last), u64::MAX).is_ok());
-    }
-
-    #[test]
-    fn garbage_is_refused_naming_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(LAST_KNOWN_FILE), b"\x00garbage").unwrap();
-        let (path, why) = LastKnown::load(dir.path()).unwrap_err();
-        assert!(path.ends_with(LAST_KNOWN_FILE));
-        assert!(matches!(why, Unusable::Garbled(_)), "{why}");
-        std::fs::write(dir.path().join(LAST_KNOWN_FILE), br#"{"netconf":1}"#).unwrap();
-        assert!(LastKnown::load(dir.path()).is_err());
-    }
-
-    #[test]
-    fn expiry_is_rewritten_only_when_it_lags_a_quarter_of_the_time_left() {
-        let day = 24 * 3600;
-        // A keep-alive 10 s later: not worth a write.
-        assert!(!expiry_worth_saving(
-            Some(NOW + day),
-            Some(NOW + day + 10),
-            NOW + 10
-        ));
-        // Six hours and a bit later: the saved one lags more than a quarter.
-        let later = NOW + 6 * 3600 + 60;
-        assert!(expiry_worth_saving(
-            Some(NOW + day),
-            Some(later + day),
-            later
-        ));
-        // An expiry moving backwards is never written (the saved one stays early).
-        assert!(!expiry_worth_saving(Some(NOW + day), Some(NOW + 10), NOW));
-        assert!(expiry_worth_saving(None, Some(NOW + day), NOW));
-        assert!(expiry_worth_saving(Some(NOW + day), None, NOW));
-        assert!(!expiry_worth_saving(None, None, NOW));
-    }
-
-    #[test]
-    fn peer_events_change_the_set_only_when_it_changes() {
-        let mut peers = BTreeMap::new();
-        assert!(apply_peer_event(&mut peers, &PeerEvent::Upsert(peer(2))));
-        assert!(!apply_peer_event(&mut peers, &PeerEvent::Upsert(peer(2))));
-        let snapshot = PeerEvent::Snapshot(vec![peer(2), peer(3)]);
-        assert!(apply_peer_event(&mut peers, &snapshot));
-        assert!(!apply_peer_event(&mut peers, &snapshot));
-        assert!(apply_peer_event(
-            &mut peers,
-            &PeerEvent::Removed(peer(3).subnet)
-        ));
-        assert!(!apply_peer_event(
-            &mut peers,
-            &PeerEvent::Removed(peer(3).subnet)
-        ));
-        assert_eq!(peers.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_burst_of_5000_peer_events_is_one_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let (stop_tx, stop) = watch::channel(false);
-        let (writer, task) =
-            LastKnownWriter::spawn(dir.path().to_owned(), Duration::from_millis(200), stop);
-        writer.set_netconf(NETCONF.into(), Ipv4Addr::new(192, 0, 2, 1));
-        writer.set_lease("10.244.1.0/24".parse().unwrap(), 7, Some(NOW));
-        let file = dir.path().join(LAST_KNOWN_FILE);
-        let mut writes = 0;
-        let mut last_modified = None;
-        let start = std::time::Instant::now();
-        for i in 0..5000u32 {
-            let subnet = Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap();
-            writer.apply(&PeerEvent::Upsert(Peer {
-                subnet,
-                public_ip: Ipv4Addr::from(0xc000_0200 + i),
-                backend: PeerBackend::Ipip,
-            }));
-            if i % 500 == 0 {
-                tokio::task::yield_now().await;
-                let modified = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
-                if modified != last_modified {
-                    writes += u32::from(modified.is_some());
-                    last_modified = modified;
-                }
-            }
-        }
-        let burst = start.elapsed();
-        // The debounce ends and one write lands.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let state = loop {
-            if let Ok(Some(state)) = LastKnown::load(dir.path()) {
-                if state.peers.len() == 5000 {
-                    break state;
-                }
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no write of all 5000 peers"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert_eq!(state.lease_id, 7);
-        if burst < Duration::from_millis(200) {
-            assert_eq!(writes, 0, "nothing written during the burst ({burst:?})");
-        }
-        // Stop writes what is pending: a removal after a conflict.
-        writer.forget();
-        stop_tx.send(true).unwrap();
-        task.await.unwrap();
-        assert!(!file.exists(), "removed on stop, before the task ended");
-    }
-}
+mod tests;

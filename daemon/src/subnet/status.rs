@@ -2,17 +2,17 @@
 //! reachability and counters. Written by the manager and the watcher, read by `/readyz`
 //! and `/v1/status`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::registry::{EtcdHealth, Reachability};
-use crate::lease::{Peer, PeerBackend};
+use super::store::{EtcdHealth, Reachability};
+use crate::lease::{PeerBackend, PeerLease};
 
 /// Event counters of the control plane (monotonic).
 #[derive(Debug, Default)]
@@ -76,8 +76,10 @@ pub enum LeaseState {
 /// A peer as `/v1/status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PeerView {
-    pub subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
+    pub subnet: IpNet,
+    pub public_ip: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<Ipv6Addr>,
     pub backend: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vni: Option<u32>,
@@ -85,8 +87,8 @@ pub struct PeerView {
     pub vtep_mac: Option<String>,
 }
 
-impl From<&Peer> for PeerView {
-    fn from(peer: &Peer) -> Self {
+impl From<&PeerLease> for PeerView {
+    fn from(peer: &PeerLease) -> Self {
         let (backend, vni, vtep_mac) = match &peer.backend {
             PeerBackend::Vxlan { vni, vtep_mac } => (
                 "vxlan".to_owned(),
@@ -100,6 +102,7 @@ impl From<&Peer> for PeerView {
         PeerView {
             subnet: peer.subnet,
             public_ip: peer.public_ip,
+            public_ipv6: peer.public_ipv6,
             backend,
             vni,
             vtep_mac,
@@ -244,7 +247,7 @@ impl ControlStatus {
         self.lease.subscribe()
     }
 
-    pub fn set_peers<'a>(&self, peers: impl Iterator<Item = &'a Peer>) {
+    pub fn set_peers<'a>(&self, peers: impl Iterator<Item = &'a PeerLease>) {
         *lock(&self.peers) = peers.map(PeerView::from).collect();
     }
 
