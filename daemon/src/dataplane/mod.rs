@@ -11,6 +11,11 @@
 //! on them are a `plane::Plane`, rebuilt when a device goes (see [`repair`]). The
 //! packets never pass through here: [`worker`] threads move them between the TUN device
 //! and the underlay socket.
+//!
+//! What differs per backend is asked of [`crate::backend`]: which peers get which route
+//! (or are refused), and whether there is a tunnel at all. A backend without one
+//! (host-gw) gets cni0, routes via the peers' PublicIPs and the host rules, and no
+//! TUN, TAP, sockets or workers.
 
 mod batch;
 pub mod bpf;
