@@ -17,11 +17,13 @@
 //!   gateway on the network address); `SubnetMax` absent or `0.0.0.0`: the last subnet.
 //!   Given: inside `Network` and on a `SubnetLen` boundary;
 //! * VXLAN: `VNI` default 1, `Port` absent or 0 means 8472 (the kernel's default that
-//!   flanneld relies on).
+//!   flanneld relies on);
+//! * `host-gw` has no options: routes to each peer's subnet via its PublicIP, no
+//!   encapsulation, so the overlay MTU is the underlay's.
 //!
 //! Where weft deliberately differs, the error says so: a missing `Backend` means
 //! `vxlan` (flannel's historical default `udp` is not supported), weft is IPv4-only,
-//! only `vxlan` and `ipip` are supported, VXLAN `GBP` is not supported, `SubnetMin` must
+//! only `vxlan`, `ipip` and `host-gw` are supported, VXLAN `GBP` is not supported, `SubnetMin` must
 //! not be after `SubnetMax`, and unknown keys are rejected instead of silently ignored
 //! (a typo such as `SubnetLem` would otherwise change the whole cluster's layout).
 
@@ -71,6 +73,8 @@ pub enum Backend {
     },
     /// `{"Type":"ipip","DirectRouting":false}`
     Ipip { direct_routing: bool },
+    /// `{"Type":"host-gw"}`: plain routes via the peers' PublicIPs on one L2 network.
+    HostGw,
 }
 
 impl Default for Backend {
@@ -85,28 +89,32 @@ impl Default for Backend {
 }
 
 impl Backend {
-    /// The `BackendType` string flannel writes into leases: `vxlan` or `ipip`.
+    /// The `BackendType` string flannel writes into leases: `vxlan`, `ipip`, `host-gw`.
     pub fn type_name(&self) -> &'static str {
         match self {
             Backend::Vxlan { .. } => "vxlan",
             Backend::Ipip { .. } => "ipip",
+            Backend::HostGw => "host-gw",
         }
     }
 
-    /// Bytes of encapsulation overhead: 50 for VXLAN, 20 for IPIP.
+    /// Bytes of encapsulation overhead: 50 for VXLAN, 20 for IPIP, none for host-gw.
     pub fn overhead(&self) -> u32 {
         match self {
             Backend::Vxlan { .. } => 50,
             Backend::Ipip { .. } => 20,
+            Backend::HostGw => 0,
         }
     }
 
     /// `DirectRouting`: route directly (no encapsulation) to peers on the same L2 subnet.
+    /// host-gw routes every peer directly; it has no tunnel to fall back to.
     pub fn direct_routing(&self) -> bool {
         match self {
             Backend::Vxlan { direct_routing, .. } | Backend::Ipip { direct_routing } => {
                 *direct_routing
             }
+            Backend::HostGw => true,
         }
     }
 }
@@ -150,9 +158,9 @@ pub enum NetConfError {
         value: String,
         problem: String,
     },
-    #[error("net-conf: Backend.Type is missing; set \"Type\" to \"vxlan\" or \"ipip\" (or remove Backend for vxlan)")]
+    #[error("net-conf: Backend.Type is missing; set \"Type\" to \"vxlan\", \"ipip\" or \"host-gw\" (or remove Backend for vxlan)")]
     MissingBackendType,
-    #[error("net-conf: Backend.Type \"{backend_type}\" is not supported by weft; supported are \"vxlan\" (the default when Backend is absent) and \"ipip\"{hint}")]
+    #[error("net-conf: Backend.Type \"{backend_type}\" is not supported by weft; supported are \"vxlan\" (the default when Backend is absent), \"ipip\" and \"host-gw\"{hint}")]
     UnsupportedBackend {
         backend_type: String,
         hint: &'static str,
@@ -190,6 +198,9 @@ const VXLAN_FIELDS: &[&str] = &[
 ];
 
 const IPIP_FIELDS: &[&str] = &["Type", "DirectRouting"];
+
+/// flannel's host-gw backend has no options.
+const HOST_GW_FIELDS: &[&str] = &["Type"];
 
 impl NetConf {
     /// Parses and validates flannel's net-conf JSON, applying flannel's defaults.
@@ -296,6 +307,7 @@ impl NetConf {
             Backend::Ipip { direct_routing } => {
                 backend.insert("DirectRouting".into(), (*direct_routing).into());
             }
+            Backend::HostGw => {}
         }
         let mut root = Map::new();
         root.insert("Network".into(), self.network.to_string().into());
@@ -572,6 +584,10 @@ fn parse_backend(top: &Object<'_>) -> Result<(Backend, Option<u32>), NetConfErro
                 .unwrap_or(false);
             Ok((Backend::Ipip { direct_routing }, None))
         }
+        "host-gw" => {
+            backend.reject_unknown(HOST_GW_FIELDS, " of a host-gw Backend")?;
+            Ok((Backend::HostGw, None))
+        }
         other => Err(NetConfError::UnsupportedBackend {
             backend_type: other.to_owned(),
             hint: unsupported_hint(other),
@@ -582,11 +598,8 @@ fn parse_backend(top: &Object<'_>) -> Result<(Backend, Option<u32>), NetConfErro
 fn unsupported_hint(backend_type: &str) -> &'static str {
     match backend_type {
         "udp" => "; \"udp\" is flannel's historical default and its slowest backend: use \"vxlan\"",
-        "host-gw" => {
-            "; for unencapsulated routes between hosts on one L2 network use \
-             \"vxlan\" or \"ipip\" with \"DirectRouting\": true"
-        }
-        "VXLAN" | "Vxlan" | "IPIP" | "Ipip" => {
+        "host_gw" | "hostgw" | "hostGw" => "; flannel's name for it is \"host-gw\"",
+        "VXLAN" | "Vxlan" | "IPIP" | "Ipip" | "HOST-GW" | "Host-Gw" => {
             "; the type is case-sensitive: write it in lower case"
         }
         "" => "; Type is empty",
@@ -732,54 +745,4 @@ fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
         from = start + needle.len();
     }
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_follow_flannel() {
-        let c = NetConf::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
-        assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
-        assert_eq!(c.backend, Backend::default());
-        assert_eq!(c.subnet_count(), 255);
-        assert_eq!(c.underlay_mtu, None);
-    }
-
-    #[test]
-    fn small_networks_get_prefix_plus_two() {
-        let c = NetConf::parse(r#"{"Network":"10.244.0.0/26"}"#).unwrap();
-        assert_eq!(c.subnet_len, 28);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 0, 16));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 0, 48));
-        assert_eq!(c.subnet_count(), 3);
-        let c = NetConf::parse(r#"{"Network":"10.244.0.0/22"}"#).unwrap();
-        assert_eq!(c.subnet_len, 24);
-        let c = NetConf::parse(r#"{"Network":"10.244.0.0/23"}"#).unwrap();
-        assert_eq!(c.subnet_len, 25);
-    }
-
-    #[test]
-    fn subnets_iterates_min_to_max() {
-        let c = NetConf::parse(
-            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.12.0"}"#,
-        )
-        .unwrap();
-        let all: Vec<String> = c.subnets().map(|s| s.to_string()).collect();
-        assert_eq!(all, ["10.244.10.0/24", "10.244.11.0/24", "10.244.12.0/24"]);
-        assert!(c.is_leasable("10.244.11.0/24".parse().unwrap()));
-        assert!(!c.is_leasable("10.244.13.0/24".parse().unwrap()));
-        assert!(!c.is_leasable("10.244.11.0/25".parse().unwrap()));
-        assert!(!c.is_leasable("10.244.11.1/24".parse().unwrap()));
-    }
-
-    #[test]
-    fn locate_key_reports_line_and_column() {
-        let text = "{\n  \"Network\": \"x\",\n  \"Bogus\": 1\n}";
-        assert_eq!(locate_key(text, "Bogus"), Some((3, 3)));
-        assert_eq!(locate_key(text, "x"), None);
-    }
 }

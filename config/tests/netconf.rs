@@ -150,6 +150,31 @@ fn ipip_backend() {
     );
 }
 
+/// Documentation/backends.md's host-gw backend: no options, no overhead.
+#[test]
+fn host_gw_backend() {
+    let c = NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#).unwrap();
+    assert_eq!(c.backend, Backend::HostGw);
+    assert_eq!(c.backend.type_name(), "host-gw");
+    assert_eq!(
+        c.overlay_mtu(1500),
+        1500,
+        "no encapsulation: the underlay MTU"
+    );
+    assert_eq!(c.overlay_mtu(9000), 9000);
+    assert!(c.backend.direct_routing());
+    assert_eq!(c.underlay_mtu, None);
+    assert_eq!(NetConf::parse(&c.to_json()), Ok(c.clone()));
+    assert!(
+        c.to_json().contains(r#""Backend":{"Type":"host-gw"}"#),
+        "{}",
+        c.to_json()
+    );
+    // Go's encoding/json matches keys case-insensitively; the type itself is exact.
+    let c = NetConf::parse(r#"{"network":"10.244.0.0/16","backend":{"type":"host-gw"}}"#).unwrap();
+    assert_eq!(c.backend, Backend::HostGw);
+}
+
 #[test]
 fn missing_backend_means_vxlan_and_null_means_absent() {
     for text in [
@@ -391,9 +416,18 @@ fn bad_configs() {
             ],
         ),
         (
-            "Backend host-gw",
-            r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#,
-            &["\"host-gw\" is not supported", "DirectRouting"],
+            "Backend host-gw with an option it does not have",
+            r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw", "DirectRouting": true}}"#,
+            &[
+                "unknown field \"Backend.DirectRouting\"",
+                "of a host-gw Backend",
+                "known fields of a host-gw Backend: Type",
+            ],
+        ),
+        (
+            "Backend hostgw",
+            r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "hostgw"}}"#,
+            &["\"hostgw\" is not supported", "\"host-gw\""],
         ),
         (
             "Backend wireguard",
@@ -485,6 +519,44 @@ fn syntax_errors_carry_position() {
     }
 }
 
+#[test]
+fn defaults_follow_flannel() {
+    let c = NetConf::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+    assert_eq!(c.subnet_len, 24);
+    assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+    assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+    assert_eq!(c.backend, Backend::default());
+    assert_eq!(c.subnet_count(), 255);
+    assert_eq!(c.underlay_mtu, None);
+}
+
+#[test]
+fn small_networks_get_prefix_plus_two() {
+    let c = NetConf::parse(r#"{"Network":"10.244.0.0/26"}"#).unwrap();
+    assert_eq!(c.subnet_len, 28);
+    assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 0, 16));
+    assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 0, 48));
+    assert_eq!(c.subnet_count(), 3);
+    let c = NetConf::parse(r#"{"Network":"10.244.0.0/22"}"#).unwrap();
+    assert_eq!(c.subnet_len, 24);
+    let c = NetConf::parse(r#"{"Network":"10.244.0.0/23"}"#).unwrap();
+    assert_eq!(c.subnet_len, 25);
+}
+
+#[test]
+fn subnets_iterates_min_to_max() {
+    let c = NetConf::parse(
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.12.0"}"#,
+    )
+    .unwrap();
+    let all: Vec<String> = c.subnets().map(|s| s.to_string()).collect();
+    assert_eq!(all, ["10.244.10.0/24", "10.244.11.0/24", "10.244.12.0/24"]);
+    assert!(c.is_leasable("10.244.11.0/24".parse().unwrap()));
+    assert!(!c.is_leasable("10.244.13.0/24".parse().unwrap()));
+    assert!(!c.is_leasable("10.244.11.0/25".parse().unwrap()));
+    assert!(!c.is_leasable("10.244.11.1/24".parse().unwrap()));
+}
+
 proptest! {
     #[test]
     fn parse_never_panics_on_arbitrary_text(text in ".{0,200}") {
@@ -499,7 +571,7 @@ proptest! {
         max in proptest::option::of((0u8..=255, 0u8..=255)),
         vni in proptest::option::of(-2i64..=(1 << 25)),
         port in proptest::option::of(-2i64..=70000),
-        backend in prop::sample::select(vec!["vxlan", "ipip", "udp", ""]),
+        backend in prop::sample::select(vec!["vxlan", "ipip", "host-gw", "udp", ""]),
     ) {
         let mut text = format!(r#"{{"Network":"{a}.{b}.0.0/{prefix}""#);
         if let Some(len) = len { text += &format!(r#","SubnetLen":{len}"#); }

@@ -203,6 +203,8 @@ async fn dataplane_in_place(sources: &HealthSources) -> Result<(), String> {
     // A subnet another route holds has no weft route on purpose: that is reported
     // (`route_conflicts`), not a data plane that is not in place.
     let conflicts = metrics.route_conflicts();
+    // A peer the backend refuses has no route on purpose (logged and counted).
+    let refused = metrics.refused_peers();
     for peer in sources.control.peers() {
         let compatible = peer.backend == info.backend && peer.vni == info.vni;
         // The data plane routes IPv4 peers only (it refuses the others, logged).
@@ -213,7 +215,7 @@ async fn dataplane_in_place(sources: &HealthSources) -> Result<(), String> {
             continue;
         }
         let dst = ipnet::IpNet::V4(subnet);
-        if conflicts.iter().any(|c| c.prefix == dst) {
+        if refused.contains(&subnet) || conflicts.iter().any(|c| c.prefix == dst) {
             continue;
         }
         if !routes.iter().any(|route| route.dst == dst) {

@@ -47,8 +47,10 @@ pub enum PeerBackend {
         vtep_mac: MacAddr,
     },
     Ipip,
-    /// A backend weft does not speak (e.g. flannel's `udp`, `host-gw`); kept so it can be
-    /// reported, never routed through the overlay.
+    /// flannel's `host-gw`: no BackendData, reached by a plain route via its PublicIP.
+    HostGw,
+    /// A backend weft does not speak (e.g. flannel's `udp`, `wireguard`); kept so it can
+    /// be reported, never routed.
     Other(String),
 }
 
@@ -122,6 +124,7 @@ impl PeerLease {
                 }
             }
             "ipip" => PeerBackend::Ipip,
+            "host-gw" => PeerBackend::HostGw,
             other => PeerBackend::Other(other.to_owned()),
         };
         Ok(PeerLease {
@@ -227,6 +230,11 @@ pub fn lease_record(
             LeaseAttrs::vxlan(public_ip, *vni, weft_proto::lease::MacAddr(vtep_mac))
         }
         weft_config::Backend::Ipip { .. } => LeaseAttrs::ipip(public_ip),
+        // flannel's host-gw writes no BackendData, like ipip.
+        weft_config::Backend::HostGw => LeaseAttrs {
+            backend_type: "host-gw".to_owned(),
+            ..LeaseAttrs::ipip(public_ip)
+        },
     }
 }
 
@@ -258,12 +266,41 @@ mod tests {
     #[test]
     fn other_backends_are_kept_but_marked() {
         let attrs =
-            LeaseAttrs::from_json(br#"{"PublicIP":"192.0.2.8","BackendType":"host-gw"}"#).unwrap();
+            LeaseAttrs::from_json(br#"{"PublicIP":"192.0.2.8","BackendType":"udp"}"#).unwrap();
         let peer = Peer::from_record("10.244.8.0/24".parse().unwrap(), &attrs).unwrap();
-        assert_eq!(peer.backend, PeerBackend::Other("host-gw".into()));
+        assert_eq!(peer.backend, PeerBackend::Other("udp".into()));
         let attrs = LeaseAttrs::ipip(Ipv4Addr::new(192, 0, 2, 9));
         let peer = Peer::from_record("10.244.9.0/24".parse().unwrap(), &attrs).unwrap();
         assert_eq!(peer.backend, PeerBackend::Ipip);
+    }
+
+    /// flannel's host-gw writes `{"PublicIP":..,"BackendType":"host-gw"}` (BackendData
+    /// omitted; `null` from older versions means the same).
+    #[test]
+    fn host_gw_records_as_flannel_writes_them() {
+        let subnet: Ipv4Net = "10.244.8.0/24".parse().unwrap();
+        for json in [
+            &br#"{"PublicIP":"192.0.2.8","BackendType":"host-gw"}"#[..],
+            br#"{"PublicIP":"192.0.2.8","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#,
+        ] {
+            let attrs = LeaseAttrs::from_json(json).unwrap();
+            let peer = Peer::from_record(subnet, &attrs).unwrap();
+            assert_eq!(peer.backend, PeerBackend::HostGw);
+            assert_eq!(peer.public_ip, Ipv4Addr::new(192, 0, 2, 8));
+        }
+        let ours = lease_record(
+            &weft_config::Backend::HostGw,
+            Ipv4Addr::new(192, 0, 2, 8),
+            [2; 6],
+        );
+        assert_eq!(
+            ours.to_json(),
+            r#"{"PublicIP":"192.0.2.8","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
+        assert_eq!(
+            Peer::from_record(subnet, &ours).unwrap().backend,
+            PeerBackend::HostGw
+        );
     }
 
     #[test]
@@ -321,5 +358,8 @@ mod tests {
         let ipip =
             NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}"#).unwrap();
         assert_eq!(overlay_mtu(1500, &ipip), 1480);
+        let host_gw =
+            NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#).unwrap();
+        assert_eq!(overlay_mtu(1500, &host_gw), 1500);
     }
 }

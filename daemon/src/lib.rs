@@ -1,6 +1,7 @@
 //! weftd: the node daemon's library (subnet manager, data plane, masquerade and forward
 //! rules, health); netlink is the `weft-netlink` crate. The binary in `src/bin` is thin.
 
+pub mod backend;
 pub mod dataplane;
 pub mod firewall;
 pub mod health;

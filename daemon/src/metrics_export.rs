@@ -20,6 +20,7 @@
 //! | `weft_route_conflicts_total`, `weft_route_failures_total` | counter | |
 //! | `weft_routes_conflicting` | gauge | |
 //! | `weft_dataplane_repairs_total` | counter | `what` (one per [`Repair`](crate::metrics::Repair)) |
+//! | `weft_peers_refused_total` | counter | `reason` (one per [`RefusalReason`](crate::metrics::RefusalReason)) |
 //! | `weft_underlay_tx_errors_total`, `weft_underlay_tx_dropped_total` | counter | the underlay device's, sampled every 2 s |
 //! | `weft_etcd_watch_restarts_total`, `weft_lease_renewals_total`, `weft_lease_losses_total`, `weft_lease_reacquisitions_total`, `weft_subnet_race_retries_total` | counter | |
 //! | `weft_lease_held`, `weft_lease_expiry_timestamp_seconds` | gauge | |
@@ -277,6 +278,13 @@ impl Collector for NodeCollector {
                 "Parts of the data plane the reconcile found missing or altered and put back",
                 "what",
                 &s.repairs,
+            )?;
+            labelled_counters(
+                e,
+                "weft_peers_refused",
+                "Peer leases given no route (host-gw: PublicIP not on the underlay's subnet; another backend), each counted once",
+                "reason",
+                &s.peers_refused,
             )?;
             gauge(
                 e,

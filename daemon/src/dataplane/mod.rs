@@ -11,6 +11,11 @@
 //! on them are a `plane::Plane`, rebuilt when a device goes (see [`repair`]). The
 //! packets never pass through here: [`worker`] threads move them between the TUN device
 //! and the underlay socket.
+//!
+//! What differs per backend is asked of [`crate::backend`]: which peers get which route
+//! (or are refused), and whether there is a tunnel at all. A backend without one
+//! (host-gw) gets cni0, routes via the peers' PublicIPs and the host rules, and no
+//! TUN, TAP, sockets or workers.
 
 mod batch;
 pub mod bpf;
@@ -30,7 +35,6 @@ pub mod worker;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,12 +42,13 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, watch};
-use weft_config::{Backend, Settings};
+use weft_config::Settings;
 
+use crate::backend::{self, is_on_link, Backend as _, NodeBackend, Refusal, RouteDevices, Tunnel};
 use crate::lease::{LocalLease, Peer, PeerEvent};
 use crate::metrics::Metrics;
-use peers::{compatible, Encap, PeerTable};
-use plane::{underlay_subnet, Plane, Repairer, Shared};
+use peers::PeerTable;
+use plane::{Plane, Repairer, Shared};
 use tun::Offloads;
 use weft_netlink::{Netlink, Route};
 
@@ -68,9 +73,6 @@ fn worker_queues() -> usize {
         .clamp(2, 4)
 }
 
-/// Sending sockets for VXLAN, each with its own source port (flows are spread over them).
-const FLOW_SOCKETS: usize = 8;
-
 /// The pod bridge.
 pub const BRIDGE: &str = "cni0";
 /// How often routes are re-read and repaired even without events.
@@ -79,12 +81,12 @@ pub const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
 /// from it at run time and it could not be set up again.
 const KERNEL_ENCAP_RETRY: Duration = Duration::from_secs(30);
 
-/// The TUN device's name for a backend: `weft.<VNI>` or `weft.ipip`.
-pub fn device_name(backend: &Backend) -> String {
-    match backend {
-        Backend::Vxlan { vni, .. } => format!("weft.{vni}"),
-        Backend::Ipip { .. } => "weft.ipip".to_owned(),
-    }
+/// The TUN device's name for a backend: `weft.<VNI>` or `weft.ipip`; `None` for a
+/// backend without a tunnel (host-gw).
+pub fn device_name(backend: &weft_config::Backend) -> Option<String> {
+    NodeBackend::new(backend, [0; 6])
+        .tunnel()
+        .map(|tunnel| tunnel.device_name())
 }
 
 /// Runs the data plane until `shutdown` becomes true.
@@ -126,12 +128,16 @@ pub async fn run_with_metrics(
         netlink: &netlink,
         lease: &lease,
         metrics: &metrics,
-        shared: &shared,
-        repairs: Repairer::new(&netlink, &shared, gateway),
-        plane: Some(plane),
+        shared: shared.as_ref(),
+        repairs: shared
+            .as_ref()
+            .map(|shared| Repairer::new(&netlink, shared, gateway)),
+        gateway,
+        plane,
         routes,
         host_rules,
         peers: BTreeMap::new(),
+        refused: BTreeMap::new(),
     };
     let result = control.serve(events, shutdown).await;
     control.stop(settings.cleanup_on_exit).await?;
@@ -140,8 +146,9 @@ pub async fn run_with_metrics(
 
 /// What [`start`] set up: everything the control loop works on.
 struct Started {
-    shared: Shared,
-    plane: Plane,
+    /// The tunnel's sockets and peer table; `None` for a backend without a tunnel.
+    shared: Option<Shared>,
+    plane: Option<Plane>,
     routes: RouteInputs,
     host_rules: crate::firewall::HostRules,
     /// cni0's address.
@@ -156,7 +163,7 @@ async fn start(
     lease: &LocalLease,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Started> {
-    let backend = &lease.netconf.backend;
+    let backend = NodeBackend::new(&lease.netconf.backend, lease.vtep_mac);
     let subnet_len = lease.subnet.prefix_len();
 
     // cni0 with the gateway address, shared with the CNI plugin.
@@ -166,28 +173,32 @@ async fn start(
         .await
         .with_context(|| format!("setting up bridge {BRIDGE}"))?;
 
-    let name = device_name(backend);
-    let wanted = tun_offloads(backend);
-    let queues = worker_queues();
     let underlay = netlink.require_link(&lease.underlay_iface).await?;
-    let underlay_net = underlay_subnet(netlink, underlay.index, lease.public_ip).await?;
-    let (encap, direct_routing) = encap_of(backend, lease);
-    let (receivers, senders) = open_sockets(&encap, queues)?;
-    let shared = Shared {
-        busy_poll: settings.busy_poll,
-        kernel_encap: settings.kernel_encap,
-        name: name.clone(),
-        lease: lease.clone(),
-        encap,
-        wanted,
-        queues,
-        receivers,
-        senders: Arc::new(senders),
-        table: Arc::new(ArcSwap::from_pointee(PeerTable::empty(subnet_len))),
-        metrics: metrics.clone(),
+    let on_link = underlay_subnets(netlink, underlay.index).await?;
+    if backend.tunnel().is_none() && !is_on_link(lease.public_ip, &on_link) {
+        // flannel's host-gw refuses this too: peers route to our PublicIP as a
+        // next hop on their L2 network, which a NATed or foreign address is not.
+        anyhow::bail!(
+            "the {} backend needs PublicIP {} to be an address of the underlay interface {} \
+             (peers use it as their next hop on one L2 network), but it is not; \
+             leave --public-ip unset or give one of {}'s addresses",
+            backend.type_name(),
+            lease.public_ip,
+            lease.underlay_iface,
+            lease.underlay_iface
+        );
+    }
+    // The tunnel's devices, sockets and workers; a backend without one (host-gw) only
+    // routes.
+    let shared = match backend.tunnel() {
+        Some(tunnel) => Some(open_tunnel(settings, lease, tunnel, metrics)?),
+        None => None,
     };
-    let plane = Plane::start(netlink, &shared, &underlay).await?;
-    let tun_index = plane.built.tun_index;
+    let plane = match &shared {
+        Some(shared) => Some(Plane::start(netlink, shared, &underlay).await?),
+        None => None,
+    };
+    let tun_index = plane.as_ref().map_or(0, |plane| plane.built.tun_index);
 
     let mut host_rules =
         crate::firewall::HostRules::new(settings, lease.netconf.network, lease.subnet);
@@ -195,19 +206,21 @@ async fn start(
         .install()
         .await
         .context("installing the masquerade rules")?;
-    let info = plane.info(&shared);
+    let info = match (&plane, &shared) {
+        (Some(plane), Some(shared)) => plane.info(shared),
+        _ => routed_info(&backend, lease),
+    };
     tracing::info!(
-        device = %name, subnet = %lease.subnet, public_ip = %lease.public_ip,
-        mtu = lease.mtu, offloads = ?info.offloads, transmit_path = info.transmit_path,
-        "data plane up"
+        device = %info.device, backend = info.backend, subnet = %lease.subnet,
+        public_ip = %lease.public_ip, mtu = lease.mtu, offloads = ?info.offloads,
+        transmit_path = info.transmit_path, "data plane up"
     );
     metrics.set_up(info);
 
     let routes = RouteInputs {
         own_subnet: lease.subnet,
-        encap,
-        direct_routing,
-        underlay_net,
+        backend,
+        on_link,
         tun_index,
         underlay_index: underlay.index,
     };
@@ -220,11 +233,29 @@ async fn start(
     })
 }
 
-/// The offloads asked of TUN. Super-packets are only worth taking from TUN when they
-/// can leave in one UDP GSO send (VXLAN); IPIP segments them into one sendmmsg batch
-/// either way.
-fn tun_offloads(backend: &Backend) -> Offloads {
-    if matches!(backend, Backend::Ipip { .. }) || io::udp_gso_supported() {
+/// The IPv4 subnets of the underlay interface `index` (host bits cleared).
+async fn underlay_subnets(netlink: &Netlink, index: u32) -> anyhow::Result<Vec<Ipv4Net>> {
+    let mut subnets: Vec<Ipv4Net> = netlink
+        .addresses(index)
+        .await?
+        .into_iter()
+        .map(|net| net.trunc())
+        .collect();
+    subnets.dedup();
+    Ok(subnets)
+}
+
+/// Opens what a tunnel needs that outlives a plane rebuild: its sockets and the peer
+/// table (the devices and workers are the plane's).
+fn open_tunnel(
+    settings: &Settings,
+    lease: &LocalLease,
+    tunnel: Tunnel,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Shared> {
+    // Super-packets are only worth taking from TUN when they can leave in one UDP GSO
+    // send (VXLAN) or the tunnel segments them into one batch either way (IPIP).
+    let wanted = if tunnel.wants_tso_without_udp_gso() || io::udp_gso_supported() {
         TUN_OFFLOADS
     } else {
         tracing::warn!("no UDP GSO (UDP_SEGMENT) in this kernel: TUN TSO off");
@@ -232,58 +263,68 @@ fn tun_offloads(backend: &Backend) -> Offloads {
             tso4: false,
             ..TUN_OFFLOADS
         }
+    };
+    let queues = worker_queues();
+    Ok(Shared {
+        busy_poll: settings.busy_poll,
+        kernel_encap: settings.kernel_encap,
+        name: tunnel.device_name(),
+        lease: lease.clone(),
+        encap: tunnel,
+        wanted,
+        queues,
+        receivers: tunnel.open_receivers(queues)?,
+        senders: Arc::new(tunnel.open_senders()?),
+        table: Arc::new(ArcSwap::from_pointee(PeerTable::empty(
+            lease.subnet.prefix_len(),
+        ))),
+        metrics: metrics.clone(),
+    })
+}
+
+/// What `/readyz` and `/v1/status` show of a data plane without a tunnel: the routes
+/// leave through the underlay device, which `/readyz` checks.
+fn routed_info(backend: &NodeBackend, lease: &LocalLease) -> crate::metrics::DataplaneInfo {
+    crate::metrics::DataplaneInfo {
+        device: lease.underlay_iface.clone(),
+        bridge: BRIDGE.to_owned(),
+        backend: backend.type_name(),
+        vni: None,
+        offloads: crate::metrics::ActiveOffloads {
+            tun_csum: false,
+            tun_tso4: false,
+            udp_segment: false,
+            udp_gro: false,
+            kernel_encap: false,
+        },
+        transmit_path: "routed",
+        transmit_path_reason: None,
     }
 }
 
-/// The workers' encapsulation for `backend`, and whether DirectRouting is on.
-fn encap_of(backend: &Backend, lease: &LocalLease) -> (Encap, bool) {
-    match *backend {
-        Backend::Vxlan {
-            vni,
-            port,
-            direct_routing,
-        } => (
-            Encap::Vxlan {
-                vni,
-                port,
-                local_mac: lease.vtep_mac,
-            },
-            direct_routing,
-        ),
-        Backend::Ipip { direct_routing } => (Encap::Ipip, direct_routing),
+/// The reconcile's device checks without a tunnel: cni0, and the underlay device the
+/// routes name (a re-created one has a new ifindex, and maybe other subnets).
+async fn check_routed(
+    netlink: &Netlink,
+    gateway: Ipv4Net,
+    lease: &LocalLease,
+    state: &mut RouteInputs,
+    metrics: &Metrics,
+) {
+    if let Err(error) = plane::check_bridge(netlink, gateway, lease.mtu, metrics).await {
+        tracing::warn!(error = %format!("{error:#}"), "repairing {BRIDGE} failed; retrying at the next reconcile");
     }
-}
-
-/// The underlay sockets: receiving (one per worker) and sending.
-fn open_sockets(encap: &Encap, queues: usize) -> anyhow::Result<(Vec<Arc<OwnedFd>>, Vec<OwnedFd>)> {
-    // Receiving sockets, one per receive worker. VXLAN: UDP sockets sharing the port
-    // with SO_REUSEPORT, so the kernel spreads peers' flows (distinct source ports, see
-    // `transmit::pick_sender`) over the workers. IPIP: raw sockets, each filtering for its
-    // share of the inner flows (every raw socket sees every packet; see `io::ipip_sockets`).
-    // Sockets are bound to no device, so they outlive plane rebuilds and a re-created
-    // underlay device.
-    let receivers: Vec<Arc<OwnedFd>> = match *encap {
-        Encap::Vxlan { port, .. } => (0..queues)
-            .map(|_| io::vxlan_socket(port).map(Arc::new))
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("binding UDP 0.0.0.0:{port} for VXLAN"))?,
-        Encap::Ipip => io::ipip_sockets(queues)
-            .context("opening the raw IPIP sockets")?
-            .into_iter()
-            .map(Arc::new)
-            .collect(),
+    let Ok(Some(underlay)) = netlink.link(&lease.underlay_iface).await else {
+        return;
     };
-    // VXLAN sends from a few ephemeral ports chosen by inner flow (see
-    // `transmit::pick_sender`); IPIP from a raw socket of its own (everything, or what
-    // the TAP cannot take), not a receiving one: see `io::ipip_send_socket`.
-    let senders: Vec<OwnedFd> = match encap {
-        Encap::Vxlan { .. } => (0..FLOW_SOCKETS)
-            .map(|_| io::vxlan_send_socket())
-            .collect::<Result<_, _>>()
-            .context("opening the VXLAN sending sockets")?,
-        Encap::Ipip => vec![io::ipip_send_socket().context("opening the IPIP sending socket")?],
-    };
-    Ok((receivers, senders))
+    if underlay.index != state.underlay_index {
+        state.underlay_index = underlay.index;
+        metrics.count_repair(crate::metrics::Repair::Underlay);
+        tracing::warn!(iface = %lease.underlay_iface, "the underlay device was re-created; routes follow it");
+    }
+    if let Ok(on_link) = underlay_subnets(netlink, underlay.index).await {
+        state.on_link = on_link;
+    }
 }
 
 /// The control loop's state between [`start`] and [`Control::stop`].
@@ -291,13 +332,19 @@ struct Control<'a> {
     netlink: &'a Netlink,
     lease: &'a LocalLease,
     metrics: &'a Arc<Metrics>,
-    shared: &'a Shared,
-    repairs: Repairer<'a>,
-    /// `None` between a failed rebuild and the next attempt.
+    /// The tunnel's sockets and peer table; `None` for a backend without a tunnel.
+    shared: Option<&'a Shared>,
+    /// The tunnel's device checks; without a tunnel, [`check_routed`].
+    repairs: Option<Repairer<'a>>,
+    /// cni0's address.
+    gateway: Ipv4Net,
+    /// `None` between a failed rebuild and the next attempt, and without a tunnel.
     plane: Option<Plane>,
     routes: RouteInputs,
     host_rules: crate::firewall::HostRules,
     peers: BTreeMap<Ipv4Net, Peer>,
+    /// The peers the backend refuses now, each logged and counted once.
+    refused: BTreeMap<Ipv4Net, Refusal>,
 }
 
 impl Control<'_> {
@@ -354,21 +401,26 @@ impl Control<'_> {
         // peer that just left.
         self.metrics
             .retain_peers(self.peers.values().map(|p| (p.subnet, p.public_ip)));
-        let (routes, table_input) = self.routes.desired(&self.peers);
-        self.shared.table.store(Arc::new(PeerTable::build(
-            own_subnet.prefix_len(),
-            &self.shared.encap,
-            table_input,
-        )));
-        if let Err(error) = sync_routes(self.netlink, &routes, self.metrics).await {
+        let plan = self.routes.desired(&self.peers);
+        note_refusals(&mut self.refused, plan.refused, self.metrics);
+        if let Some(shared) = self.shared {
+            shared.table.store(Arc::new(PeerTable::build(
+                own_subnet.prefix_len(),
+                &shared.encap,
+                plan.reachable,
+            )));
+        }
+        if let Err(error) = sync_routes(self.netlink, &plan.routes, self.metrics).await {
             tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
         }
     }
 
     /// A worker reported a lost TUN queue or a failed TAP.
     async fn on_fault(&mut self) {
-        self.repairs.check(&mut self.plane, &mut self.routes).await;
-        let routes = self.routes.desired(&self.peers).0;
+        if let Some(repairs) = &mut self.repairs {
+            repairs.check(&mut self.plane, &mut self.routes).await;
+        }
+        let routes = self.routes.desired(&self.peers).routes;
         if let Err(error) = sync_routes(self.netlink, &routes, self.metrics).await {
             tracing::warn!(error = %format!("{error:#}"), "route update failed; retrying at the next reconcile");
         }
@@ -377,9 +429,22 @@ impl Control<'_> {
     /// The periodic reconcile: devices, routes, underlay counters, host rules, the
     /// sending sockets' error queues.
     async fn on_reconcile(&mut self) {
-        self.repairs.check(&mut self.plane, &mut self.routes).await;
-        let (routes, _) = self.routes.desired(&self.peers);
-        match sync_routes(self.netlink, &routes, self.metrics).await {
+        match &mut self.repairs {
+            Some(repairs) => repairs.check(&mut self.plane, &mut self.routes).await,
+            None => {
+                check_routed(
+                    self.netlink,
+                    self.gateway,
+                    self.lease,
+                    &mut self.routes,
+                    self.metrics,
+                )
+                .await
+            }
+        }
+        let plan = self.routes.desired(&self.peers);
+        note_refusals(&mut self.refused, plan.refused, self.metrics);
+        match sync_routes(self.netlink, &plan.routes, self.metrics).await {
             Ok(fixes) => {
                 self.metrics
                     .route_reconcile_fixes
@@ -389,7 +454,9 @@ impl Control<'_> {
         }
         sample_underlay_stats(self.netlink, &self.lease.underlay_iface, self.metrics).await;
         self.host_rules.reconcile(self.metrics).await;
-        worker::drain_send_error_queues(&self.shared.senders, self.metrics);
+        if let Some(shared) = self.shared {
+            worker::drain_send_error_queues(&shared.senders, self.metrics);
+        }
     }
 
     /// Stops the workers; with `cleanup` (`--cleanup-on-exit`) also removes the host
@@ -411,62 +478,67 @@ impl Control<'_> {
                 // The TAP and its program go with the last descriptor.
                 drop((tun, tap_encap));
             }
-            let name = &self.shared.name;
-            if let Some(link) = self.netlink.link(name).await? {
-                self.netlink.delete_link(link.index).await?;
+            if let Some(shared) = self.shared {
+                let name = &shared.name;
+                if let Some(link) = self.netlink.link(name).await? {
+                    self.netlink.delete_link(link.index).await?;
+                }
+                tracing::info!(device = %name, "removed TUN device (--cleanup-on-exit)");
             }
-            tracing::info!(device = %name, "removed TUN device and routes (--cleanup-on-exit)");
+            tracing::info!("removed routes (--cleanup-on-exit)");
         }
         Ok(())
     }
 }
 
 /// What the route and peer-table computation depends on besides the peers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct RouteInputs {
     own_subnet: Ipv4Net,
-    encap: Encap,
-    direct_routing: bool,
-    underlay_net: Option<Ipv4Net>,
+    backend: NodeBackend,
+    /// The underlay interface's IPv4 subnets: a PublicIP in one is directly connected.
+    on_link: Vec<Ipv4Net>,
     tun_index: u32,
     underlay_index: u32,
 }
 
 impl RouteInputs {
-    /// Desired routes, and each compatible peer with whether it is reached through the
-    /// tunnel (`false` = DirectRouting: a plain route via its PublicIP, as flannel does
-    /// for peers on the same underlay subnet).
-    fn desired<'a>(
-        &self,
-        peers: &'a BTreeMap<Ipv4Net, Peer>,
-    ) -> (Vec<Route>, Vec<(&'a Peer, bool)>) {
-        let mut routes = Vec::with_capacity(peers.len());
-        let mut table = Vec::with_capacity(peers.len());
-        for peer in peers.values() {
-            if peer.subnet == self.own_subnet || compatible(&self.encap, &peer.backend).is_none() {
-                continue;
-            }
-            let direct = self.direct_routing
-                && self
-                    .underlay_net
-                    .is_some_and(|net| net.contains(&peer.public_ip));
-            routes.push(if direct {
-                Route {
-                    dst: peer.subnet.into(),
-                    gateway: Some(peer.public_ip.into()),
-                    oif: self.underlay_index,
-                }
-            } else {
-                Route {
-                    dst: peer.subnet.into(),
-                    gateway: None,
-                    oif: self.tun_index,
-                }
-            });
-            table.push((peer, !direct));
-        }
-        (routes, table)
+    /// The backend's plan: desired routes, each reachable peer with whether it is
+    /// reached through the tunnel (`false`: a plain route via its PublicIP, host-gw's
+    /// and DirectRouting's), and the refused peers.
+    fn desired<'a>(&self, peers: &'a BTreeMap<Ipv4Net, Peer>) -> backend::Plan<'a> {
+        let devices = RouteDevices {
+            tunnel: self.tun_index,
+            underlay: self.underlay_index,
+        };
+        backend::plan(
+            &self.backend,
+            self.own_subnet,
+            peers.values(),
+            &self.on_link,
+            devices,
+        )
     }
+}
+
+/// Logs and counts each refusal that is news (a peer refused for the first time, or
+/// for another reason than before), forgets those of peers no longer refused, and
+/// publishes the refused subnets (for `/readyz`).
+fn note_refusals(known: &mut BTreeMap<Ipv4Net, Refusal>, now: Vec<Refusal>, metrics: &Metrics) {
+    let current: BTreeMap<Ipv4Net, Refusal> = now
+        .into_iter()
+        .map(|refusal| (refusal.subnet(), refusal))
+        .collect();
+    for (subnet, refusal) in &current {
+        if known.get(subnet) != Some(refusal) {
+            tracing::warn!(reason = refusal.reason().name(), "{refusal}");
+            metrics.count_refused_peer(refusal.reason());
+        }
+    }
+    if !current.keys().eq(known.keys()) {
+        metrics.set_refused_peers(current.keys().copied().collect());
+    }
+    *known = current;
 }
 
 fn apply_event(peers: &mut BTreeMap<Ipv4Net, Peer>, event: PeerEvent, own_subnet: &Ipv4Net) {
@@ -529,6 +601,7 @@ fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
 mod tests {
     use super::*;
     use crate::lease::PeerBackend;
+    use crate::metrics::RefusalReason;
 
     fn peer(subnet: &str, ip: &str) -> Peer {
         Peer {
@@ -542,15 +615,15 @@ mod tests {
     }
 
     fn inputs(direct_routing: bool) -> RouteInputs {
+        let config = weft_config::Backend::Vxlan {
+            vni: 1,
+            port: 8472,
+            direct_routing,
+        };
         RouteInputs {
             own_subnet: "10.244.1.0/24".parse().unwrap(),
-            encap: Encap::Vxlan {
-                vni: 1,
-                port: 8472,
-                local_mac: [2, 0, 0, 0, 0, 1],
-            },
-            direct_routing,
-            underlay_net: Some("192.0.2.0/24".parse().unwrap()),
+            backend: NodeBackend::new(&config, [2, 0, 0, 0, 0, 1]),
+            on_link: vec!["192.0.2.0/24".parse().unwrap()],
             tun_index: 7,
             underlay_index: 2,
         }
@@ -601,14 +674,19 @@ mod tests {
         ] {
             peers.insert(p.subnet, p);
         }
-        let (routes, table) = inputs(false).desired(&peers);
-        assert_eq!(routes.len(), 2, "the udp-backend peer gets no route");
-        assert!(routes.iter().all(|r| r.gateway.is_none() && r.oif == 7));
-        assert!(table.iter().all(|(_, tunnelled)| *tunnelled));
+        let plan = inputs(false).desired(&peers);
+        assert_eq!(plan.routes.len(), 2, "the udp-backend peer gets no route");
+        assert!(plan
+            .routes
+            .iter()
+            .all(|r| r.gateway.is_none() && r.oif == 7));
+        assert!(plan.reachable.iter().all(|(_, tunnelled)| *tunnelled));
+        assert_eq!(plan.refused.len(), 1);
+        assert_eq!(plan.refused[0].reason(), RefusalReason::BackendMismatch);
 
-        let (routes, table) = inputs(true).desired(&peers);
+        let plan = inputs(true).desired(&peers);
         assert_eq!(
-            routes[0],
+            plan.routes[0],
             Route {
                 dst: "10.244.2.0/24".parse().unwrap(),
                 gateway: Some("192.0.2.2".parse().unwrap()),
@@ -616,30 +694,67 @@ mod tests {
             }
         );
         assert_eq!(
-            routes[1].oif, 7,
+            plan.routes[1].oif, 7,
             "a peer on another underlay subnet stays tunnelled"
         );
         assert_eq!(
-            table.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
+            plan.reachable.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
             [false, true]
         );
     }
 
     #[test]
-    fn device_names() {
+    fn each_refusal_is_counted_once_until_it_changes() {
+        let metrics = Metrics::default();
+        let mut known = BTreeMap::new();
+        let refused = |ip: &str| {
+            let peer = Peer {
+                backend: PeerBackend::HostGw,
+                ..peer("10.244.9.0/24", ip)
+            };
+            let host_gw = NodeBackend::new(&weft_config::Backend::HostGw, [0; 6]);
+            host_gw
+                .reach(&peer, &["192.0.2.0/24".parse().unwrap()])
+                .unwrap_err()
+        };
+        let total = || metrics.refused_peers_total(RefusalReason::NotOnLink);
+        note_refusals(&mut known, vec![refused("198.51.100.9")], &metrics);
+        assert_eq!(total(), 1);
+        assert_eq!(metrics.refused_peers(), ["10.244.9.0/24".parse().unwrap()]);
+        // Every reconcile and re-list plans again: the same refusal is not news.
+        note_refusals(&mut known, vec![refused("198.51.100.9")], &metrics);
+        assert_eq!(total(), 1);
+        // The peer's lease changed (another PublicIP, still off link): news.
+        note_refusals(&mut known, vec![refused("198.51.100.10")], &metrics);
+        assert_eq!(total(), 2);
+        // Gone, then back: counted again.
+        note_refusals(&mut known, Vec::new(), &metrics);
+        assert!(metrics.refused_peers().is_empty());
+        note_refusals(&mut known, vec![refused("198.51.100.10")], &metrics);
+        assert_eq!(total(), 3);
         assert_eq!(
-            device_name(&Backend::Vxlan {
+            metrics.refused_peers_total(RefusalReason::BackendMismatch),
+            0
+        );
+    }
+
+    #[test]
+    fn device_names() {
+        let name = |config| device_name(&config);
+        assert_eq!(
+            name(weft_config::Backend::Vxlan {
                 vni: 1,
                 port: 8472,
                 direct_routing: false
             }),
-            "weft.1"
+            Some("weft.1".to_owned())
         );
         assert_eq!(
-            device_name(&Backend::Ipip {
+            name(weft_config::Backend::Ipip {
                 direct_routing: false
             }),
-            "weft.ipip"
+            Some("weft.ipip".to_owned())
         );
+        assert_eq!(name(weft_config::Backend::HostGw), None);
     }
 }

@@ -9,16 +9,8 @@ use ipnet::Ipv4Net;
 
 use crate::lease::{MacAddr, Peer, PeerBackend};
 
-/// How this node encapsulates (from its own net-conf).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encap {
-    Vxlan {
-        vni: u32,
-        port: u16,
-        local_mac: MacAddr,
-    },
-    Ipip,
-}
+/// How this node encapsulates: its backend's tunnel.
+pub use crate::backend::Tunnel as Encap;
 
 /// What the transmit path needs to reach one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,10 +64,7 @@ impl PeerTable {
             if !tunnelled {
                 continue;
             }
-            let port = match encap {
-                Encap::Vxlan { port, .. } => *port,
-                Encap::Ipip => 0,
-            };
+            let port = encap.peer_port();
             table.by_subnet.insert(
                 u32::from(peer.subnet.network()),
                 PeerEntry {
@@ -115,17 +104,7 @@ impl PeerTable {
 
 /// `Some(peer VTEP MAC)` when the peer speaks our encapsulation (same VNI for VXLAN).
 pub fn compatible(encap: &Encap, backend: &PeerBackend) -> Option<MacAddr> {
-    match (encap, backend) {
-        (
-            Encap::Vxlan { vni, .. },
-            PeerBackend::Vxlan {
-                vni: peer_vni,
-                vtep_mac,
-            },
-        ) if vni == peer_vni => Some(*vtep_mac),
-        (Encap::Ipip, PeerBackend::Ipip) => Some([0; 6]),
-        _ => None,
-    }
+    encap.peer_mac(backend)
 }
 
 fn prefix_mask(len: u8) -> u32 {

@@ -2,7 +2,6 @@
 //! ([`Shared`]: sockets, the peer table), and the reconcile's device checks
 //! ([`Repairer`], the I/O shell around the pure [`super::repair::plan`]).
 
-use std::net::Ipv4Addr;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,20 +18,6 @@ use super::{io, tap_encap, RouteInputs, BRIDGE, KERNEL_ENCAP_RETRY};
 use crate::lease::LocalLease;
 use crate::metrics::{Metrics, Repair};
 use weft_netlink::{Link, Netlink};
-
-/// The underlay subnet our PublicIP sits in (for DirectRouting), if it is on `index`.
-pub(super) async fn underlay_subnet(
-    netlink: &Netlink,
-    index: u32,
-    public_ip: Ipv4Addr,
-) -> anyhow::Result<Option<Ipv4Net>> {
-    Ok(netlink
-        .addresses(index)
-        .await?
-        .into_iter()
-        .find(|net| net.addr() == public_ip)
-        .map(|net| net.trunc()))
-}
 
 /// What outlives a plane rebuild: settings, the sockets, the peer table.
 #[derive(Debug)]
@@ -202,7 +187,7 @@ impl Plane {
 
     /// What `/v1/status` and `/readyz` show of this plane.
     pub(super) fn info(&self, shared: &Shared) -> crate::metrics::DataplaneInfo {
-        let vxlan = matches!(shared.encap, Encap::Vxlan { .. });
+        let vxlan = shared.encap.is_udp();
         let offloads = crate::metrics::ActiveOffloads {
             tun_csum: self.tun.offloads().csum,
             tun_tso4: self.tun.offloads().tso4,
@@ -217,10 +202,7 @@ impl Plane {
             device: shared.name.clone(),
             bridge: BRIDGE.to_owned(),
             backend: shared.lease.netconf.backend.type_name(),
-            vni: match shared.encap {
-                Encap::Vxlan { vni, .. } => Some(vni),
-                Encap::Ipip => None,
-            },
+            vni: shared.encap.vni(),
             offloads,
             transmit_path: if self.tap.is_some() {
                 "kernel_encap"
@@ -443,8 +425,7 @@ impl<'a> Repairer<'a> {
         routes.tun_index = plane.built.tun_index;
         if routes.underlay_index != underlay.index {
             routes.underlay_index = underlay.index;
-            routes.underlay_net =
-                underlay_subnet(self.netlink, underlay.index, self.shared.lease.public_ip).await?;
+            routes.on_link = super::underlay_subnets(self.netlink, underlay.index).await?;
         }
         let info = plane.info(self.shared);
         tracing::warn!(transmit_path = info.transmit_path, "data plane rebuilt");
@@ -452,21 +433,34 @@ impl<'a> Repairer<'a> {
         Ok(plane)
     }
 
-    /// Puts cni0 back (created, its MTU, up, its address) if anything about it changed.
     async fn check_bridge(&self) -> anyhow::Result<()> {
-        let state = self
-            .netlink
-            .ensure_bridge(BRIDGE, self.gateway, self.shared.lease.mtu)
-            .await?;
-        if state.created
-            || state.mtu_changed
-            || state.brought_up
-            || state.added_address
-            || !state.removed_addresses.is_empty()
-        {
-            self.shared.metrics.count_repair(Repair::Bridge);
-            tracing::warn!(?state, "repaired {BRIDGE}");
-        }
-        Ok(())
+        let shared = self.shared;
+        check_bridge(
+            self.netlink,
+            self.gateway,
+            shared.lease.mtu,
+            &shared.metrics,
+        )
+        .await
     }
+}
+
+/// Puts cni0 back (created, its MTU, up, its address) if anything about it changed.
+pub(super) async fn check_bridge(
+    netlink: &Netlink,
+    gateway: Ipv4Net,
+    mtu: u32,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let state = netlink.ensure_bridge(BRIDGE, gateway, mtu).await?;
+    if state.created
+        || state.mtu_changed
+        || state.brought_up
+        || state.added_address
+        || !state.removed_addresses.is_empty()
+    {
+        metrics.count_repair(Repair::Bridge);
+        tracing::warn!(?state, "repaired {BRIDGE}");
+    }
+    Ok(())
 }

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use super::batch::RecvQueue;
 use super::io::write_packet;
-use super::packet::{accept_ipip, accept_vxlan, Accepted, VXLAN_OVERHEAD};
-use super::peers::Encap;
+use super::packet::{Accepted, VXLAN_OVERHEAD};
 use super::worker::{LogLimiter, WorkerContext, MAX_INNER_PACKET};
 use crate::metrics::{Direction, DropReason, PeerTally};
 use weft_proto::gso::{self, FlowKey};
@@ -100,12 +99,7 @@ impl Receiver {
             loop {
                 let end = (start + stride).min(slot.len());
                 let datagram = &mut slot[start..end];
-                let verdict = match &ctx.encap {
-                    Encap::Vxlan { vni, .. } => {
-                        accept_vxlan(datagram, source, *vni, &ctx.own_subnet, &peers)
-                    }
-                    Encap::Ipip => accept_ipip(datagram, &ctx.own_subnet, &peers),
-                };
+                let verdict = ctx.encap.accept(datagram, source, &ctx.own_subnet, &peers);
                 match verdict {
                     Ok(accepted) => out.deliver(datagram, accepted),
                     Err(reason) => {

@@ -55,34 +55,28 @@ pub const OUTER_TTL: u8 = 64;
 pub const FRAME_SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const FRAME_DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
-/// The outer headers the program declares, after the frame's Ethernet header.
+/// The outer headers the program declares, after the frame's Ethernet header (the
+/// backend's, see `backend::Tunnel::tap_outer_len`).
 pub fn outer_len(encap: &Encap) -> usize {
-    match encap {
-        Encap::Ipip => weft_proto::ipip::OVERHEAD,
-        Encap::Vxlan { .. } => weft_proto::vxlan::OVERHEAD,
-    }
+    encap.tap_outer_len()
 }
 
-/// `bpf_skb_adjust_room` flags (`BPF_F_ADJ_ROOM_*`) for `encap`.
+/// `bpf_skb_adjust_room` flags for `encap` (the backend's, see
+/// `backend::Tunnel::tap_adjust_room_flags`).
 fn encap_flags(encap: &Encap) -> u64 {
-    // Keep the segment size: the overlay MTU already leaves room for the headers.
-    const FIXED_GSO: u64 = 1 << 0;
-    const ENCAP_L3_IPV4: u64 = 1 << 1;
-    const ENCAP_L4_UDP: u64 = 1 << 4;
-    const ENCAP_L2_ETH: u64 = 1 << 6;
+    encap.tap_adjust_room_flags()
+}
+
+/// The kernel's `BPF_F_ADJ_ROOM_*` flags a backend composes its own from.
+pub mod adjust_room {
+    /// Keep the segment size: the overlay MTU already leaves room for the headers.
+    pub const FIXED_GSO: u64 = 1 << 0;
+    pub const ENCAP_L3_IPV4: u64 = 1 << 1;
+    pub const ENCAP_L4_UDP: u64 = 1 << 4;
+    pub const ENCAP_L2_ETH: u64 = 1 << 6;
     /// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner Ethernet header's length.
-    const fn encap_l2(len: u64) -> u64 {
+    pub const fn encap_l2(len: u64) -> u64 {
         (len & 0xff) << 56
-    }
-    match encap {
-        Encap::Ipip => FIXED_GSO | ENCAP_L3_IPV4,
-        Encap::Vxlan { .. } => {
-            FIXED_GSO
-                | ENCAP_L3_IPV4
-                | ENCAP_L4_UDP
-                | ENCAP_L2_ETH
-                | encap_l2(weft_proto::ethernet::HEADER_LEN as u64)
-        }
     }
 }
 

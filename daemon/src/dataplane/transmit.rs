@@ -9,11 +9,10 @@ use std::sync::Arc;
 
 use super::io::{read_nonblocking, set_nonblocking, write_packet};
 use super::pacer::SendPacer;
-use super::packet::{write_ipip_outer, write_vxlan_outer, TapOuter, HEADROOM, VXLAN_OVERHEAD};
+use super::packet::{TapOuter, HEADROOM, VXLAN_OVERHEAD};
 use super::peers::{Encap, PeerEntry};
 use super::send::{send_failed, send_segmented, SendBatch};
 use super::worker::{LogLimiter, WorkerContext, BATCH, MAX_INNER_PACKET};
-use crate::lease::MacAddr;
 use crate::metrics::{Direction, DropReason, PeerTally};
 use weft_proto::error::WireError;
 use weft_proto::ipv4::Ipv4Packet;
@@ -54,23 +53,9 @@ impl TapQueue {
             ident: ident.take(vnet.segments(inner_len)),
         };
         let inner = HEADROOM..HEADROOM + inner_len;
-        let frame = match encap {
-            Encap::Ipip => write_ipip_outer(slot, inner, Some(&outer)),
-            Encap::Vxlan {
-                vni,
-                port,
-                local_mac,
-            } => write_vxlan_outer(
-                slot,
-                inner,
-                *vni,
-                *port,
-                local_mac,
-                &peer.vtep_mac,
-                Some(&outer),
-            ),
-        }
-        .map_err(TapSendError::Encap)?;
+        let frame = encap
+            .write_outer(slot, inner, &peer.vtep_mac, Some(&outer))
+            .map_err(TapSendError::Encap)?;
         let prefix = (HEADROOM - frame.start) as u16;
         let start = frame.start - vnet::HEADER_LEN;
         vnet.with_prefix(prefix)
@@ -313,15 +298,12 @@ impl Transmitter {
                 batch.flush(senders, ctx, log);
                 let packet = &slot[inner];
                 let sender = pick_sender(packet, senders.len());
-                match &ctx.encap {
-                    Encap::Vxlan {
-                        vni,
-                        port,
-                        local_mac,
-                    } => train.add(
-                        senders, sender, ctx, log, packet, &vnet, peer, *vni, *port, local_mac,
-                    ),
-                    Encap::Ipip => send_ipip_segments(
+                // A UDP tunnel's segments leave in UDP GSO trains; a raw IP tunnel's in
+                // one sendmmsg batch.
+                if ctx.encap.is_udp() {
+                    train.add(senders, sender, ctx, log, packet, &vnet, peer);
+                } else {
+                    send_ipip_segments(
                         ctx,
                         senders,
                         packet,
@@ -330,7 +312,7 @@ impl Transmitter {
                         &mut train.buffer,
                         batch,
                         log,
-                    ),
+                    );
                 }
                 continue;
             }
@@ -340,26 +322,13 @@ impl Transmitter {
                 ctx.metrics.drop_packet(DropReason::TxMalformed);
                 continue;
             }
-            let (written, sender) = match &ctx.encap {
-                Encap::Vxlan {
-                    vni,
-                    port,
-                    local_mac,
-                } => {
-                    let sender = pick_sender(&slot[inner.clone()], senders.len());
-                    let written = write_vxlan_outer(
-                        slot,
-                        inner,
-                        *vni,
-                        *port,
-                        local_mac,
-                        &peer.vtep_mac,
-                        None,
-                    );
-                    (written, sender)
-                }
-                Encap::Ipip => (write_ipip_outer(slot, inner, None), IPIP_RAW_SENDER),
+            // UDP flows spread over the sending sockets; IPIP has one.
+            let sender = if ctx.encap.is_udp() {
+                pick_sender(&slot[inner.clone()], senders.len())
+            } else {
+                IPIP_RAW_SENDER
             };
+            let written = ctx.encap.write_outer(slot, inner, &peer.vtep_mac, None);
             let Ok(datagram) = written else {
                 // Longer than one datagram can carry (an MTU near 64 KB).
                 ctx.metrics.drop_packet(DropReason::TxTooBig);
@@ -468,9 +437,6 @@ impl Train {
         packet: &[u8],
         vnet: &VirtioNetRepr,
         peer: &PeerEntry,
-        vni: u32,
-        port: u16,
-        local_mac: &MacAddr,
     ) {
         if self.count > 0 && !self.bound_for(&peer.sockaddr, sender) {
             self.flush(senders, ctx, log);
@@ -489,15 +455,9 @@ impl Train {
         for i in 0..layout.count {
             let segment = layout.segment(i);
             let inner = base + segment.start..base + segment.end;
-            let written = write_vxlan_outer(
-                &mut self.buffer,
-                inner,
-                vni,
-                port,
-                local_mac,
-                &peer.vtep_mac,
-                None,
-            );
+            let written = ctx
+                .encap
+                .write_outer(&mut self.buffer, inner, &peer.vtep_mac, None);
             if written.is_err() {
                 // Segments longer than one datagram can carry (an MTU near 64 KB).
                 ctx.metrics.drop_packet(DropReason::TxTooBig);

@@ -12,7 +12,7 @@ mod routes;
 pub use dataplane::{ActiveOffloads, DataplaneInfo};
 use peers::PeerRegistry;
 pub use peers::{AlignedFlow, Direction, PeerKey, PeerStats, PeerTally, PeerTraffic};
-pub use reasons::{DropReason, Flow, Repair, SendErrorReport};
+pub use reasons::{DropReason, Flow, RefusalReason, Repair, SendErrorReport};
 pub use routes::{RouteConflictView, RouteFailureView, RouteHealth, RouteNews};
 
 use std::collections::HashSet;
@@ -67,6 +67,11 @@ pub struct Metrics {
     drops: [AtomicU64; DropReason::ALL.len()],
     send_error_reports: [AtomicU64; SendErrorReport::ALL.len()],
     repairs: [AtomicU64; Repair::ALL.len()],
+    /// Peers refused a route, each counted once when its lease is first refused.
+    peers_refused: [AtomicU64; RefusalReason::ALL.len()],
+    /// The subnets of the peers refused now, for `/readyz` (which waits for no route
+    /// to them).
+    refused_peers: Mutex<Vec<Ipv4Net>>,
     /// What the data plane set up, published whenever it is (re)built (see
     /// [`Metrics::set_up`]).
     dataplane: Mutex<Option<DataplaneInfo>>,
@@ -84,6 +89,24 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts one peer refused a route.
+    pub fn count_refused_peer(&self, reason: RefusalReason) {
+        self.peers_refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused_peers_total(&self, reason: RefusalReason) -> u64 {
+        self.peers_refused[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// The subnets of the peers refused a route now.
+    pub fn set_refused_peers(&self, subnets: Vec<Ipv4Net>) {
+        *lock(&self.refused_peers) = subnets;
+    }
+
+    pub fn refused_peers(&self) -> Vec<Ipv4Net> {
+        lock(&self.refused_peers).clone()
+    }
+
     /// Counts one dropped packet.
     #[inline]
     pub fn drop_packet(&self, reason: DropReason) {
@@ -267,6 +290,8 @@ impl Metrics {
             underlay_tx_dropped: self.underlay_tx_dropped.load(Ordering::Relaxed),
             drops: DropReason::ALL.map(|reason| (reason.name(), self.drops(reason))),
             repairs: Repair::ALL.map(|what| (what.name(), self.repairs(what))),
+            peers_refused: RefusalReason::ALL
+                .map(|reason| (reason.name(), self.refused_peers_total(reason))),
             send_error_reports: SendErrorReport::ALL
                 .map(|kind| (kind.name(), self.send_error_reports(kind))),
         }
@@ -304,6 +329,8 @@ pub struct MetricsSnapshot {
     pub drops: [(&'static str, u64); DropReason::ALL.len()],
     /// `(what, count)` for every [`Repair`], in [`Repair::ALL`] order.
     pub repairs: [(&'static str, u64); Repair::ALL.len()],
+    /// `(reason, count)` for every [`RefusalReason`], in [`RefusalReason::ALL`] order.
+    pub peers_refused: [(&'static str, u64); RefusalReason::ALL.len()],
     /// `(kind, count)` for every [`SendErrorReport`], in [`SendErrorReport::ALL`] order.
     pub send_error_reports: [(&'static str, u64); SendErrorReport::ALL.len()],
 }

@@ -167,3 +167,24 @@ impl Repair {
         }
     }
 }
+
+/// Why a peer's lease gets no route (see `backend::Refusal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// host-gw: the peer's PublicIP is on none of the underlay interface's subnets.
+    NotOnLink,
+    /// The peer's lease is of another backend (or VXLAN VNI) than this network's.
+    BackendMismatch,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 2] = [RefusalReason::NotOnLink, RefusalReason::BackendMismatch];
+
+    /// Stable snake_case name, used as the `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefusalReason::NotOnLink => "not_on_link",
+            RefusalReason::BackendMismatch => "backend_mismatch",
+        }
+    }
+}

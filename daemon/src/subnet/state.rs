@@ -161,6 +161,7 @@ pub struct SavedPeer {
 pub enum SavedBackend {
     Vxlan { vni: u32, vtep_mac: MacAddr },
     Ipip,
+    HostGw,
     Other { name: String },
 }
 
@@ -172,6 +173,7 @@ impl From<&PeerLease> for SavedPeer {
                 vtep_mac: MacAddr(*vtep_mac),
             },
             PeerBackend::Ipip => SavedBackend::Ipip,
+            PeerBackend::HostGw => SavedBackend::HostGw,
             PeerBackend::Other(name) => SavedBackend::Other { name: name.clone() },
         };
         SavedPeer {
@@ -191,6 +193,7 @@ impl From<&SavedPeer> for PeerLease {
                 vtep_mac: vtep_mac.0,
             },
             SavedBackend::Ipip => PeerBackend::Ipip,
+            SavedBackend::HostGw => PeerBackend::HostGw,
             SavedBackend::Other { name } => PeerBackend::Other(name.clone()),
         };
         PeerLease {

@@ -96,6 +96,7 @@ impl From<&PeerLease> for PeerView {
                 Some(weft_proto::lease::MacAddr(*vtep_mac).to_string()),
             ),
             PeerBackend::Ipip => ("ipip".to_owned(), None, None),
+            PeerBackend::HostGw => ("host-gw".to_owned(), None, None),
             PeerBackend::Other(name) => (name.clone(), None, None),
         };
         PeerView {

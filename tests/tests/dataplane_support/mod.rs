@@ -102,6 +102,7 @@ impl Node {
                 vtep_mac: self.lease.vtep_mac,
             },
             weft_config::Backend::Ipip { .. } => PeerBackend::Ipip,
+            weft_config::Backend::HostGw => PeerBackend::HostGw,
         };
         Peer {
             subnet: self.lease.subnet,
@@ -135,11 +136,14 @@ impl Node {
             thread: Some(thread),
             metrics,
         });
+        // host-gw has no tunnel device: cni0 alone.
         let device = weft_daemon::dataplane::device_name(&self.lease.netconf.backend);
         let ns = Netns::existing(self.ns.name());
         let running = self.running.as_mut().expect("just set");
         wait_until("data plane devices", Duration::from_secs(10), || {
-            let ready = ns.ip(&["link", "show", "dev", &device]).is_ok()
+            let ready = device
+                .as_ref()
+                .is_none_or(|device| ns.ip(&["link", "show", "dev", device]).is_ok())
                 && ns.ip(&["link", "show", "dev", "cni0"]).is_ok();
             ready || running.thread.as_ref().is_some_and(|t| t.is_finished())
         })?;

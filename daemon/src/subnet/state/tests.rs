@@ -60,7 +60,12 @@ fn saved() -> LastKnown {
     peers.push(SavedPeer::from(&PeerLease::from(&Peer {
         subnet: "10.244.5.0/24".parse().unwrap(),
         public_ip: Ipv4Addr::new(192, 0, 2, 5),
-        backend: PeerBackend::Other("host-gw".into()),
+        backend: PeerBackend::HostGw,
+    })));
+    peers.push(SavedPeer::from(&PeerLease::from(&Peer {
+        subnet: "10.244.6.0/24".parse().unwrap(),
+        public_ip: Ipv4Addr::new(192, 0, 2, 6),
+        backend: PeerBackend::Other("udp".into()),
     })));
     LastKnown {
         netconf: NETCONF.into(),
@@ -100,13 +105,11 @@ fn last_known_round_trips_and_restores_its_peers() {
     assert_eq!(restored.lease_id, 0x1234);
     assert_eq!(restored.peers_as_of_unix, NOW - 60);
     assert_eq!(restored.netconf, NetConf::parse(NETCONF).unwrap());
-    assert_eq!(restored.peers.len(), 4);
+    assert_eq!(restored.peers.len(), 5);
     assert_eq!(restored.peers[0], peer(2));
     assert_eq!(restored.peers[2].backend, PeerBackend::Ipip);
-    assert_eq!(
-        restored.peers[3].backend,
-        PeerBackend::Other("host-gw".into())
-    );
+    assert_eq!(restored.peers[3].backend, PeerBackend::HostGw);
+    assert_eq!(restored.peers[4].backend, PeerBackend::Other("udp".into()));
     LastKnown::remove(dir.path()).unwrap();
     LastKnown::remove(dir.path()).unwrap();
     assert_eq!(LastKnown::load(dir.path()), Ok(None));
