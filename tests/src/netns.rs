@@ -186,6 +186,32 @@ impl Netns {
             .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
     }
 
+    /// `ip route show exact <prefix>`: one trimmed line per route to exactly that prefix
+    /// (none when the command fails).
+    pub fn routes_to(&self, prefix: &str) -> Vec<String> {
+        self.ip(&["route", "show", "exact", prefix])
+            .unwrap_or_default()
+            .lines()
+            .map(|line| line.trim().to_owned())
+            .collect()
+    }
+
+    /// Every sample of the local weftd's `/metrics`, keyed by name with labels (e.g.
+    /// `weft_peers_refused_total{reason="not_on_link"}`). Panics unless it answers 200.
+    pub fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        let (code, page) = self
+            .http_get(crate::lab::HEALTHZ_ADDR, "/metrics")
+            .expect("GET /metrics");
+        assert_eq!(code, 200, "{page}");
+        page.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// `GET http://<addr><path>` from inside the namespace (HTTP/1.0, 2 s timeouts);
     /// returns the status code and the body.
     pub fn http_get(&self, addr: &str, path: &str) -> anyhow::Result<(u16, String)> {

@@ -13,11 +13,10 @@
 
 mod dataplane_support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use dataplane_support::tcp_transfer;
-use weft_tests::lab::{Lab, LabSpec, ETCD_PREFIX, HEALTHZ_ADDR, UNDERLAY_MTU};
+use weft_tests::lab::{Lab, LabSpec, ETCD_PREFIX, UNDERLAY_MTU};
 use weft_tests::netns::Netns;
 use weft_tests::{require_root, wait_until};
 
@@ -34,31 +33,9 @@ fn host_gw_lab(nodes: usize) -> Lab {
     .unwrap()
 }
 
-/// `ip route show exact <prefix>` in a node: one line per route to exactly that prefix.
-fn routes_to(ns: &Netns, prefix: &str) -> Vec<String> {
-    ns.ip(&["route", "show", "exact", prefix])
-        .unwrap_or_default()
-        .lines()
-        .map(|line| line.trim().to_owned())
-        .collect()
-}
-
-/// Every sample of `/metrics`, keyed by name with labels.
-fn metrics(ns: &Netns) -> HashMap<String, f64> {
-    let (code, page) = ns.http_get(HEALTHZ_ADDR, "/metrics").expect("GET /metrics");
-    assert_eq!(code, 200, "{page}");
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 fn refused(ns: &Netns, reason: &str) -> f64 {
     let name = format!("weft_peers_refused_total{{reason=\"{reason}\"}}");
-    *metrics(ns)
+    *ns.metrics()
         .get(&name)
         .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
@@ -200,16 +177,8 @@ fn a_peer_off_the_underlay_subnet_is_refused_logged_once_and_counted() {
     let mismatch = "peer 10.244.201.0/24 (PublicIP 192.0.2.21) is not routed: its lease is \
                     vxlan (VNI 1), this network is host-gw";
     assert!(log.contains(mismatch), "no {mismatch:?} in:\n{log}");
-    assert!(
-        routes_to(&n1, &far).is_empty(),
-        "{:?}",
-        routes_to(&n1, &far)
-    );
-    assert!(
-        routes_to(&n1, other).is_empty(),
-        "{:?}",
-        routes_to(&n1, other)
-    );
+    assert!(n1.routes_to(&far).is_empty(), "{:?}", n1.routes_to(&far));
+    assert!(n1.routes_to(other).is_empty(), "{:?}", n1.routes_to(other));
 
     // Node 3 refuses nodes 1 and 2 the same way, naming its own subnet.
     let (n1_subnet, _) = lab.node_subnet(1).unwrap();
@@ -246,7 +215,7 @@ fn a_peer_off_the_underlay_subnet_is_refused_logged_once_and_counted() {
     wait_until(
         "the reconcile to put the route back",
         RECONCILE_WAIT,
-        || !routes_to(&n1, &n2_subnet).is_empty(),
+        || !n1.routes_to(&n2_subnet).is_empty(),
     )
     .unwrap();
     assert_eq!(refused(&n1, "not_on_link"), 1.0);
@@ -254,9 +223,5 @@ fn a_peer_off_the_underlay_subnet_is_refused_logged_once_and_counted() {
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert_eq!(log.matches(&not_on_link).count(), 1, "logged once:\n{log}");
     assert_eq!(log.matches(mismatch).count(), 1, "logged once:\n{log}");
-    assert!(
-        routes_to(&n1, &far).is_empty(),
-        "{:?}",
-        routes_to(&n1, &far)
-    );
+    assert!(n1.routes_to(&far).is_empty(), "{:?}", n1.routes_to(&far));
 }

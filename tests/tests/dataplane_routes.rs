@@ -10,7 +10,6 @@
 //!   (a tunnelled peer's route still goes in), and is counted and listed. (The TUN
 //!   device cannot serve here: weftd sets it up again within a reconcile.)
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use weft_tests::lab::{Lab, LabSpec, ETCD_PREFIX, HEALTHZ_ADDR};
@@ -29,30 +28,8 @@ fn put_peer(lab: &Lab, subnet: &str, public_ip: &str, mac_last: u8) {
     lab.etcd().put(&key, &value).unwrap();
 }
 
-/// `ip route show <prefix>` in the node: one line per route to exactly that prefix.
-fn routes_to(ns: &Netns, prefix: &str) -> Vec<String> {
-    ns.ip(&["route", "show", "exact", prefix])
-        .unwrap_or_default()
-        .lines()
-        .map(|line| line.trim().to_owned())
-        .collect()
-}
-
-/// The unlabelled samples of `/metrics` (what these tests read).
-fn metrics(ns: &Netns) -> HashMap<String, f64> {
-    let (code, page) = ns.http_get(HEALTHZ_ADDR, "/metrics").expect("GET /metrics");
-    assert_eq!(code, 200, "{page}");
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 fn metric(ns: &Netns, name: &str) -> f64 {
-    *metrics(ns)
+    *ns.metrics()
         .get(name)
         .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
@@ -90,7 +67,7 @@ fn a_foreign_route_to_a_peer_subnet_is_left_alone_counted_and_yielded_when_gone(
     put_peer(&lab, a, "198.51.100.20", 0x20);
     put_peer(&lab, b, "198.51.100.21", 0x21);
     wait_until("weft's route to B", RECONCILE_WAIT, || {
-        routes_to(&n1, b).iter().any(|r| r.contains("proto 87"))
+        n1.routes_to(b).iter().any(|r| r.contains("proto 87"))
     })
     .unwrap();
     wait_until("the conflict over A counted", RECONCILE_WAIT, || {
@@ -98,7 +75,7 @@ fn a_foreign_route_to_a_peer_subnet_is_left_alone_counted_and_yielded_when_gone(
     })
     .unwrap();
     assert_eq!(
-        routes_to(&n1, a),
+        n1.routes_to(a),
         ["10.244.200.0/24 via 192.0.2.254 dev eth0 proto static"],
         "the admin's route is untouched and weft added none beside it"
     );
@@ -122,7 +99,7 @@ fn a_foreign_route_to_a_peer_subnet_is_left_alone_counted_and_yielded_when_gone(
     })
     .unwrap();
     assert_eq!(
-        routes_to(&n1, b),
+        n1.routes_to(b),
         // `proto boot` is what iproute2 leaves unsaid.
         ["10.244.201.0/24 via 192.0.2.254 dev eth0"],
         "the reconcile that saw it left it alone"
@@ -131,7 +108,7 @@ fn a_foreign_route_to_a_peer_subnet_is_left_alone_counted_and_yielded_when_gone(
     // A's foreign route goes: weft's comes at the next reconcile.
     n1.ip(&["route", "del", a, "proto", "static"]).unwrap();
     wait_until("weft's route to A", RECONCILE_WAIT, || {
-        routes_to(&n1, a) == ["10.244.200.0/24 dev weft.1 proto 87 scope link"]
+        n1.routes_to(a) == ["10.244.200.0/24 dev weft.1 proto 87 scope link"]
     })
     .unwrap();
     wait_until("one conflict left", RECONCILE_WAIT, || {
@@ -140,14 +117,14 @@ fn a_foreign_route_to_a_peer_subnet_is_left_alone_counted_and_yielded_when_gone(
     .unwrap();
     n1.ip(&["route", "del", b, "proto", "boot"]).unwrap();
     wait_until("weft's route to B again", RECONCILE_WAIT, || {
-        routes_to(&n1, b) == ["10.244.201.0/24 dev weft.1 proto 87 scope link"]
+        n1.routes_to(b) == ["10.244.201.0/24 dev weft.1 proto 87 scope link"]
     })
     .unwrap();
     wait_until("no conflict left", RECONCILE_WAIT, || {
         conflict_prefixes(&status(&n1)).is_empty()
     })
     .unwrap();
-    let m = metrics(&n1);
+    let m = n1.metrics();
     assert_eq!(m["weft_routes_conflicting"], 0.0);
     assert_eq!(
         m["weft_route_conflicts_total"], 2.0,
@@ -185,7 +162,7 @@ fn one_refused_route_change_does_not_stop_the_others() {
     let a_route = ["10.244.200.0/24 via 192.0.2.77 dev eth0 proto 87"];
     let b_route = ["10.244.201.0/24 dev weft.1 proto 87 scope link"];
     wait_until("both routes", RECONCILE_WAIT, || {
-        routes_to(&n1, a) == a_route && routes_to(&n1, b) == b_route
+        n1.routes_to(a) == a_route && n1.routes_to(b) == b_route
     })
     .unwrap();
 
@@ -194,10 +171,10 @@ fn one_refused_route_change_does_not_stop_the_others() {
     n1.sh("printf 'link set eth0 down\\nroute del 10.244.201.0/24\\n' | ip -batch -")
         .unwrap();
     wait_until("B's route, after A's failed", RECONCILE_WAIT, || {
-        routes_to(&n1, b) == b_route
+        n1.routes_to(b) == b_route
     })
     .unwrap();
-    assert!(routes_to(&n1, a).is_empty());
+    assert!(n1.routes_to(a).is_empty());
     let failing = wait_for("A's failure in /v1/status", RECONCILE_WAIT, || {
         let report = status(&n1);
         let failures = report["dataplane"]["route_failures"].as_array()?.clone();
@@ -217,7 +194,7 @@ fn one_refused_route_change_does_not_stop_the_others() {
 
     // Once the kernel accepts it, the next reconcile adds it and the failure is over.
     n1.ip(&["link", "set", "eth0", "up"]).unwrap();
-    wait_until("A's route", RECONCILE_WAIT, || routes_to(&n1, a) == a_route).unwrap();
+    wait_until("A's route", RECONCILE_WAIT, || n1.routes_to(a) == a_route).unwrap();
     wait_until("no failing change left", RECONCILE_WAIT, || {
         status(&n1)["dataplane"]["route_failures"]
             .as_array()
