@@ -37,6 +37,9 @@ struct Cli {
     /// Tests to run (comma-separated); `tcp-1` also yields `cpu`.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Measurement::ALL)]
     tests: Vec<Measurement>,
+    /// Rounds of every test; each figure is their median, with the range beside it.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// Where results.json and results.svg are written.
     #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
@@ -129,6 +132,7 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
     let mut results = Results {
         started: results::rfc3339_utc(SystemTime::now()),
         seconds: cli.seconds,
+        rounds: cli.rounds,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into()),
@@ -139,10 +143,11 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
     let total = paths.len() * tests.len();
     let mut done = 0;
     println!(
-        "weft-bench: {} paths × {} tests, {} s each",
+        "weft-bench: {} paths × {} tests, {} s each, median of {} round(s)",
         paths.len(),
         tests.len(),
-        cli.seconds
+        cli.seconds,
+        cli.rounds
     );
 
     // Labs kept up for the round trip, measured at the end.
@@ -183,7 +188,7 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
             done += 1;
             print!("[{done}/{total}] {} {} ... ", path.name(), m.name());
             flush();
-            let runs = measure_one(pair_of(&lab), path, m, cli.seconds);
+            let runs = measure_rounds(pair_of(&lab), path, m, cli.seconds, cli.rounds);
             let shown: Vec<String> = runs.iter().map(progress).collect();
             println!("{}", shown.join(", "));
             results.runs.extend(runs);
@@ -202,11 +207,23 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
             measure::RTT_TURN
         );
         let pairs: Vec<Pair<'_>> = kept.iter().map(|(_, lab)| pair_of(lab)).collect();
-        let medians = measure::rtt_medians_interleaved(&pairs, rtt_count(cli.seconds));
-        for ((path, _), median) in kept.iter().zip(medians) {
+        // Per path: every round's median, or the first round's error.
+        let mut rounds: Vec<anyhow::Result<Vec<f64>>> = kept.iter().map(|_| Ok(vec![])).collect();
+        for round in 1..=cli.rounds {
+            let medians = measure::rtt_medians_interleaved(&pairs, rtt_count(cli.seconds));
+            for (samples, median) in rounds.iter_mut().zip(medians) {
+                if let Ok(values) = samples {
+                    match median {
+                        Ok(us) => values.push(us),
+                        Err(e) => *samples = Err(e.context(format!("round {round}"))),
+                    }
+                }
+            }
+        }
+        for ((path, _), samples) in kept.iter().zip(rounds) {
             done += 1;
-            let run = match median {
-                Ok(us) => Run::ok(*path, Test::Rtt, us),
+            let run = match samples {
+                Ok(samples) => Run::from_samples(*path, Test::Rtt, samples),
                 Err(e) => Run::failed(*path, Test::Rtt, format!("{e:#}")),
             };
             println!(
@@ -244,10 +261,20 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
     Ok(results)
 }
 
-/// A run's result on its progress line: `12.4 Gbit/s`, or `FAILED: why`.
+/// A run's result on its progress line: `12.4 Gbit/s`, `12.4 Gbit/s (9.80–13.1)` for
+/// several rounds, or `FAILED: why`.
 fn progress(run: &Run) -> String {
     match (&run.value, &run.error) {
-        (Some(v), _) => format!("{} {}", results::format_value(*v), run.unit),
+        (Some(v), _) => match (run.min, run.max) {
+            (Some(min), Some(max)) => format!(
+                "{} {} ({}–{})",
+                results::format_value(*v),
+                run.unit,
+                results::format_value(min),
+                results::format_value(max)
+            ),
+            _ => format!("{} {}", results::format_value(*v), run.unit),
+        },
         (None, Some(e)) => format!("FAILED: {e}"),
         (None, None) => "no value".into(),
     }
@@ -275,6 +302,42 @@ fn pair_of(lab: &PathLab) -> Pair<'_> {
         dst: lab.dst(),
         dst_ip: lab.dst_ip(),
     }
+}
+
+/// Runs one measurement `rounds` times; every test it stands for gets the median of
+/// its rounds, or the error of the first round that failed.
+fn measure_rounds(
+    pair: Pair<'_>,
+    path: Path,
+    m: Measurement,
+    seconds: u64,
+    rounds: u32,
+) -> Vec<Run> {
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); m.tests().len()];
+    for round in 1..=rounds {
+        let runs = measure_one(pair, path, m, seconds);
+        if let Some(failed) = runs.iter().find(|r| r.error.is_some()) {
+            let error = failed.error.clone().unwrap_or_default();
+            let error = if rounds > 1 {
+                format!("round {round}: {error}")
+            } else {
+                error
+            };
+            return m
+                .tests()
+                .iter()
+                .map(|&test| Run::failed(path, test, error.clone()))
+                .collect();
+        }
+        for (values, run) in samples.iter_mut().zip(runs) {
+            values.extend(run.value);
+        }
+    }
+    m.tests()
+        .iter()
+        .zip(samples)
+        .map(|(&test, values)| Run::from_samples(path, test, values))
+        .collect()
 }
 
 /// Runs one measurement; every test it stands for gets a value or an error.

@@ -108,16 +108,49 @@ impl Test {
     }
 }
 
+/// The underlay the labs' nodes are joined by. `whole`: a veth pair as it is, which
+/// carries 64 KB super-packets across whole (what kind-style clusters do).
+pub const UNDERLAY_WHOLE: &str = "whole";
+
 /// One (path, test) result: a value, or the reason there is none.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
     pub path: String,
     pub test: String,
+    /// The median of the rounds' samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
     pub unit: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Every round's value, in the order measured (absent with one round).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<f64>,
+    /// The smallest and largest sample (absent with one round).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// How the underlay carried the packets.
+    #[serde(default = "whole")]
+    pub underlay: String,
+}
+
+fn whole() -> String {
+    UNDERLAY_WHOLE.into()
+}
+
+/// The median of `samples` (the mean of the middle two for an even count); `None` when
+/// there are none.
+pub fn median(samples: &[f64]) -> Option<f64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
 }
 
 impl Run {
@@ -128,7 +161,26 @@ impl Run {
             value: Some(value),
             unit: test.unit().into(),
             error: None,
+            samples: Vec::new(),
+            min: None,
+            max: None,
+            underlay: whole(),
         }
+    }
+
+    /// The result of several rounds: their median, with the samples and their range
+    /// when there is more than one.
+    pub fn from_samples(path: Path, test: Test, samples: Vec<f64>) -> Run {
+        let Some(value) = median(&samples) else {
+            return Run::failed(path, test, "no round measured");
+        };
+        let mut run = Run::ok(path, test, value);
+        if samples.len() > 1 {
+            run.min = samples.iter().copied().reduce(f64::min);
+            run.max = samples.iter().copied().reduce(f64::max);
+            run.samples = samples;
+        }
+        run
     }
 
     pub fn failed(path: Path, test: Test, error: impl Into<String>) -> Run {
@@ -138,8 +190,16 @@ impl Run {
             value: None,
             unit: test.unit().into(),
             error: Some(error.into()),
+            samples: Vec::new(),
+            min: None,
+            max: None,
+            underlay: whole(),
         }
     }
+}
+
+fn one_round() -> u32 {
+    1
 }
 
 /// The whole document written to `target/bench/results.json`.
@@ -149,6 +209,9 @@ pub struct Results {
     pub started: String,
     /// Duration of each iperf3 test.
     pub seconds: u64,
+    /// Rounds of every test; each value is their median.
+    #[serde(default = "one_round")]
+    pub rounds: u32,
     /// `uname -r`.
     pub kernel: String,
     pub cpus: usize,
@@ -159,12 +222,23 @@ pub struct Results {
     pub runs: Vec<Run>,
 }
 
+fn rounds_text(rounds: u32) -> String {
+    match rounds {
+        1 => "1 round".into(),
+        n => format!("{n} rounds"),
+    }
+}
+
 impl Results {
     /// The run's one-line description: when, how long, where, and any weftd settings.
     pub fn describe(&self) -> String {
         let mut line = format!(
-            "{} · {} s per test · kernel {} · {} CPUs",
-            self.started, self.seconds, self.kernel, self.cpus
+            "{} · {} s per test · median of {} · kernel {} · {} CPUs",
+            self.started,
+            self.seconds,
+            rounds_text(self.rounds),
+            self.kernel,
+            self.cpus
         );
         if !self.weftd_env.is_empty() {
             let _ = write!(line, " · weftd with {}", self.weftd_env.join(" "));
@@ -348,6 +422,7 @@ pub(crate) mod tests {
         Results {
             started: "2026-11-23T18:00:00Z".into(),
             seconds: 10,
+            rounds: 1,
             kernel: "6.18.0".into(),
             cpus: 2,
             weftd_env: Vec::new(),
@@ -365,7 +440,8 @@ pub(crate) mod tests {
             .keys()
             .map(|k| k.as_str())
             .collect();
-        assert_eq!(top.len(), 5, "{top:?}");
+        assert_eq!(top.len(), 6, "{top:?}");
+        assert_eq!(json["rounds"], 1);
         assert_eq!(json["started"], "2026-11-23T18:00:00Z");
         assert_eq!(json["seconds"], 10);
         assert_eq!(json["kernel"], "6.18.0");
@@ -375,7 +451,7 @@ pub(crate) mod tests {
         let first = &runs[0];
         assert_eq!(
             first,
-            &serde_json::json!({"path":"veth","test":"tcp-1","value":18.0,"unit":"Gbit/s"})
+            &serde_json::json!({"path":"veth","test":"tcp-1","value":18.0,"unit":"Gbit/s","underlay":"whole"})
         );
         let failed = runs
             .iter()
@@ -428,10 +504,42 @@ pub(crate) mod tests {
         assert!(results
             .describe()
             .ends_with("2 CPUs · weftd with WEFTD_BUSY_POLL=20ms"));
+        assert!(results.describe().contains("· median of 1 round ·"));
         let json = serde_json::to_string(&results).unwrap();
         assert!(
             json.contains(r#""weftd_env":["WEFTD_BUSY_POLL=20ms"]"#),
             "{json}"
         );
+    }
+
+    #[test]
+    fn several_rounds_give_the_median_with_samples_and_range() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[9.0, 1.0, 5.0]), Some(5.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+
+        let run = Run::from_samples(Path::WeftVxlan, Test::Tcp1, vec![12.0, 7.0, 9.5]);
+        assert_eq!(run.value, Some(9.5));
+        assert_eq!((run.min, run.max), (Some(7.0), Some(12.0)));
+        let json = serde_json::to_value(&run).unwrap();
+        assert_eq!(json["samples"], serde_json::json!([12.0, 7.0, 9.5]));
+        assert_eq!(json["underlay"], "whole");
+
+        let single =
+            serde_json::to_value(Run::from_samples(Path::Veth, Test::Rtt, vec![30.0])).unwrap();
+        assert_eq!(
+            single,
+            serde_json::json!({"path":"veth","test":"rtt","value":30.0,"unit":"µs","underlay":"whole"})
+        );
+        // A results.json written before rounds existed still loads, as one round on the
+        // whole underlay.
+        let old: Results = serde_json::from_str(
+            r#"{"started":"2026-11-30T08:02:53Z","seconds":5,"kernel":"6.18.44","cpus":2,
+                "runs":[{"path":"veth","test":"tcp-1","value":21.6,"unit":"Gbit/s"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.rounds, 1);
+        assert_eq!(old.runs[0].underlay, "whole");
     }
 }

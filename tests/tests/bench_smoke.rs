@@ -28,6 +28,8 @@ fn bench_measures_what_works_reports_what_fails_and_exits_non_zero() {
             "veth,weft-vxlan",
             "--tests",
             "tcp-1,rtt",
+            "--rounds",
+            "2",
         ])
         .arg("--out-dir")
         .arg(out_dir.path())
@@ -57,6 +59,7 @@ fn bench_measures_what_works_reports_what_fails_and_exits_non_zero() {
     let json = std::fs::read_to_string(out_dir.path().join("results.json")).unwrap();
     let results: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(results["seconds"], 1);
+    assert_eq!(results["rounds"], 2);
     assert!(results["started"].as_str().unwrap().ends_with('Z'));
     assert!(results["cpus"].as_u64().unwrap() >= 1);
     let runs = results["runs"].as_array().unwrap();
@@ -71,6 +74,19 @@ fn bench_measures_what_works_reports_what_fails_and_exits_non_zero() {
         let value = run["value"].as_f64().unwrap_or_else(|| panic!("{run}"));
         assert!(value > 0.0, "{run}");
         assert!(run.get("error").is_none(), "{run}");
+        // Two rounds: the value is their median, between the two samples.
+        assert_eq!(run["underlay"], "whole", "{run}");
+        let samples: Vec<f64> = run["samples"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no samples: {run}"))
+            .iter()
+            .map(|s| s.as_f64().unwrap())
+            .collect();
+        assert_eq!(samples.len(), 2, "{run}");
+        let (min, max) = (run["min"].as_f64().unwrap(), run["max"].as_f64().unwrap());
+        assert_eq!(min, samples[0].min(samples[1]), "{run}");
+        assert_eq!(max, samples[0].max(samples[1]), "{run}");
+        assert!(min <= value && value <= max, "{run}");
         let failed = find("weft-vxlan", test);
         assert!(failed.get("value").is_none(), "{failed}");
         assert!(
