@@ -154,17 +154,25 @@ pub fn median(samples: &[f64]) -> Option<f64> {
 }
 
 impl Run {
-    pub fn ok(path: Path, test: Test, value: f64) -> Run {
+    /// A result with neither value nor error yet, on the whole underlay.
+    fn empty(path: Path, test: Test) -> Run {
         Run {
             path: path.name().into(),
             test: test.name().into(),
-            value: Some(value),
+            value: None,
             unit: test.unit().into(),
             error: None,
             samples: Vec::new(),
             min: None,
             max: None,
             underlay: whole(),
+        }
+    }
+
+    pub fn ok(path: Path, test: Test, value: f64) -> Run {
+        Run {
+            value: Some(value),
+            ..Run::empty(path, test)
         }
     }
 
@@ -185,15 +193,8 @@ impl Run {
 
     pub fn failed(path: Path, test: Test, error: impl Into<String>) -> Run {
         Run {
-            path: path.name().into(),
-            test: test.name().into(),
-            value: None,
-            unit: test.unit().into(),
             error: Some(error.into()),
-            samples: Vec::new(),
-            min: None,
-            max: None,
-            underlay: whole(),
+            ..Run::empty(path, test)
         }
     }
 }
