@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dataplane_support::{concurrent_transfers, netconf, ping_once, wait_ping, Cluster};
-use weft_daemon::dataplane::bpf;
+use weft_bpf as bpf;
 use weft_tests::require_root;
 
 const VXLAN: &str = r#"{"Type":"vxlan","VNI":1}"#;

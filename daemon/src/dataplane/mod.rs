@@ -18,7 +18,6 @@
 //! TUN, TAP, sockets or workers.
 
 mod batch;
-pub mod bpf;
 pub mod io;
 mod pacer;
 pub mod packet;

@@ -38,9 +38,9 @@ use std::os::fd::OwnedFd;
 
 use anyhow::Context as _;
 
-use super::bpf::{self, helper, Insn, R0, R1, R10, R2, R3, R4, R5, R6};
 use super::peers::Encap;
 use super::tun::Tun;
+use weft_bpf::{self as bpf, helper, Insn, R0, R1, R10, R2, R3, R4, R5, R6};
 use weft_netlink::Netlink;
 
 /// The TAP device's name.

@@ -1,4 +1,4 @@
-//! Just enough eBPF for one program: a few instruction encoders, `BPF_PROG_LOAD` with the
+//! Just enough eBPF for weft's programs: a few instruction encoders, `BPF_PROG_LOAD` with the
 //! verifier's log, and a tcx link (`BPF_LINK_CREATE`, kernel ≥ 6.6).
 //!
 //! Why not `aya` or `libbpf-rs`: the one program weftd loads is 40 instructions whose
