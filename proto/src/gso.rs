@@ -372,6 +372,13 @@ impl TcpCoalescer {
         self.segments
     }
 
+    /// Whether nothing more can be appended (PSH or FIN seen, a short segment, or
+    /// full): the receiver should write it out now rather than hold it, as Linux's GRO
+    /// flushes at PSH.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// Appends `segment` if it continues the super-packet in `out` (same flow and
     /// headers, next sequence number, not larger than the first segment).
     pub fn try_append(&mut self, out: &mut [u8], segment: &[u8]) -> Result<(), CoalesceReject> {

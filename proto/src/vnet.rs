@@ -29,7 +29,54 @@ pub mod flags {
     /// The checksum was verified.
     pub const DATA_VALID: u8 = 2;
     pub const RSC_INFO: u8 = 4;
+    /// The outer UDP header of a UDP-tunnel GSO packet carries a checksum that every
+    /// segment gets, completed (`VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM`, Linux 6.17).
+    pub const UDP_TUNNEL_CSUM: u8 = 8;
+    /// What a TUN read may carry (weft never enables tunnel offloads on its TUN).
     pub(crate) const ALL: u8 = NEEDS_CSUM | DATA_VALID | RSC_INFO;
+}
+
+/// `gso_type` bit: the GSO packet is inside a UDP tunnel over IPv4
+/// (`VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4`, Linux 6.17), the inner type in the low bits.
+pub const GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
+
+/// Length of `struct virtio_net_hdr_v1_hash_tunnel`: the 12-byte `virtio_net_hdr_v1`
+/// (the 10 bytes above + `num_buffers`), the 8-byte hash report, then
+/// `outer_th_offset` and `inner_nh_offset`. A TAP whose `TUNSETVNETHDRSZ` is at least
+/// this and that has the UDP-tunnel offloads on (`TUNSETOFFLOAD`) reads the tunnel
+/// fields of every write.
+pub const TUNNEL_HEADER_LEN: usize = 24;
+
+/// A `virtio_net_hdr_v1_hash_tunnel`: the plain header plus where the outer transport
+/// header and the inner network header start (offsets from the frame's first byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TunnelVnetRepr {
+    pub vnet: VirtioNetRepr,
+    /// Extra `flags` bits ([`flags::UDP_TUNNEL_CSUM`]).
+    pub extra_flags: u8,
+    /// Extra `gso_type` bits ([`GSO_UDP_TUNNEL_IPV4`]).
+    pub extra_gso_type: u8,
+    pub outer_th_offset: u16,
+    pub inner_nh_offset: u16,
+}
+
+impl TunnelVnetRepr {
+    /// Writes the header into `out[..TUNNEL_HEADER_LEN]`, hash fields and
+    /// `num_buffers` zero.
+    ///
+    /// # Panics
+    /// If `out` is shorter than [`TUNNEL_HEADER_LEN`].
+    #[inline]
+    pub fn emit(&self, out: &mut [u8]) {
+        let out = &mut out[..TUNNEL_HEADER_LEN];
+        out.fill(0);
+        let mut hdr = VirtioNetHdr::new_unchecked(&mut out[..HEADER_LEN]);
+        self.vnet.emit(&mut hdr);
+        out[field::FLAGS] |= self.extra_flags;
+        out[field::GSO_TYPE] |= self.extra_gso_type;
+        out[20..22].copy_from_slice(&self.outer_th_offset.to_le_bytes());
+        out[22..24].copy_from_slice(&self.inner_nh_offset.to_le_bytes());
+    }
 }
 
 /// `gso_type` values (without the ECN bit).

@@ -295,6 +295,7 @@ fn routed_info(backend: &NodeBackend, lease: &LocalLease) -> crate::metrics::Dat
             udp_segment: false,
             udp_gro: false,
             kernel_encap: false,
+            udp_tunnel_csum: false,
         },
         transmit_path: "routed",
         transmit_path_reason: None,

@@ -32,10 +32,11 @@ use crate::lease::MacAddr;
 use crate::metrics::DropReason;
 
 /// Bytes reserved in front of the inner packet in every transmit buffer: room for the
-/// largest thing written there, a frame for the encapsulating TAP (vnet header +
-/// Ethernet + VXLAN's outer headers: 74, see `transmit::TapQueue`), 16-byte aligned.
-pub const HEADROOM: usize = 80;
-const _: () = assert!(HEADROOM >= vnet::HEADER_LEN + vxlan::HEADROOM);
+/// largest thing written there, a frame for the encapsulating TAP (the 24-byte tunnel
+/// vnet header + Ethernet + VXLAN's outer headers: 88, see `transmit::TapQueue`),
+/// 16-byte aligned.
+pub const HEADROOM: usize = 96;
+const _: () = assert!(HEADROOM >= vnet::TUNNEL_HEADER_LEN + vxlan::HEADROOM);
 const _: () = assert!(vxlan::HEADROOM >= ipip::HEADROOM);
 /// What VXLAN puts in front of an inner packet sent on a UDP socket: the VXLAN header
 /// (8) and the inner Ethernet header (14).

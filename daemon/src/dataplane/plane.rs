@@ -136,6 +136,7 @@ impl Plane {
                 Some(tap_encap) => Some(worker::TapQueue {
                     fd: tap_encap.queue(queue)?,
                     local_ip: lease.public_ip,
+                    udp_tunnel_offload: tap_encap.udp_tunnel_offload(),
                 }),
                 None => None,
             };
@@ -197,6 +198,10 @@ impl Plane {
             udp_gro: vxlan
                 && crate::metrics::ActiveOffloads::udp_gro_enabled(shared.receivers[0].as_fd()),
             kernel_encap: self.tap.is_some(),
+            udp_tunnel_csum: self
+                .tap
+                .as_ref()
+                .is_some_and(tap_encap::TapEncap::udp_tunnel_offload),
         };
         crate::metrics::DataplaneInfo {
             device: shared.name.clone(),

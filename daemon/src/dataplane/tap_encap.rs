@@ -29,6 +29,20 @@
 //! FIB and neighbour table, as the kernel's own tunnels do; no netfilter hook sees the
 //! packet, no `ip_forward` is needed and no sysctl is changed.
 //!
+//! VXLAN on Linux ≥ 6.17 skips `adjust_room` altogether: the TAP takes UDP-tunnel GSO
+//! in its vnet header (`TUN_F_UDP_TUNNEL_GSO_CSUM`, the 24-byte
+//! `virtio_net_hdr_v1_hash_tunnel`), so the worker's write itself says "TCP super-packet
+//! inside UDP inside IPv4, outer UDP checksum wanted" (`SKB_GSO_UDP_TUNNEL_CSUM`) and the
+//! program only redirects. The difference is on the wire: `adjust_room` has no flag for
+//! the `_CSUM` GSO type, so its segments leave with UDP checksum 0, and a receiver's UDP
+//! GRO refuses to merge those (`udp_gro_receive_segment`: "requires non zero csum");
+//! segments of a `_CSUM` packet each get a complete checksum (software GSO or NIC), so a
+//! receiving weft on a real NIC gets 64 KB GRO trains. VXLAN's checksum stays optional
+//! for receivers: kernel peers with `udpcsum` off take either. Kernels without it refuse
+//! the offload bits; weftd then says so once and uses `adjust_room` as before. The
+//! environment variable `WEFT_TAP_TUNNEL_OFFLOAD=off` forces that fallback (tests,
+//! comparisons). IPIP has no UDP header and always takes `adjust_room`.
+//!
 //! Lifetime: the TAP is not persistent and the program hangs on a tcx link held by
 //! weftd, so both vanish with the process, killed or not; a restart builds them afresh.
 //! Needs: CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN, kernel ≥ 6.6 (tcx). Without
@@ -80,11 +94,17 @@ pub mod adjust_room {
     }
 }
 
+/// Set to `off` to keep VXLAN on the `adjust_room` program even where the TAP takes
+/// UDP-tunnel GSO (see the module documentation).
+pub const TUNNEL_OFFLOAD_ENV: &str = "WEFT_TAP_TUNNEL_OFFLOAD";
+
 /// The encapsulator, up: one TAP queue per worker; the program stays attached as long
 /// as `link` is open.
 #[derive(Debug)]
 pub struct TapEncap {
     tap: Tun,
+    /// Writes carry the 24-byte tunnel vnet header and the program only redirects.
+    udp_tunnel_offload: bool,
     /// The TAP's ifindex when it was set up (a re-created device has another).
     index: u32,
     _program: OwnedFd,
@@ -101,6 +121,12 @@ impl TapEncap {
     /// link, e.g. with `bpftool link detach`, or deleted the device under it).
     pub fn attached(&self) -> bool {
         bpf::tcx_link_ifindex(&self.link).is_ok_and(|ifindex| ifindex == self.index)
+    }
+
+    /// Whether writes describe VXLAN as UDP-tunnel GSO (24-byte vnet header,
+    /// `weft_proto::vxlan::tap_offload_header`) rather than leave it to the program.
+    pub fn udp_tunnel_offload(&self) -> bool {
+        self.udp_tunnel_offload
     }
 
     /// Queue `n`'s descriptor, for worker `n`.
@@ -128,15 +154,63 @@ pub async fn setup(
     // The MTU bounds what the program may grow a non-GSO frame to (Ethernet + the
     // underlay's MTU): exactly a full-sized packet.
     let link = netlink.ensure_link_up(DEVICE, Some(underlay_mtu)).await?;
-    let instructions = program(outer_len(encap), encap_flags(encap), underlay_index);
+    let udp_tunnel_offload = matches!(encap, Encap::Vxlan { .. }) && try_udp_tunnel_offload(&tap);
+    let instructions = if udp_tunnel_offload {
+        redirect_program(underlay_index)
+    } else {
+        program(outer_len(encap), encap_flags(encap), underlay_index)
+    };
     let program = bpf::load_sched_cls(PROGRAM, &instructions)?;
     let tcx = bpf::attach_tcx_ingress(PROGRAM, &program, link.index)?;
     Ok(TapEncap {
         tap,
+        udp_tunnel_offload,
         index: link.index,
         _program: program,
         link: tcx,
     })
+}
+
+/// Turns on UDP-tunnel GSO on the TAP unless [`TUNNEL_OFFLOAD_ENV`] says `off`; says
+/// which transmit path VXLAN takes, once per setup.
+fn try_udp_tunnel_offload(tap: &Tun) -> bool {
+    if std::env::var(TUNNEL_OFFLOAD_ENV).is_ok_and(|value| value == "off") {
+        tracing::info!(
+            "{TUNNEL_OFFLOAD_ENV}=off: VXLAN through {DEVICE} uses bpf_skb_adjust_room \
+             (outer UDP checksum 0)"
+        );
+        return false;
+    }
+    match tap.enable_udp_tunnel_offload() {
+        Ok(()) => {
+            tracing::info!(
+                "VXLAN through {DEVICE}: UDP-tunnel GSO with outer UDP checksums (tun offload)"
+            );
+            true
+        }
+        Err(error) => {
+            tracing::info!(
+                %error,
+                "this kernel's TAP has no UDP-tunnel GSO (Linux 6.17+): VXLAN through \
+                 {DEVICE} uses bpf_skb_adjust_room, outer UDP checksum 0, so receivers' \
+                 UDP GRO does not merge it"
+            );
+            false
+        }
+    }
+}
+
+/// The program for a TAP whose writes already describe their encapsulation (UDP-tunnel
+/// GSO in the vnet header): `return bpf_redirect_neigh(underlay)`.
+pub fn redirect_program(underlay_index: u32) -> Vec<Insn> {
+    vec![
+        bpf::mov_imm(R1, underlay_index as i32),
+        bpf::mov_imm(R2, 0),
+        bpf::mov_imm(R3, 0),
+        bpf::mov_imm(R4, 0),
+        bpf::call(helper::REDIRECT_NEIGH),
+        bpf::exit(),
+    ]
 }
 
 /// `BPF_ADJ_ROOM_MAC`: make or take room right after the Ethernet header.

@@ -17,7 +17,7 @@ use crate::metrics::{Direction, DropReason, PeerTally};
 use weft_proto::error::WireError;
 use weft_proto::ipv4::Ipv4Packet;
 use weft_proto::vnet::{self, GsoType, VirtioNetHdr, VirtioNetRepr};
-use weft_proto::{flow, gso};
+use weft_proto::{flow, gso, vxlan};
 
 /// IPIP's one sending socket when there is no encapsulating TAP (`tap_encap`), and for
 /// the rare super-packet too long for one outer header.
@@ -30,6 +30,9 @@ pub struct TapQueue {
     pub fd: OwnedFd,
     /// Our PublicIP: the outer source.
     pub local_ip: Ipv4Addr,
+    /// The TAP takes UDP-tunnel GSO: VXLAN frames go with the 24-byte tunnel vnet
+    /// header and outer UDP checksums (`tap_encap`'s module documentation).
+    pub udp_tunnel_offload: bool,
 }
 
 impl TapQueue {
@@ -56,6 +59,14 @@ impl TapQueue {
         let frame = encap
             .write_outer(slot, inner, &peer.vtep_mac, Some(&outer))
             .map_err(TapSendError::Encap)?;
+        if self.udp_tunnel_offload {
+            let header = vxlan::tap_offload_header(&mut slot[frame.clone()], vnet)
+                .map_err(TapSendError::Offload)?;
+            let start = frame.start - vnet::TUNNEL_HEADER_LEN;
+            header.emit(&mut slot[start..frame.start]);
+            return write_packet(self.fd.as_fd(), &slot[start..frame.end])
+                .map_err(TapSendError::Write);
+        }
         let prefix = (HEADROOM - frame.start) as u16;
         let start = frame.start - vnet::HEADER_LEN;
         vnet.with_prefix(prefix)
@@ -72,6 +83,8 @@ enum TapSendError {
     Encap(weft_proto::error::EncapError),
     #[error("writing to the TAP: {0}")]
     Write(io::Error),
+    #[error("no UDP-tunnel offload header fits: {0}")]
+    Offload(vxlan::TapOffloadError),
 }
 
 /// The outer IPv4 IDs of the packets a worker writes whole (the TAP path, where weft
@@ -277,7 +290,8 @@ impl Transmitter {
                     continue;
                 }
                 // Longer than one outer header can say: segmented below.
-                Some(Err(TapSendError::Encap(_))) if vnet.gso_type != GsoType::None => {}
+                Some(Err(TapSendError::Encap(_) | TapSendError::Offload(_)))
+                    if vnet.gso_type != GsoType::None => {}
                 // The TAP is gone or broken: this packet and all after it take the
                 // userspace path, which needs nothing but the sockets.
                 Some(Err(TapSendError::Write(error))) if tap_is_broken(&error) => {
@@ -571,16 +585,17 @@ fn tap_is_broken(error: &io::Error) -> bool {
     )
 }
 
-/// Counts (and logs, rate-limited) an IPIP packet the TAP did not take.
+/// Counts (and logs, rate-limited) a packet the TAP did not take.
 #[cold]
 fn tap_send_failed(ctx: &WorkerContext, log: &mut LogLimiter, error: &TapSendError) {
     let reason = match error {
         TapSendError::Encap(_) => DropReason::TxTooBig,
+        TapSendError::Offload(_) => DropReason::TxMalformed,
         TapSendError::Write(_) => DropReason::TxSendError,
     };
     ctx.metrics.drop_packet(reason);
     if let Some(suppressed) = log.allow() {
-        tracing::warn!(%error, suppressed, "IPIP packet not sent");
+        tracing::warn!(%error, suppressed, "packet not sent through the TAP");
     }
 }
 

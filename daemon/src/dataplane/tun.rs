@@ -38,6 +38,11 @@ pub enum TunError {
     },
 }
 
+/// `TUN_F_UDP_TUNNEL_GSO` (Linux 6.17, newer than the libc crate's headers).
+const TUN_F_UDP_TUNNEL_GSO: libc::c_uint = 0x080;
+/// `TUN_F_UDP_TUNNEL_GSO_CSUM`: the outer UDP header has a checksum to complete.
+const TUN_F_UDP_TUNNEL_GSO_CSUM: libc::c_uint = 0x100;
+
 /// Offload features the kernel may use when handing packets to us (`TUNSETOFFLOAD`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Offloads {
@@ -191,6 +196,31 @@ impl Tun {
             }
         }
         Err(last_error.expect("at least one attempt"))
+    }
+
+    /// Turns on Linux's UDP-tunnel offloads for writes (6.17: `TUN_F_UDP_TUNNEL_GSO`,
+    /// `TUN_F_UDP_TUNNEL_GSO_CSUM`) and makes every write's vnet header the 24-byte
+    /// `virtio_net_hdr_v1_hash_tunnel` (`weft_proto::vnet::TUNNEL_HEADER_LEN`) on all
+    /// queues (both settings are the device's). A kernel without them refuses the
+    /// unknown offload bits (`EINVAL`), and the device is left as it was.
+    pub fn enable_udp_tunnel_offload(&self) -> Result<(), TunError> {
+        // Tunnel GSO is only accepted together with a plain one (TSO4 needs CSUM).
+        let bits =
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM;
+        let file = &self.queues[0];
+        self.ioctl_value(
+            file,
+            libc::TUNSETOFFLOAD,
+            bits as libc::c_ulong,
+            "TUNSETOFFLOAD(udp tunnel)",
+        )?;
+        let header_len = weft_proto::vnet::TUNNEL_HEADER_LEN as libc::c_int;
+        self.ioctl_ptr(
+            file,
+            libc::TUNSETVNETHDRSZ,
+            &header_len,
+            "TUNSETVNETHDRSZ(24)",
+        )
     }
 
     /// The offloads in effect (see [`Tun::open`]).

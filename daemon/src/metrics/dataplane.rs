@@ -58,4 +58,7 @@ pub struct ActiveOffloads {
     /// The kernel adds the outer headers (TAP + tc program): super-packets cross the
     /// underlay as one VXLAN or IP-in-IP GSO packet per 64 KB (`dataplane::tap_encap`).
     pub kernel_encap: bool,
+    /// VXLAN through the TAP is written as UDP-tunnel GSO with outer UDP checksums
+    /// (Linux ≥ 6.17; else `bpf_skb_adjust_room`, outer checksum 0).
+    pub udp_tunnel_csum: bool,
 }
