@@ -23,6 +23,7 @@ use core::ops::Range;
 use crate::checksum;
 use crate::error::{Layer, WireError};
 use crate::ipv4::{self, protocol};
+use crate::offload::{self, TcpChecksum};
 use crate::tcp::{self, flags};
 use crate::udp;
 use crate::vnet::{self, GsoType, VirtioNetHdr, VirtioNetRepr};
@@ -274,8 +275,9 @@ const PORTS_LEN: usize = 4;
 pub enum CoalesceReject {
     /// Not an unfragmented IPv4/TCP packet with payload and sane headers.
     NotTcp,
-    /// IPv4 header or TCP checksum wrong: never hide a corrupt segment in a GSO packet
-    /// whose checksum the kernel will trust.
+    /// IPv4 header or TCP checksum wrong (the TCP checksum neither complete nor the
+    /// partial sum a sender leaves to offload): never hide a corrupt segment in a GSO
+    /// packet whose checksum the kernel will recompute.
     BadChecksum,
     /// SYN, RST or URG, or no ACK: such segments are passed on alone.
     Flags,
@@ -306,13 +308,16 @@ pub struct TcpCoalescer {
     tail_flags: u8,
     closed: bool,
     verify: bool,
+    /// The first segment's TCP checksum is partial (see [`offload::TcpChecksum`]).
+    first_partial: bool,
 }
 
 const PACKET_START: usize = vnet::HEADER_LEN;
 const MAX_PACKET: usize = u16::MAX as usize;
 
-/// Checks a segment for coalescing; returns (ip header len, tcp header len).
-fn candidate(segment: &[u8], verify: bool) -> Result<(usize, usize), CoalesceReject> {
+/// Checks a segment for coalescing; returns (ip header len, tcp header len, whether its
+/// TCP checksum is the partial sum a sender left to offload).
+fn candidate(segment: &[u8], verify: bool) -> Result<(usize, usize, bool), CoalesceReject> {
     let (ip_len, total_len) =
         ipv4::check_header(segment, Layer::Ipv4).map_err(|_| CoalesceReject::NotTcp)?;
     if total_len != segment.len() {
@@ -331,10 +336,20 @@ fn candidate(segment: &[u8], verify: bool) -> Result<(usize, usize), CoalesceRej
     if f & flags::ACK == 0 || f & (flags::SYN | flags::RST | flags::URG) != 0 {
         return Err(CoalesceReject::Flags);
     }
-    if !ip.verify_checksum() || (verify && !tcp.verify_checksum(ip.src_addr(), ip.dst_addr())) {
+    if !ip.verify_checksum() {
         return Err(CoalesceReject::BadChecksum);
     }
-    Ok((ip_len, tcp.header_len()))
+    // Verified only on request; a segment not verified counts as complete.
+    let partial = if verify {
+        match offload::tcp_checksum(ip.src_addr(), ip.dst_addr(), &segment[ip_len..]) {
+            TcpChecksum::Complete => false,
+            TcpChecksum::Partial => true,
+            TcpChecksum::Bad => return Err(CoalesceReject::BadChecksum),
+        }
+    } else {
+        false
+    };
+    Ok((ip_len, tcp.header_len(), partial))
 }
 
 impl TcpCoalescer {
@@ -346,7 +361,7 @@ impl TcpCoalescer {
         segment: &[u8],
         verify_tcp_checksum: bool,
     ) -> Result<Self, CoalesceReject> {
-        let (ip_header_len, tcp_header_len) = candidate(segment, verify_tcp_checksum)?;
+        let (ip_header_len, tcp_header_len, partial) = candidate(segment, verify_tcp_checksum)?;
         if PACKET_START + segment.len() > out.len() {
             return Err(CoalesceReject::Full);
         }
@@ -364,6 +379,7 @@ impl TcpCoalescer {
             tail_flags: 0,
             closed: tcp.flags() & (flags::PSH | flags::FIN) != 0,
             verify: verify_tcp_checksum,
+            first_partial: partial,
         })
     }
 
@@ -385,7 +401,7 @@ impl TcpCoalescer {
         if self.closed {
             return Err(CoalesceReject::Full);
         }
-        let (ip_len, tcp_len) = candidate(segment, self.verify)?;
+        let (ip_len, tcp_len, _) = candidate(segment, self.verify)?;
         let first = &out[PACKET_START..PACKET_START + self.hdr_len];
         // Same addresses and ports.
         if segment[12..20] != first[12..20]
@@ -446,7 +462,18 @@ impl TcpCoalescer {
         let end = PACKET_START + self.len;
         let (head, packet) = out[..end].split_at_mut(PACKET_START);
         if self.segments == 1 {
-            VirtioNetRepr::default().emit(&mut VirtioNetHdr::new_unchecked(head));
+            // As received; a partial checksum is left for the kernel to finish.
+            let vnet = if self.first_partial {
+                VirtioNetRepr {
+                    flags: vnet::flags::NEEDS_CSUM,
+                    csum_start: self.ip_header_len as u16,
+                    csum_offset: tcp::CHECKSUM_OFFSET as u16,
+                    ..VirtioNetRepr::default()
+                }
+            } else {
+                VirtioNetRepr::default()
+            };
+            vnet.emit(&mut VirtioNetHdr::new_unchecked(head));
             return 0..end;
         }
         let ip_len = self.ip_header_len;

@@ -18,6 +18,8 @@
 //! as what it is, a GSO packet (`gso_size` = MTU minus the packet's headers) with its
 //! checksum made partial, and the kernel segments it only if it must.
 
+use core::net::Ipv4Addr;
+
 use crate::checksum;
 use crate::ipv4::{protocol, Ipv4Packet};
 use crate::tcp::{self, TcpPacket};
@@ -124,6 +126,43 @@ pub fn partial_checksum(inner: &[u8]) -> Option<(u16, u16)> {
     Some((ip.header_len() as u16, csum_offset as u16))
 }
 
+/// What the checksum field of a received inner TCP segment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpChecksum {
+    /// The full checksum: it verifies.
+    Complete,
+    /// The pseudo-header sum: the sender left the checksum to offload (tx checksum
+    /// offload over veth or virtio, no TSO), and a UDP socket hands the bytes over
+    /// unfinished. Deliver with `NEEDS_CSUM` and the kernel finishes it.
+    Partial,
+    /// Neither: the segment was corrupted (on a path that did not check an outer
+    /// checksum: VXLAN with UDP checksum 0, IPIP) or sent broken. The receiving TCP
+    /// would drop it; weft drops it first and counts it.
+    Bad,
+}
+
+/// Judges the checksum of the TCP segment `segment` (header and payload, exactly the
+/// IPv4 payload) from `src` to `dst`. The partial sum is tried first: it costs a few
+/// additions where verifying costs a pass over the bytes, and a complete checksum that
+/// happens to equal it is still right once the kernel recomputes it from the bytes.
+#[inline]
+pub fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> TcpChecksum {
+    let Ok(len) = u16::try_from(segment.len()) else {
+        return TcpChecksum::Bad;
+    };
+    if segment.len() < tcp::CHECKSUM_OFFSET + 2 {
+        return TcpChecksum::Bad;
+    }
+    let field = TcpPacket::new_unchecked(segment).checksum();
+    if field == checksum::pseudo_header_partial(src, dst, protocol::TCP, len) {
+        TcpChecksum::Partial
+    } else if checksum::verify_transport(src, dst, protocol::TCP, segment) {
+        TcpChecksum::Complete
+    } else {
+        TcpChecksum::Bad
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use core::net::Ipv4Addr;
@@ -183,6 +222,25 @@ mod tests {
         assert_eq!(partial_checksum(&packet), None);
         assert_eq!(partial_checksum(&ipv4(protocol::ICMP, 8)), None);
         assert_eq!(partial_checksum(&ipv4(protocol::UDP, 8)), None);
+    }
+
+    #[test]
+    fn tcp_checksums_are_complete_partial_or_bad() {
+        let mut packet = tcp(b"judged by its checksum");
+        let len = packet.len() as u16 - 20;
+        TcpPacket::new_unchecked(&mut packet[20..]).fill_checksum(SRC, DST);
+        assert_eq!(tcp_checksum(SRC, DST, &packet[20..]), TcpChecksum::Complete);
+        let partial = checksum::pseudo_header_partial(SRC, DST, protocol::TCP, len);
+        TcpPacket::new_unchecked(&mut packet[20..]).set_checksum(partial);
+        assert_eq!(tcp_checksum(SRC, DST, &packet[20..]), TcpChecksum::Partial);
+        // The partial sum of another length, or one bit off the full checksum: bad.
+        let other = checksum::pseudo_header_partial(SRC, DST, protocol::TCP, len + 1);
+        TcpPacket::new_unchecked(&mut packet[20..]).set_checksum(other);
+        assert_eq!(tcp_checksum(SRC, DST, &packet[20..]), TcpChecksum::Bad);
+        TcpPacket::new_unchecked(&mut packet[20..]).fill_checksum(SRC, DST);
+        packet[45] ^= 0x10;
+        assert_eq!(tcp_checksum(SRC, DST, &packet[20..]), TcpChecksum::Bad);
+        assert_eq!(tcp_checksum(SRC, DST, &packet[20..30]), TcpChecksum::Bad);
     }
 
     #[test]

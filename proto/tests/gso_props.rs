@@ -195,6 +195,55 @@ proptest! {
         prop_assert_eq!(c.try_append(&mut coalesced, &out[seg]), Err(CoalesceReject::BadChecksum));
     }
 
+    /// Segments whose TCP checksum the sender left to offload (tx checksum offload, no
+    /// TSO: the field holds each segment's pseudo-header sum) coalesce exactly as
+    /// complete ones; a lone one is handed on with NEEDS_CSUM, and finishing it as the
+    /// kernel does gives the complete segment. A field that is neither is refused.
+    #[test]
+    fn partial_segments_coalesce_and_bad_ones_are_refused(s in tcp_super(), bump in 1u16..) {
+        prop_assume!(!TcpPacket::new_unchecked(&s.packet[20..]).payload().is_empty());
+        let (mut out, layout) = segment_all(&s);
+        let complete: Vec<Vec<u8>> = (0..layout.count).map(|i| out[layout.segment(i)].to_vec()).collect();
+        for i in 0..layout.count {
+            let seg = &mut out[layout.segment(i)];
+            let ip = Ipv4Packet::new_unchecked(&seg[..]);
+            let (src, dst, ihl) = (ip.src_addr(), ip.dst_addr(), ip.header_len());
+            let len = (seg.len() - ihl) as u16;
+            let partial = checksum::pseudo_header_partial(src, dst, protocol::TCP, len);
+            TcpPacket::new_unchecked(&mut seg[ihl..]).set_checksum(partial);
+        }
+        let mut coalesced = vec![0u8; 70_000];
+        let mut c = TcpCoalescer::start(&mut coalesced, &out[layout.segment(0)], true).unwrap();
+        for i in 1..layout.count {
+            prop_assert_eq!(c.try_append(&mut coalesced, &out[layout.segment(i)]), Ok(()), "segment {}", i);
+        }
+        let range = c.finish(&mut coalesced);
+        let hdr = VirtioNetRepr::parse(&VirtioNetHdr::new_checked(&coalesced[range.clone()]).unwrap()).unwrap();
+        prop_assert!(hdr.needs_csum());
+        let mut packet = coalesced[range][vnet::HEADER_LEN..].to_vec();
+        if layout.count == 1 {
+            gso::complete_checksum(&mut packet, &hdr).unwrap();
+            prop_assert_eq!(&packet, &complete[0]);
+        } else {
+            prop_assert_eq!(hdr, s.vnet);
+            let mut expected = s.packet.clone();
+            gso::complete_checksum(&mut expected, &s.vnet).unwrap();
+            gso::complete_checksum(&mut packet, &hdr).unwrap();
+            prop_assert_eq!(packet, expected);
+        }
+        // A checksum field that is neither the partial sum nor the full checksum.
+        let first = layout.segment(0);
+        let ihl = Ipv4Packet::new_unchecked(&out[first.clone()]).header_len();
+        let field = first.start + ihl + 16;
+        let value = u16::from_be_bytes([out[field], out[field + 1]]).wrapping_add(bump);
+        prop_assume!(value != u16::from_be_bytes([complete[0][ihl + 16], complete[0][ihl + 17]]));
+        out[field..field + 2].copy_from_slice(&value.to_be_bytes());
+        prop_assert_eq!(
+            TcpCoalescer::start(&mut coalesced, &out[first], true).unwrap_err(),
+            CoalesceReject::BadChecksum
+        );
+    }
+
     #[test]
     fn udp_l4_segments_are_valid(payload in proptest::collection::vec(any::<u8>(), 0..8000), gso in 8u16..1472, ident in any::<u16>()) {
         let (src, dst) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 2));

@@ -12,7 +12,7 @@ use super::io::write_packet;
 use super::packet::{Accepted, VXLAN_OVERHEAD};
 use super::worker::{LogLimiter, WorkerContext, MAX_INNER_PACKET};
 use crate::metrics::{Direction, DropReason, PeerTally};
-use weft_proto::gso::{self, FlowKey};
+use weft_proto::gso::{self, CoalesceReject, FlowKey};
 use weft_proto::offload;
 use weft_proto::vnet::{self, VirtioNetHdr};
 
@@ -236,14 +236,20 @@ impl<'a> RxOutput<'a> {
             if let Some(i) = same {
                 let slot = &mut self.coalescers.slots[i];
                 let (_, coalescer) = slot.open.as_mut().expect("slot is open");
-                if coalescer.try_append(&mut slot.buffer, inner).is_ok() {
-                    let closed = coalescer.is_closed();
-                    self.packets += 1;
-                    self.bytes += len as u64;
-                    if closed {
-                        self.flush_slot(i);
+                match coalescer.try_append(&mut slot.buffer, inner) {
+                    Ok(()) => {
+                        let closed = coalescer.is_closed();
+                        self.packets += 1;
+                        self.bytes += len as u64;
+                        if closed {
+                            self.flush_slot(i);
+                        }
+                        return;
                     }
-                    return;
+                    Err(CoalesceReject::BadChecksum) if len <= self.ctx.mtu => {
+                        return self.drop_corrupt();
+                    }
+                    Err(_) => {}
                 }
                 self.flush_slot(i);
             }
@@ -260,21 +266,26 @@ impl<'a> RxOutput<'a> {
                     }
                 };
                 let slot = &mut self.coalescers.slots[i];
-                if let Ok(coalescer) = gso::TcpCoalescer::start(&mut slot.buffer, inner, true) {
-                    let closed = coalescer.is_closed();
-                    slot.open = Some((key, coalescer));
-                    slot.opened = self.now;
-                    self.packets += 1;
-                    self.bytes += len as u64;
-                    if closed {
-                        self.flush_slot(i);
+                match gso::TcpCoalescer::start(&mut slot.buffer, inner, true) {
+                    Ok(coalescer) => {
+                        let closed = coalescer.is_closed();
+                        slot.open = Some((key, coalescer));
+                        slot.opened = self.now;
+                        self.packets += 1;
+                        self.bytes += len as u64;
+                        if closed {
+                            self.flush_slot(i);
+                        }
+                        return;
                     }
-                    return;
+                    Err(CoalesceReject::BadChecksum) => return self.drop_corrupt(),
+                    Err(_) => {}
                 }
             }
         }
-        // Not coalescable (not TCP with payload, a partial checksum, a peer kernel's
-        // super-packet): write it alone, in place, behind its own vnet header.
+        // Not coalescable (not TCP with payload, SYN/RST, a peer kernel's
+        // super-packet): write it alone, in place, behind its own vnet header (which
+        // asks the kernel to finish a partial checksum).
         let start = offset - vnet::HEADER_LEN;
         let vnet = offload::receive_header(&mut datagram[offset..offset + len], self.ctx.mtu);
         vnet.emit(&mut VirtioNetHdr::new_unchecked(
@@ -295,6 +306,19 @@ impl<'a> RxOutput<'a> {
             rx.packets.fetch_sub(segments, Ordering::Relaxed);
             rx.bytes.fetch_sub(len as u64, Ordering::Relaxed);
             self.write_failed(&error);
+        }
+    }
+
+    /// Drops a segment whose TCP checksum is neither complete nor partial (the
+    /// kernel's TCP would drop it after the TUN write anyway): counted, not written.
+    #[cold]
+    fn drop_corrupt(&mut self) {
+        self.ctx.metrics.drop_packet(DropReason::RxBadChecksum);
+        if let Some(suppressed) = self.log.allow() {
+            tracing::debug!(
+                suppressed,
+                "dropped a received TCP segment with a bad checksum"
+            );
         }
     }
 

@@ -34,6 +34,10 @@ pub enum DropReason {
     RxSpoofedSource,
     /// Writing the decapsulated packet to the TUN device failed.
     RxTunWrite,
+    /// An inner TCP segment whose checksum is neither complete nor the partial
+    /// (pseudo-header) sum a sender leaves to offload: corrupted on the way or by the
+    /// sender (`weft_proto::offload::tcp_checksum`). The kernel would drop it too.
+    RxBadChecksum,
     /// A packet read from TUN whose destination is in no peer's subnet.
     TxNoPeer,
     /// A packet read from TUN that is not a well-formed IPv4 packet.
@@ -49,13 +53,14 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for exporters that list them all (including the zero ones).
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::RxUnknownSource,
         DropReason::RxWrongVni,
         DropReason::RxMalformed,
         DropReason::RxDstNotLocal,
         DropReason::RxSpoofedSource,
         DropReason::RxTunWrite,
+        DropReason::RxBadChecksum,
         DropReason::TxNoPeer,
         DropReason::TxMalformed,
         DropReason::TxSendError,
@@ -72,6 +77,7 @@ impl DropReason {
             DropReason::RxDstNotLocal => "rx_dst_not_local",
             DropReason::RxSpoofedSource => "rx_spoofed_source",
             DropReason::RxTunWrite => "rx_tun_write",
+            DropReason::RxBadChecksum => "rx_bad_checksum",
             DropReason::TxNoPeer => "tx_no_peer",
             DropReason::TxMalformed => "tx_malformed",
             DropReason::TxSendError => "tx_send_error",
