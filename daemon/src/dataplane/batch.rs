@@ -204,9 +204,10 @@ impl RecvQueue {
         }
     }
 
-    /// One non-blocking `recvmmsg`: how many datagrams arrived (see
-    /// [`RecvQueue::datagram`]), or the error (`WouldBlock` when there were none).
-    pub fn recv(&mut self, socket: BorrowedFd<'_>) -> io::Result<usize> {
+    /// One non-blocking `recvmmsg` of at most `max` (≤ [`BATCH`]) datagrams: how many
+    /// arrived (see [`RecvQueue::datagram`]), or the error (`WouldBlock` when there
+    /// were none).
+    pub fn recv(&mut self, socket: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
         for (n, message) in self.messages.iter_mut().enumerate() {
             message.msg_hdr.msg_namelen =
                 std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -220,7 +221,7 @@ impl RecvQueue {
             libc::recvmmsg(
                 socket.as_raw_fd(),
                 self.messages.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                max.clamp(1, BATCH) as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::batch::RecvQueue;
 use super::io::write_packet;
 use super::packet::{Accepted, VXLAN_OVERHEAD};
-use super::worker::{LogLimiter, WorkerContext, MAX_INNER_PACKET};
+use super::worker::{LogLimiter, WorkerContext, BATCH, MAX_INNER_PACKET};
 use crate::metrics::{Direction, DropReason, PeerTally};
 use weft_proto::gso::{self, CoalesceReject, FlowKey};
 use weft_proto::offload;
@@ -38,7 +38,15 @@ pub(super) struct Receiver {
     coalescers: Coalescers,
     log: LogLimiter,
     tally: PeerTally,
+    /// Datagrams to ask the next `recvmmsg` for (see [`RX_BATCH_BYTES`]).
+    batch: usize,
 }
+
+/// About how many bytes one receive batch may bring: the worker turns to its transmit
+/// half (and to other flows' replies) between batches, so a batch of 64 GRO trains of
+/// 64 KB (4 MB, milliseconds of copying) would hold every other packet of the worker
+/// that long. Batches of small datagrams stay [`BATCH`] long.
+const RX_BATCH_BYTES: usize = 256 << 10;
 
 impl Receiver {
     pub(super) fn new(ctx: WorkerContext, tun: OwnedFd, socket: Arc<OwnedFd>) -> Receiver {
@@ -50,6 +58,7 @@ impl Receiver {
             coalescers: Coalescers::new(),
             log: LogLimiter::new(),
             tally: PeerTally::new(Direction::Rx),
+            batch: BATCH,
         }
     }
 
@@ -72,9 +81,10 @@ impl Receiver {
             coalescers,
             log,
             tally,
+            batch,
         } = self;
         let ctx: &WorkerContext = ctx;
-        let received = match queue.recv(socket.as_fd()) {
+        let received = match queue.recv(socket.as_fd(), *batch) {
             Ok(received) => received,
             Err(error) => {
                 RxOutput::new(tun, ctx, log, coalescers).flush();
@@ -93,8 +103,10 @@ impl Receiver {
         let peers = ctx.peers.load();
         let mut out = RxOutput::new(tun, ctx, log, coalescers);
         out.now = Instant::now();
+        let mut received_bytes = 0;
         for n in 0..received {
             let (meta, slot) = queue.datagram(n);
+            received_bytes += slot.len();
             let source = meta.source;
             // An empty datagram is judged (and counted) like any other, so this walks
             // at least one datagram, where `chunks_mut` would yield none.
@@ -140,6 +152,9 @@ impl Receiver {
             }
         }
         tally.flush(&ctx.metrics);
+        // The next batch by this one's datagram sizes.
+        let average = (received_bytes / received.max(1)).max(1);
+        *batch = (RX_BATCH_BYTES / average).clamp(1, BATCH);
         out.flush_older_than(COALESCE_HOLD);
         out.publish();
         true
