@@ -125,6 +125,15 @@ fn transmit(buf: &mut [u8], read: usize, encap: &Encap, peers: &PeerTable, tap: 
     if tap.is_none() {
         return frame.len() + sender;
     }
+    if matches!(encap, Encap::Vxlan { .. }) {
+        // The default on Linux ≥ 6.17: UDP-tunnel GSO, outer UDP checksum set here.
+        let frame_range = frame.clone();
+        let header = weft_proto::vxlan::tap_offload_header(&mut buf[frame_range], &vnet)
+            .expect("tunnel header");
+        let start = frame.start - vnet::TUNNEL_HEADER_LEN;
+        header.emit(&mut buf[start..frame.start]);
+        return frame.end - start;
+    }
     let start = frame.start - vnet::HEADER_LEN;
     vnet.with_prefix((HEADROOM - frame.start) as u16)
         .emit(&mut VirtioNetHdr::new_unchecked(

@@ -175,22 +175,3 @@ fn a_light_flow_keeps_its_round_trip_beside_a_bulk_flow() {
         "median round trip beside the bulk flow {loaded:?} > 2 × idle {idle:?}"
     );
 }
-
-#[test]
-#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
-fn kernel_reference() {
-    if !require_root("kernel_reference") {
-        return;
-    }
-    let conf = netconf(VXLAN);
-    let mut cluster = Cluster::new().unwrap();
-    let (k1, m1) = cluster.add_kernel_node(1, &conf).unwrap();
-    let (k2, m2) = cluster.add_kernel_node(2, &conf).unwrap();
-    let macs = [(k1, m1), (k2, m2)];
-    cluster.sync_kernel_node(k1, &macs).unwrap();
-    cluster.sync_kernel_node(k2, &macs).unwrap();
-    let (a, b) = (&cluster.nodes[k1], &cluster.nodes[k2]);
-    wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
-    let (idle, loaded) = light_flow_beside_bulk(a.pod(), b.pod(), b.pod_ip());
-    eprintln!("kernel: light flow median round trip: idle {idle:?}, beside bulk {loaded:?}");
-}
