@@ -1,5 +1,7 @@
 //! Just enough eBPF for weft's programs: a few instruction encoders, `BPF_PROG_LOAD` with the
-//! verifier's log, and a tcx link (`BPF_LINK_CREATE`, kernel ≥ 6.6).
+//! verifier's log, a tcx link (`BPF_LINK_CREATE`, kernel ≥ 6.6), and a loaded program's
+//! id (for the clsact/cls_bpf attachment of older kernels, made over netlink by
+//! `weft-netlink`'s `tc` module).
 //!
 //! Why not `aya` or `libbpf-rs`: the one program weftd loads is 40 instructions whose
 //! constants (our PublicIP, the underlay's ifindex) are known only at start, so it is
@@ -230,6 +232,23 @@ pub fn tcx_link_ifindex(link: &OwnedFd) -> io::Result<u32> {
     let bytes: [u8; 4] = info.0[TCX_IFINDEX..TCX_IFINDEX + 4]
         .try_into()
         .expect("four bytes");
+    Ok(u32::from_ne_bytes(bytes))
+}
+
+/// The id the kernel gave a loaded program (`bpf_prog_info.id`), as `bpftool prog` and
+/// tc's `TCA_BPF_ID` show it.
+pub fn program_id(program: &OwnedFd) -> io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    // `struct bpf_prog_info`: type, then id; fewer bytes than the kernel's struct is fine.
+    #[repr(C, align(8))]
+    struct ProgInfo([u8; 16]);
+    let mut info = ProgInfo([0; 16]);
+    let mut attr = Attr::new();
+    attr.u32(0, program.as_raw_fd() as u32);
+    attr.u32(4, info.0.len() as u32);
+    attr.u64(8, info.0.as_mut_ptr() as u64);
+    bpf_call(CMD_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let bytes: [u8; 4] = info.0[4..8].try_into().expect("four bytes");
     Ok(u32::from_ne_bytes(bytes))
 }
 

@@ -194,7 +194,7 @@ async fn start(
         None => None,
     };
     let plane = match &shared {
-        Some(shared) => Some(Plane::start(netlink, shared, &underlay).await?),
+        Some(shared) => Some(Plane::start(netlink, shared, &underlay, true).await?),
         None => None,
     };
     let tun_index = plane.as_ref().map_or(0, |plane| plane.built.tun_index);
@@ -266,7 +266,7 @@ fn open_tunnel(
     let queues = worker_queues();
     Ok(Shared {
         busy_poll: settings.busy_poll,
-        kernel_encap: settings.kernel_encap,
+        attach: settings.attach_mode(),
         name: tunnel.device_name(),
         lease: lease.clone(),
         encap: tunnel,
@@ -298,6 +298,7 @@ fn routed_info(backend: &NodeBackend, lease: &LocalLease) -> crate::metrics::Dat
         },
         transmit_path: "routed",
         transmit_path_reason: None,
+        tc_attach: None,
     }
 }
 
