@@ -14,7 +14,7 @@ use dataplane_support::{concurrent_transfers, in_netns, netconf, wait_ping, Clus
 use weft_bpf as bpf;
 use weft_config::TcAttach;
 use weft_tests::netns::Netns;
-use weft_tests::{require_root, run_prefix};
+use weft_tests::{require_root, run_prefix, wait_for};
 
 const VXLAN: &str = r#"{"Type":"vxlan","VNI":1}"#;
 const IPIP: &str = r#"{"Type":"ipip"}"#;
@@ -104,11 +104,16 @@ fn a_forced_attachment_that_cannot_be_made_fails_the_start() {
         let result = node.start();
         if mode == TcAttach::Auto {
             result.unwrap();
-            let info = node.metrics().dataplane().unwrap();
+            let info = wait_for("the data plane's info", Duration::from_secs(10), || {
+                node.metrics().dataplane()
+            })
+            .unwrap();
             assert_eq!((info.transmit_path, info.tc_attach), ("userspace", None));
             let reason = info.transmit_path_reason.unwrap_or_default();
             assert!(reason.contains("weft.encap"), "{reason}");
         } else {
+            // The devices may be up before the TAP fails: the plane's own result says.
+            let result = result.and_then(|()| node.running.take().expect("running").stop());
             let text = format!("{:#}", result.unwrap_err());
             assert!(
                 text.contains(&format!("--tc-attach={mode}")) && text.contains("weft.encap"),
