@@ -197,3 +197,40 @@ fn clsact_and_the_bpf_filter_are_idempotent_and_read_back() {
     );
     assert!(in_the_way.contains("ingress qdisc"), "{in_the_way}");
 }
+
+/// The verifier does not check helper flags, so weftd test-runs its program before
+/// attaching it: here the kernel's verdict on weft's own program for both backends
+/// (redirected) and on one asking `bpf_skb_adjust_room` for a flag no kernel has
+/// (dropped), which is what a kernel too old for VXLAN's `ENCAP_L2_ETH` would do.
+#[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
+fn a_test_run_tells_flags_the_kernel_refuses() {
+    if !require_root("a_test_run_tells_flags_the_kernel_refuses") {
+        return;
+    }
+    use weft_daemon::dataplane::tap_encap;
+    const TC_ACT_SHOT: u32 = 2;
+    const TC_ACT_REDIRECT: u32 = 7;
+    // (outer headers, adjust_room flags) of IPIP and VXLAN; bit 40 is no flag at all.
+    let ipip = 1 << 0 | 1 << 1;
+    let vxlan = 0x0e00_0000_0000_0053;
+    for (len, flags, expected) in [
+        (20, ipip, TC_ACT_REDIRECT),
+        (50, vxlan, TC_ACT_REDIRECT),
+        (20, ipip | 1 << 40, TC_ACT_SHOT),
+    ] {
+        let program =
+            bpf::load_sched_cls("weft_test_run", &tap_encap::program(len, flags, 1)).unwrap();
+        let mut frame = vec![0u8; 14 + len + 40];
+        frame[..6].copy_from_slice(&tap_encap::FRAME_DST_MAC);
+        frame[6..12].copy_from_slice(&tap_encap::FRAME_SRC_MAC);
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame[14] = 0x45;
+        frame[14 + len] = 0x45;
+        assert_eq!(
+            bpf::test_run(&program, &frame).unwrap(),
+            expected,
+            "flags {flags:#x}"
+        );
+    }
+}

@@ -175,6 +175,7 @@ pub async fn setup(
     let link = netlink.ensure_link_up(DEVICE, Some(underlay_mtu)).await?;
     let instructions = program(outer_len(encap), encap_flags(encap), underlay_index);
     let program = bpf::load_sched_cls(PROGRAM, &instructions)?;
+    check_helpers_accept(&program, outer_len(encap))?;
     let attachment = attach(netlink, &program, link.index, mode).await?;
     Ok(TapEncap {
         tap,
@@ -182,6 +183,38 @@ pub async fn setup(
         _program: program,
         attachment,
     })
+}
+
+/// `TC_ACT_REDIRECT`: what the program returns when every helper accepted its part.
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// Runs the program once on a dummy frame: the verifier does not check helper flags,
+/// so a kernel that lacks one (`BPF_F_ADJ_ROOM_ENCAP_L2_ETH` before 5.13) would load and
+/// attach the program and then drop every packet. `Err` names the refusal; a kernel
+/// without test runs passes (it cannot tell).
+fn check_helpers_accept(program: &OwnedFd, outer_len: usize) -> anyhow::Result<()> {
+    const INNER_LEN: usize = 40;
+    let eth = weft_proto::ethernet::HEADER_LEN;
+    let mut frame = vec![0u8; eth + outer_len + INNER_LEN];
+    frame[..6].copy_from_slice(&FRAME_DST_MAC);
+    frame[6..12].copy_from_slice(&FRAME_SRC_MAC);
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    // IPv4 version and header length where each IPv4 header starts; the rest may be
+    // zero: the program copies the outer headers without reading them.
+    frame[eth] = 0x45;
+    frame[eth + outer_len] = 0x45;
+    match bpf::test_run(program, &frame) {
+        Ok(TC_ACT_REDIRECT) => Ok(()),
+        Ok(verdict) => anyhow::bail!(
+            "the kernel refuses a helper call of {PROGRAM} (a test run returned {verdict}, not \
+             TC_ACT_REDIRECT: bpf_skb_adjust_room's encapsulation flags need kernel 5.2, \
+             VXLAN's ENCAP_L2_ETH 5.13)"
+        ),
+        Err(error) => {
+            tracing::debug!(%error, "no BPF_PROG_TEST_RUN here; the program is attached untested");
+            Ok(())
+        }
+    }
 }
 
 /// Attaches `program` to `index`'s ingress: tcx, tc, or (`auto`) tcx and else tc.
