@@ -343,6 +343,12 @@ fn a_deleted_tc_filter_or_clsact_qdisc_is_attached_again() {
     reach(&lab, b, Duration::from_secs(20));
     let n1 = lab.node_ns(1).unwrap();
     assert_eq!(status(&lab)["devices"]["tc_attach"], "tc");
+    let (code, metrics) = n1.http_get(HEALTHZ_ADDR, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("weft_dataplane_transmit_path{path=\"kernel_encap\",tc_attach=\"tc\"} 1"),
+        "{metrics}"
+    );
     let filter_there = || {
         n1.run("tc", &["filter", "show", "dev", "weft.encap", "ingress"])
             .is_ok_and(|text| text.contains("weft_encap") && text.contains("direct-action"))
