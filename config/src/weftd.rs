@@ -24,6 +24,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, ValueEnum};
 
 mod values;
+pub use values::TcAttach;
 use values::*;
 
 /// The config file read when `--config` is not given; it may be absent.
@@ -74,38 +75,6 @@ pub struct Settings {
     pub etcd_grace: Duration,
     /// The TOML file the settings were read from, if one was.
     pub config_file: Option<PathBuf>,
-}
-
-/// How the kernel-encapsulation path's tc program is attached (`--tc-attach`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TcAttach {
-    /// tcx where the kernel has it (6.6+), else clsact + cls_bpf, else userspace.
-    Auto,
-    /// A tcx link (`BPF_LINK_CREATE`, kernel 6.6+) or nothing: start fails without it.
-    Tcx,
-    /// A clsact qdisc and a direct-action cls_bpf filter (netlink) or nothing: start
-    /// fails without it.
-    Tc,
-    /// No TAP and no program: segment and encapsulate in userspace.
-    Off,
-}
-
-impl TcAttach {
-    /// The setting's spelling (`auto`, `tcx`, `tc`, `off`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TcAttach::Auto => "auto",
-            TcAttach::Tcx => "tcx",
-            TcAttach::Tc => "tc",
-            TcAttach::Off => "off",
-        }
-    }
-}
-
-impl fmt::Display for TcAttach {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -506,30 +475,6 @@ fn merge(
             .map_or(d.etcd_grace, |v| Duration::from_secs(v.0)),
         config_file,
     })
-}
-
-/// `--kernel-encap=false` is `--tc-attach=off`; asking for both it and a forced
-/// attachment is a contradiction, refused naming both sources.
-fn attach_settings(
-    kernel_encap: Option<(bool, Origin)>,
-    tc_attach: Option<(TcAttach, Origin)>,
-) -> Result<(bool, TcAttach), SettingsError> {
-    match (kernel_encap, tc_attach) {
-        (Some((false, _)), None | Some((TcAttach::Auto | TcAttach::Off, _))) => {
-            Ok((false, TcAttach::Off))
-        }
-        (Some((false, encap_origin)), Some((mode, origin))) => Err(SettingsError::Invalid {
-            flag: "--tc-attach",
-            value: mode.to_string(),
-            origin,
-            reason: format!(
-                "contradicts --kernel-encap=false (from {encap_origin}), which means \
-                 --tc-attach=off; drop one of them"
-            ),
-        }),
-        (_, Some((mode, _))) => Ok((mode != TcAttach::Off, mode)),
-        (_, None) => Ok((true, TcAttach::Auto)),
-    }
 }
 
 fn check_pair<A, B>(
