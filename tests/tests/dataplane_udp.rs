@@ -73,7 +73,7 @@ fn udp_bursts_arrive_intact(from: &Netns, to: &Netns, to_ip: Ipv4Addr) -> anyhow
                 "datagram {seq} arrived with other bytes ({len} bytes)"
             );
             next += 1;
-            if next % BURST == 0 {
+            if next.is_multiple_of(BURST) {
                 progress_tx.send(next).ok();
             }
         }
