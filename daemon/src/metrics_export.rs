@@ -185,6 +185,12 @@ impl Collector for NodeCollector {
             )?;
             counter(
                 e,
+                "weft_tun_writes",
+                "Writes to the TUN device: received packets per write shows how much was coalesced",
+                s.tun_writes,
+            )?;
+            counter(
+                e,
                 "weft_tx_full_waits",
                 "Underlay sends that found the socket buffer or the device queue full and waited for room",
                 s.tx_full_waits,

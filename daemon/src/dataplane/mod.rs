@@ -51,12 +51,13 @@ use plane::{Plane, Repairer, Shared};
 use tun::Offloads;
 use weft_netlink::{Netlink, Route};
 
-/// What the kernel may hand us from TUN: partial checksums and TCPv4 super-packets
-/// (segmented by the queue workers, see `transmit::Transmitter`).
+/// What the kernel may hand us from TUN: partial checksums, TCPv4 and UDPv4
+/// super-packets (segmented by the queue workers, see `transmit::Transmitter`). A kernel
+/// that accepts USO4 also takes UDP super-packets written to TUN (`receive`).
 const TUN_OFFLOADS: Offloads = Offloads {
     csum: true,
     tso4: true,
-    uso4: false,
+    uso4: true,
 };
 
 /// TUN queues (each with one worker thread for both directions): two per CPU, at least

@@ -131,6 +131,7 @@ impl Plane {
             mtu: lease.mtu as usize,
             busy_poll: shared.busy_poll,
             faults: faults.clone(),
+            udp_gro: tun.offloads().uso4,
         };
         let mut plane = Plane {
             built: Built {
