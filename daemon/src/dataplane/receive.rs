@@ -13,7 +13,9 @@ use super::packet::{Accepted, VXLAN_OVERHEAD};
 use super::worker::{LogLimiter, WorkerContext, BATCH, MAX_INNER_PACKET};
 use crate::metrics::{Direction, DropReason, PeerTally};
 use weft_proto::gso::{self, CoalesceReject, FlowKey};
+use weft_proto::ipv4::protocol;
 use weft_proto::offload;
+use weft_proto::udp_gro::{self, UdpCoalescer};
 use weft_proto::vnet::{self, VirtioNetHdr};
 
 /// Bytes per receive slot: the largest datagram, i.e. a 64 KB inner super-packet (a
@@ -66,7 +68,7 @@ impl Receiver {
     /// nothing (after writing out what was being coalesced: a train of segments often
     /// spans several receive calls, but nothing may wait while the worker sleeps).
     ///
-    /// When a coalesced segment is written to TUN: at once when it closes its
+    /// When a coalesced segment is written to TUN: at once when it closes its TCP
     /// super-packet (PSH or FIN, a short segment, 64 KB), as Linux's GRO flushes; else
     /// at the end of the first batch that ends [`COALESCE_HOLD`] after the super-packet
     /// was started, or when the socket runs dry, whichever comes first. So a busy
@@ -167,13 +169,50 @@ impl Receiver {
 /// (~200 µs between pods on the lab's 2-core machine).
 const COALESCE_HOLD: Duration = Duration::from_micros(50);
 
-/// How many TCP flows are coalesced at once on one receive thread.
+/// How many flows are coalesced at once on one receive thread.
 const COALESCE_FLOWS: usize = 8;
 
-/// One super-packet being built (`weft_proto::gso::TcpCoalescer`) in its own buffer.
+/// A super-packet being built: TCP segments (`weft_proto::gso::TcpCoalescer`) or UDP
+/// datagrams (`weft_proto::udp_gro::UdpCoalescer`) of one flow.
+enum Coalescer {
+    Tcp(gso::TcpCoalescer),
+    Udp(UdpCoalescer),
+}
+
+impl Coalescer {
+    fn try_append(&mut self, out: &mut [u8], packet: &[u8]) -> Result<(), gso::CoalesceReject> {
+        match self {
+            Coalescer::Tcp(c) => c.try_append(out, packet),
+            Coalescer::Udp(c) => c.try_append(out, packet),
+        }
+    }
+
+    /// Whether nothing more can be appended and the super-packet should go now: TCP's
+    /// PSH/FIN, short segment or 64 KB (UDP trains wait for the next datagram or the
+    /// time bound).
+    fn is_closed(&self) -> bool {
+        match self {
+            Coalescer::Tcp(c) => c.is_closed(),
+            Coalescer::Udp(_) => false,
+        }
+    }
+
+    fn finish(&self, out: &mut [u8]) -> std::ops::Range<usize> {
+        match self {
+            Coalescer::Tcp(c) => c.finish(out),
+            Coalescer::Udp(c) => c.finish(out),
+        }
+    }
+}
+
+/// A flow as the coalescers key it: the transport protocol and the flow's addresses and
+/// ports.
+type CoalesceKey = (u8, FlowKey);
+
+/// One super-packet being built in its own buffer.
 struct CoalesceSlot {
     buffer: Vec<u8>,
-    open: Option<(FlowKey, gso::TcpCoalescer)>,
+    open: Option<(CoalesceKey, Coalescer)>,
     /// When the open super-packet was started (the batch's time).
     opened: Instant,
 }
@@ -240,7 +279,12 @@ impl<'a> RxOutput<'a> {
     fn deliver(&mut self, datagram: &mut [u8], accepted: Accepted) {
         let Accepted { offset, len } = accepted;
         let inner = &datagram[offset..offset + len];
-        if let Some(key) = FlowKey::of_tcp(inner) {
+        let key = match FlowKey::of_tcp(inner) {
+            Some(key) => Some((protocol::TCP, key)),
+            None if self.ctx.udp_gro => udp_gro::flow_of(inner).map(|key| (protocol::UDP, key)),
+            None => None,
+        };
+        if let Some(key) = key {
             // The flow's open super-packet, if any: continue it, or close it first so
             // that this packet never overtakes it.
             let same = self
@@ -261,7 +305,9 @@ impl<'a> RxOutput<'a> {
                         }
                         return;
                     }
-                    Err(CoalesceReject::BadChecksum) if len <= self.ctx.mtu => {
+                    Err(CoalesceReject::BadChecksum)
+                        if key.0 == protocol::TCP && len <= self.ctx.mtu =>
+                    {
                         return self.drop_corrupt();
                     }
                     Err(_) => {}
@@ -281,7 +327,12 @@ impl<'a> RxOutput<'a> {
                     }
                 };
                 let slot = &mut self.coalescers.slots[i];
-                match gso::TcpCoalescer::start(&mut slot.buffer, inner, true) {
+                let started = if key.0 == protocol::TCP {
+                    gso::TcpCoalescer::start(&mut slot.buffer, inner, true).map(Coalescer::Tcp)
+                } else {
+                    UdpCoalescer::start(&mut slot.buffer, inner, true).map(Coalescer::Udp)
+                };
+                match started {
                     Ok(coalescer) => {
                         let closed = coalescer.is_closed();
                         slot.open = Some((key, coalescer));
@@ -293,14 +344,18 @@ impl<'a> RxOutput<'a> {
                         }
                         return;
                     }
-                    Err(CoalesceReject::BadChecksum) => return self.drop_corrupt(),
+                    // A TCP checksum neither complete nor partial: corrupt.
+                    Err(CoalesceReject::BadChecksum) if key.0 == protocol::TCP => {
+                        return self.drop_corrupt();
+                    }
                     Err(_) => {}
                 }
             }
         }
-        // Not coalescable (not TCP with payload, SYN/RST, a peer kernel's
-        // super-packet): write it alone, in place, behind its own vnet header (which
-        // asks the kernel to finish a partial checksum).
+        // Not coalescable (not TCP or UDP with payload, SYN/RST, a UDP datagram with a
+        // partial checksum, a peer kernel's super-packet): write it alone, in place,
+        // behind its own vnet header (which asks the kernel to finish a partial
+        // checksum).
         let start = offset - vnet::HEADER_LEN;
         let vnet = offload::receive_header(&mut datagram[offset..offset + len], self.ctx.mtu);
         vnet.emit(&mut VirtioNetHdr::new_unchecked(
@@ -311,6 +366,7 @@ impl<'a> RxOutput<'a> {
         self.packets += segments;
         self.bytes += len as u64;
         self.publish();
+        self.ctx.metrics.tun_writes.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = write_packet(self.tun.as_fd(), &datagram[start..offset + len]) {
             // Counted as delivered just above: take it back.
             self.packets -= segments;
@@ -337,13 +393,6 @@ impl<'a> RxOutput<'a> {
         }
     }
 
-    /// Writes every open super-packet (before sleeping).
-    fn flush(&mut self) {
-        for i in 0..self.coalescers.slots.len() {
-            self.flush_slot(i);
-        }
-    }
-
     /// Writes the super-packets started at least `hold` before now.
     fn flush_older_than(&mut self, hold: Duration) {
         let now = Instant::now();
@@ -355,12 +404,20 @@ impl<'a> RxOutput<'a> {
         }
     }
 
+    /// Writes every open super-packet (before sleeping).
+    fn flush(&mut self) {
+        for i in 0..self.coalescers.slots.len() {
+            self.flush_slot(i);
+        }
+    }
+
     fn flush_slot(&mut self, i: usize) {
         let slot = &mut self.coalescers.slots[i];
         if let Some((_, coalescer)) = slot.open.take() {
             let range = coalescer.finish(&mut slot.buffer);
             self.publish();
             let slot = &mut self.coalescers.slots[i];
+            self.ctx.metrics.tun_writes.fetch_add(1, Ordering::Relaxed);
             if let Err(error) = write_packet(self.tun.as_fd(), &slot.buffer[range]) {
                 self.write_failed(&error);
             }
