@@ -534,6 +534,53 @@ mod tests {
         p
     }
 
+    /// A segment with payload, ACK and `flags`, sequence number `seq`, checksum filled.
+    fn data_segment(seq: u32, flags_set: u8, payload: usize) -> Vec<u8> {
+        let mut p = vec![0u8; 40 + payload];
+        ipv4::Ipv4Repr {
+            src_addr: Ipv4Addr::new(10, 244, 1, 2),
+            dst_addr: Ipv4Addr::new(10, 244, 2, 2),
+            protocol: protocol::TCP,
+            payload_len: 20 + payload,
+            ttl: 64,
+            tos: 0,
+            ident: 1,
+            dont_frag: true,
+            more_frags: false,
+            frag_offset: 0,
+        }
+        .emit(&mut ipv4::Ipv4Packet::new_unchecked(&mut p[..]));
+        let mut tcp = tcp::TcpPacket::new_unchecked(&mut p[20..]);
+        tcp.set_src_port(40000);
+        tcp.set_dst_port(5201);
+        tcp.set_header_len(20);
+        tcp.set_seq_number(seq);
+        tcp.set_flags(flags::ACK | flags_set);
+        tcp.fill_checksum(Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 2));
+        p
+    }
+
+    #[test]
+    fn psh_closes_the_super_packet_for_the_receiver_to_write_at_once() {
+        let mut out = vec![0u8; 70_000];
+        // A lone request: PSH on the first segment.
+        let c = TcpCoalescer::start(&mut out, &data_segment(1, flags::PSH, 64), true).unwrap();
+        assert!(c.is_closed());
+        // A bulk train: open until the segment that carries PSH.
+        let mut c = TcpCoalescer::start(&mut out, &data_segment(1, 0, 1000), true).unwrap();
+        assert!(!c.is_closed());
+        c.try_append(&mut out, &data_segment(1001, 0, 1000))
+            .unwrap();
+        assert!(!c.is_closed());
+        c.try_append(&mut out, &data_segment(2001, flags::PSH, 1000))
+            .unwrap();
+        assert!(c.is_closed());
+        // A short segment ends it too.
+        let mut c = TcpCoalescer::start(&mut out, &data_segment(1, 0, 1000), true).unwrap();
+        c.try_append(&mut out, &data_segment(1001, 0, 10)).unwrap();
+        assert!(c.is_closed());
+    }
+
     #[test]
     fn tcp_flow_keys_are_addresses_and_ports() {
         let a = tcp_packet(40000);
