@@ -1,5 +1,7 @@
 //! weft-bench end to end, kept short: one real path measured, one path that cannot be
-//! built, and the outputs docs/bench.md promises (table, results.json, results.svg).
+//! built, and the outputs docs/bench.md promises (table, results.json, results.md,
+//! results.svg); the `nic` and `partial` underlays measured on a few paths; and each
+//! underlay mode checked on the wire to be what it claims.
 
 use std::process::Command;
 use std::time::Duration;
@@ -31,6 +33,8 @@ fn bench_measures_what_works_reports_what_fails_and_exits_non_zero() {
             "tcp-1,rtt",
             "--rounds",
             "2",
+            "--underlay",
+            "whole",
         ])
         .arg("--out-dir")
         .arg(out_dir.path())
@@ -48,14 +52,14 @@ fn bench_measures_what_works_reports_what_fails_and_exits_non_zero() {
     // A progress line per run (the round trips last, the paths taking turns), then the
     // table with the failure named.
     for line in [
-        "[1/4] veth tcp-1 ... ",
-        "[2/4] weft-vxlan tcp-1 ... skipped",
-        "[3/4] weft-vxlan rtt ... skipped",
-        "[4/4] veth rtt ... ",
+        "[1/4] whole veth tcp-1 ... ",
+        "[2/4] whole weft-vxlan tcp-1 ... skipped",
+        "[3/4] whole weft-vxlan rtt ... skipped",
+        "[4/4] whole veth rtt ... ",
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }
-    assert!(stdout.contains("FAILED weft-vxlan"), "{stdout}");
+    assert!(stdout.contains("FAILED whole weft-vxlan"), "{stdout}");
 
     let json = std::fs::read_to_string(out_dir.path().join("results.json")).unwrap();
     let results: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -101,6 +105,86 @@ fn bench_measures_what_works_reports_what_fails_and_exits_non_zero() {
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches(r#"class="bar""#).count(), 3, "{svg}");
     assert_eq!(svg.matches(r#"class="failed""#).count(), 3, "{svg}");
+}
+
+/// The `nic` and `partial` underlays, so they cannot rot: every path measured on both,
+/// every figure present and positive, each run on the underlay it says, weftd's transmit
+/// path named, and on `nic` the tunnel frames of every path (VXLAN and IPIP) redirected
+/// by the underlay's XDP programs.
+#[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
+fn bench_measures_the_nic_and_partial_underlays() {
+    if !require_root("bench_measures_the_nic_and_partial_underlays") {
+        return;
+    }
+    let bench = bin_path("weft-bench");
+    assert!(
+        bench.is_file(),
+        "{} missing: run `cargo build --workspace --bins` first",
+        bench.display()
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let paths = ["kernel-vxlan", "weft-vxlan", "weft-ipip", "kernel-to-weft"];
+    let output = Command::new(&bench)
+        .args(["--seconds", "1", "--rounds", "1", "--tests", "tcp-1,rtt"])
+        .args(["--underlay", "nic,partial", "--paths", &paths.join(",")])
+        .arg("--out-dir")
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+
+    let json = std::fs::read_to_string(out_dir.path().join("results.json")).unwrap();
+    let results: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let runs = results["runs"].as_array().unwrap();
+    // 2 underlays × 4 paths × (tcp-1, cpu, rtt).
+    assert_eq!(runs.len(), 2 * paths.len() * 3, "{json}");
+    for underlay in ["nic", "partial"] {
+        for path in paths {
+            for test in ["tcp-1", "cpu", "rtt"] {
+                let run = runs
+                    .iter()
+                    .find(|r| r["path"] == path && r["test"] == test && r["underlay"] == underlay)
+                    .unwrap_or_else(|| panic!("no {underlay} {path} {test} in {json}"));
+                let value = run["value"].as_f64().unwrap_or_else(|| panic!("{run}"));
+                assert!(value > 0.0, "{run}");
+                if path != "kernel-vxlan" {
+                    let about = run["about"].as_str().unwrap_or_else(|| panic!("{run}"));
+                    assert!(about.contains("transmit_path"), "{run}");
+                }
+                if test == "tcp-1" {
+                    let redirected = run.get("xdp_redirected").and_then(|n| n.as_u64());
+                    if underlay == "nic" {
+                        // One second of TCP at even 0.1 Gbit/s is over 8,000 frames.
+                        assert!(redirected.is_some_and(|n| n >= 1_000), "{run}");
+                    } else {
+                        assert_eq!(redirected, None, "{run}");
+                    }
+                }
+            }
+        }
+    }
+    // The Markdown table: the underlays side by side, one column each.
+    let table = std::fs::read_to_string(out_dir.path().join("results.md")).unwrap();
+    let header: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("| path "))
+        .unwrap_or_else(|| panic!("no header in {table}"))
+        .split('|')
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header,
+        ["", "path", "test", "unit", "nic", "partial", ""],
+        "{table}"
+    );
+    let svg = std::fs::read_to_string(out_dir.path().join("results.svg")).unwrap();
+    assert_eq!(svg.matches(r#"class="bar""#).count(), runs.len(), "{svg}");
 }
 
 /// What one bulk transfer over a shaped underlay looked like on the wire.

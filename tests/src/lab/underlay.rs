@@ -155,6 +155,9 @@ impl UnderlayMode {
         }
         Ok(Underlay {
             mode: self,
+            redirecting: self
+                .redirects()
+                .then(|| (underlay.name().to_string(), ["n1", "n2"])),
             _links: links,
         })
     }
@@ -171,6 +174,7 @@ impl UnderlayMode {
         }
         Ok(Underlay {
             mode: self,
+            redirecting: None,
             _links: links,
         })
     }
@@ -186,12 +190,32 @@ impl std::fmt::Display for UnderlayMode {
 #[derive(Debug)]
 pub struct Underlay {
     mode: UnderlayMode,
+    /// The underlay namespace and the bridge ports whose XDP program redirects.
+    redirecting: Option<(String, [&'static str; 2])>,
     _links: Vec<OwnedFd>,
 }
 
 impl Underlay {
     pub fn mode(&self) -> UnderlayMode {
         self.mode
+    }
+
+    /// How many frames the XDP programs have redirected past the bridge so far (the
+    /// ports' `xdp_redirect` counters); `None` when this underlay does not redirect.
+    pub fn redirected(&self) -> anyhow::Result<Option<u64>> {
+        let Some((ns, ports)) = &self.redirecting else {
+            return Ok(None);
+        };
+        let ns = Netns::existing(ns);
+        let mut total = 0;
+        for port in ports {
+            total += driver_stats(&ns, port)?
+                .iter()
+                .filter(|(name, _)| name.ends_with("_xdp_redirect"))
+                .map(|(_, n)| n)
+                .sum::<u64>();
+        }
+        Ok(Some(total))
     }
 }
 
