@@ -1,6 +1,8 @@
 //! Just enough eBPF for weft's programs: a few instruction encoders, `BPF_PROG_LOAD` with the
-//! verifier's log, a tcx link (`BPF_LINK_CREATE`, kernel ≥ 6.6) and an XDP link (kernel
-//! ≥ 5.9; the bench's underlay shaping uses it).
+//! verifier's log, a tcx link (`BPF_LINK_CREATE`, kernel ≥ 6.6), a loaded program's
+//! id (for the clsact/cls_bpf attachment of older kernels, made over netlink by
+//! `weft-netlink`'s `tc` module), and an XDP link (kernel ≥ 5.9; the bench's underlay
+//! shaping uses it).
 //!
 //! Why not `aya` or `libbpf-rs`: the one program weftd loads is 40 instructions whose
 //! constants (our PublicIP, the underlay's ifindex) are known only at start, so it is
@@ -165,6 +167,7 @@ pub mod xdp {
 }
 
 const CMD_PROG_LOAD: libc::c_long = 5;
+const CMD_PROG_TEST_RUN: libc::c_long = 10;
 const CMD_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const CMD_LINK_CREATE: libc::c_long = 28;
 /// Bytes of `union bpf_attr` we pass (every field we do not set is zero, which the
@@ -263,6 +266,39 @@ pub fn tcx_link_ifindex(link: &OwnedFd) -> io::Result<u32> {
     let bytes: [u8; 4] = info.0[TCX_IFINDEX..TCX_IFINDEX + 4]
         .try_into()
         .expect("four bytes");
+    Ok(u32::from_ne_bytes(bytes))
+}
+
+/// The id the kernel gave a loaded program (`bpf_prog_info.id`), as `bpftool prog` and
+/// tc's `TCA_BPF_ID` show it.
+pub fn program_id(program: &OwnedFd) -> io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    // `struct bpf_prog_info`: type, then id; fewer bytes than the kernel's struct is fine.
+    #[repr(C, align(8))]
+    struct ProgInfo([u8; 16]);
+    let mut info = ProgInfo([0; 16]);
+    let mut attr = Attr::new();
+    attr.u32(0, program.as_raw_fd() as u32);
+    attr.u32(4, info.0.len() as u32);
+    attr.u64(8, info.0.as_mut_ptr() as u64);
+    bpf_call(CMD_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let bytes: [u8; 4] = info.0[4..8].try_into().expect("four bytes");
+    Ok(u32::from_ne_bytes(bytes))
+}
+
+/// Runs `program` once on a copy of `packet` (`BPF_PROG_TEST_RUN`; for a tc classifier,
+/// an skb of that Ethernet frame) and returns the program's return value. Nothing is
+/// sent: a redirect is only reported. Lets a caller ask the kernel whether the helpers'
+/// flags it uses are accepted, which the verifier does not check.
+pub fn test_run(program: &OwnedFd, packet: &[u8]) -> io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = Attr::new();
+    attr.u32(0, program.as_raw_fd() as u32);
+    attr.u32(8, packet.len() as u32);
+    attr.u64(16, packet.as_ptr() as u64);
+    attr.u32(32, 1); // repeat
+    bpf_call(CMD_PROG_TEST_RUN, &mut attr)?;
+    let bytes: [u8; 4] = attr.0[4..8].try_into().expect("four bytes");
     Ok(u32::from_ne_bytes(bytes))
 }
 

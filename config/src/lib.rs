@@ -10,4 +10,4 @@ pub mod weftd;
 
 pub use netconf::{Backend, NetConf, NetConfError};
 pub use subnet_env::{SubnetEnv, SubnetEnvError};
-pub use weftd::{LogFormat, Settings, SettingsError};
+pub use weftd::{LogFormat, Settings, SettingsError, TcAttach};

@@ -24,6 +24,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, ValueEnum};
 
 mod values;
+pub use values::TcAttach;
 use values::*;
 
 /// The config file read when `--config` is not given; it may be absent.
@@ -57,6 +58,9 @@ pub struct Settings {
     /// Let the kernel add the outer headers (TAP + tc program, `dataplane::tap_encap`)
     /// where this host allows it; `false` segments and encapsulates in userspace.
     pub kernel_encap: bool,
+    /// How the tc program is attached to the TAP (`--tc-attach`). `--kernel-encap=false`
+    /// is `--tc-attach=off`; read both through [`Settings::attach_mode`].
+    pub tc_attach: TcAttach,
     /// How long a data-plane worker keeps polling after its last packet before it
     /// sleeps; zero keeps weftd's own short windows. Trades CPU for latency.
     pub busy_poll: Duration,
@@ -99,6 +103,7 @@ impl Default for Settings {
             healthz_addr: SocketAddr::from(([127, 0, 0, 1], 9842)),
             cleanup_on_exit: false,
             kernel_encap: true,
+            tc_attach: TcAttach::Auto,
             busy_poll: Duration::ZERO,
             lease_ttl_secs: 24 * 60 * 60,
             log_format: LogFormat::Text,
@@ -265,6 +270,13 @@ struct Flags {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = parse_bool)]
     kernel_encap: Option<bool>,
+    /// How the kernel-encapsulation path's tc program is attached to its TAP: tcx (a
+    /// bpf link, kernel 6.6+), tc (a clsact qdisc and a direct-action cls_bpf filter,
+    /// older kernels), auto (tcx, else tc, else the userspace path) or off (the
+    /// userspace path, as --kernel-encap=false). A forced tcx or tc that cannot attach
+    /// fails the start, naming why [default: auto]
+    #[arg(long, value_name = "MODE")]
+    tc_attach: Option<TcAttach>,
     /// Keep each data-plane worker polling this long after its last packet instead of
     /// sleeping, e.g. 20ms (up to 1s): round trips lose the sleeping worker's wake-up,
     /// at the cost of up to one CPU per worker that carried traffic within that time
@@ -287,6 +299,16 @@ struct Flags {
 }
 
 impl Settings {
+    /// The attachment weftd asks for: [`Settings::tc_attach`], or `off` when
+    /// [`Settings::kernel_encap`] is false (either field may have been set alone).
+    pub fn attach_mode(&self) -> TcAttach {
+        if self.kernel_encap {
+            self.tc_attach
+        } else {
+            TcAttach::Off
+        }
+    }
+
     /// Settings from `args` (the first item is the program name), the process
     /// environment and the config file.
     pub fn from_args_env_file<I, T>(args: I) -> Result<Settings, SettingsError>
@@ -418,6 +440,11 @@ fn merge(
         }
     }
 
+    let (kernel_encap, tc_attach) = attach_settings(
+        value!(kernel_encap, "--kernel-encap"),
+        value!(tc_attach, "--tc-attach"),
+    )?;
+
     Ok(Settings {
         etcd_endpoints,
         etcd_prefix: value!(etcd_prefix, "--etcd-prefix").map_or(d.etcd_prefix, |v| v.0),
@@ -435,7 +462,8 @@ fn merge(
         healthz_addr: value!(healthz_addr, "--healthz-addr").map_or(d.healthz_addr, |v| v.0),
         cleanup_on_exit: value!(cleanup_on_exit, "--cleanup-on-exit")
             .map_or(d.cleanup_on_exit, |v| v.0),
-        kernel_encap: value!(kernel_encap, "--kernel-encap").map_or(d.kernel_encap, |v| v.0),
+        kernel_encap,
+        tc_attach,
         busy_poll: value!(busy_poll, "--busy-poll").map_or(d.busy_poll, |v| v.0),
         lease_ttl_secs: value!(lease_ttl_secs, "--lease-ttl-secs")
             .map_or(d.lease_ttl_secs, |v| v.0),

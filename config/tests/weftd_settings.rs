@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use weft_config::weftd::{LogFormat, SettingsError};
+use weft_config::weftd::{LogFormat, SettingsError, TcAttach};
 use weft_config::Settings;
 
 struct Fixture {
@@ -652,4 +652,53 @@ fn a_busy_poll_beyond_a_second_or_without_unit_is_refused_by_name() {
         assert!(text.contains("--busy-poll"), "{bad}: {text}");
         assert!(text.contains("at most 1s"), "{bad}: {text}");
     }
+}
+
+#[test]
+fn tc_attach_comes_from_every_layer_and_kernel_encap_false_means_off() {
+    let fx = Fixture::new();
+    let s = settings(&fx.config(""), &[], &[]).unwrap();
+    assert_eq!(
+        (s.tc_attach, s.attach_mode()),
+        (TcAttach::Auto, TcAttach::Auto)
+    );
+    let s = settings(&fx.config("tc-attach = \"tc\"\n"), &[], &[]).unwrap();
+    assert_eq!(s.attach_mode(), TcAttach::Tc);
+    let s = settings(
+        &fx.config("tc-attach = \"tc\"\n"),
+        &[],
+        &[("WEFTD_TC_ATTACH", "tcx")],
+    )
+    .unwrap();
+    assert_eq!(s.attach_mode(), TcAttach::Tcx, "env beats file");
+    let s = settings(
+        &fx.config(""),
+        &["--tc-attach=off"],
+        &[("WEFTD_TC_ATTACH", "tc")],
+    )
+    .unwrap();
+    assert_eq!(s.attach_mode(), TcAttach::Off, "flag beats env");
+    assert!(!s.kernel_encap, "off is the userspace path");
+
+    // --kernel-encap=false is --tc-attach=off, alone or beside auto/off.
+    for extra in [&[][..], &["--tc-attach=auto"][..], &["--tc-attach=off"][..]] {
+        let mut flags = vec!["--kernel-encap=false"];
+        flags.extend_from_slice(extra);
+        let s = settings(&fx.config(""), &flags, &[]).unwrap();
+        assert_eq!(s.attach_mode(), TcAttach::Off, "{flags:?}");
+    }
+    // ... and contradicts a forced attachment, naming both.
+    let err = error(
+        &fx.config("kernel-encap = false\n"),
+        &[],
+        &[("WEFTD_TC_ATTACH", "tc")],
+    );
+    assert!(
+        err.contains("--tc-attach")
+            && err.contains("WEFTD_TC_ATTACH")
+            && err.contains("--kernel-encap=false"),
+        "{err}"
+    );
+    let err = error(&fx.config(""), &["--tc-attach=bpf"], &[]);
+    assert!(err.contains("--tc-attach") && err.contains("tcx"), "{err}");
 }

@@ -25,6 +25,7 @@
 //! | `weft_etcd_watch_restarts_total`, `weft_lease_renewals_total`, `weft_lease_losses_total`, `weft_lease_reacquisitions_total`, `weft_subnet_race_retries_total` | counter | |
 //! | `weft_lease_held`, `weft_lease_expiry_timestamp_seconds` | gauge | |
 //! | `weft_peers`, `weft_etcd_reachable`, `weft_ready`, `weft_dataplane_up` | gauge | |
+//! | `weft_dataplane_transmit_path` | gauge (always 1, while up) | `path`, `tc_attach` |
 //! | `weft_build_info` | gauge (always 1) | `version`, `backend` |
 
 use std::sync::Arc;
@@ -184,6 +185,12 @@ impl Collector for NodeCollector {
             )?;
             counter(
                 e,
+                "weft_tun_writes",
+                "Writes to the TUN device: received packets per write shows how much was coalesced",
+                s.tun_writes,
+            )?;
+            counter(
+                e,
                 "weft_tx_full_waits",
                 "Underlay sends that found the socket buffer or the device queue full and waited for room",
                 s.tx_full_waits,
@@ -292,6 +299,19 @@ impl Collector for NodeCollector {
                 "1 while the data plane's devices, sockets and workers are up",
                 i64::from(m.dataplane().is_some()),
             )?;
+            if let Some(info) = m.dataplane() {
+                let mut family = e.encode_descriptor(
+                    "weft_dataplane_transmit_path",
+                    "How packets leave while the data plane is up (always 1): path = kernel_encap, userspace or routed; tc_attach = tcx, tc or none",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                let labels = [
+                    ("path", info.transmit_path),
+                    ("tc_attach", info.tc_attach.unwrap_or("none")),
+                ];
+                ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+            }
         }
 
         let c = &self.control.counters;

@@ -9,6 +9,7 @@
 //! bridge.rs       ensure_bridge: cni0 as weftd and the CNI plugin both build it
 //! veth.rs         veth pairs across namespaces, bridge ports, waiting for carrier
 //! netns.rs        a netlink socket inside another network namespace
+//! tc.rs           clsact + a direct-action cls_bpf filter (eBPF on kernels without tcx)
 //! inspect.rs      read-only views of a namespace (links, routes, neighbours, fdb)
 //! ```
 //!
@@ -23,6 +24,7 @@ pub mod inspect;
 pub mod netns;
 pub mod route;
 mod route_table;
+pub mod tc;
 mod veth;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -42,6 +44,7 @@ pub use route::{
     plan, protocol_name, Change, Conflict, ForeignRoute, Plan, Route, WEFT_ROUTE_PROTOCOL,
 };
 pub use route_table::{describe, route_parts, Applied, RouteFailure, RoutePass};
+pub use tc::{BpfFilter, IngressBpf};
 
 /// `ENOENT`/`ESRCH` from the kernel: the object to delete is already gone.
 const GONE: [i32; 2] = [libc::ENOENT, libc::ESRCH];
@@ -69,6 +72,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("link {index} has an {kind} qdisc where a clsact one is needed; delete it (tc qdisc del dev DEVICE ingress) or use another attachment")]
+    QdiscInTheWay { index: u32, kind: String },
     #[error("route {route}: {reason}")]
     InvalidRoute { route: String, reason: &'static str },
 }

@@ -274,6 +274,9 @@ const PORTS_LEN: usize = 4;
 pub enum CoalesceReject {
     /// Not an unfragmented IPv4/TCP packet with payload and sane headers.
     NotTcp,
+    /// Not an unfragmented IPv4/UDP datagram with payload whose UDP length is its IP
+    /// payload's (`udp_gro`).
+    NotUdp,
     /// IPv4 header or TCP checksum wrong: never hide a corrupt segment in a GSO packet
     /// whose checksum the kernel will trust.
     BadChecksum,

@@ -52,6 +52,7 @@ pub mod lease;
 pub mod offload;
 pub mod tcp;
 pub mod udp;
+pub mod udp_gro;
 pub mod vnet;
 pub mod vxlan;
 

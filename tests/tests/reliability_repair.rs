@@ -249,6 +249,7 @@ fn a_broken_kernel_encapsulation_path_falls_back_and_is_rebuilt() {
     let n1 = lab.node_ns(1).unwrap();
     let pid = lab.weftd_pid(1).expect("weftd runs").pid;
     assert_eq!(status(&lab)["devices"]["transmit_path"], "kernel_encap");
+    assert_eq!(status(&lab)["devices"]["tc_attach"], "tcx");
 
     // The TAP deleted while pings flow: the workers fall back to the userspace path at
     // once, the plane is rebuilt with a new TAP, and hardly a ping is lost.
@@ -321,6 +322,51 @@ fn a_broken_kernel_encapsulation_path_falls_back_and_is_rebuilt() {
     .unwrap();
     assert!(repairs(&lab, "tap") > before);
     reach(&lab, b, WITHIN_ONE_RECONCILE);
+}
+
+/// With the clsact + cls_bpf attachment (kernels before 6.6, forced here), the filter
+/// or the whole qdisc deleted as an admin would is noticed and put back within one
+/// reconcile, and traffic goes on over the kernel path.
+#[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
+fn a_deleted_tc_filter_or_clsact_qdisc_is_attached_again() {
+    if !require_root("a_deleted_tc_filter_or_clsact_qdisc_is_attached_again") {
+        return;
+    }
+    let mut lab = Lab::start(LabSpec {
+        weftd_args: vec!["--tc-attach=tc".to_owned()],
+        ..LabSpec::weft(2)
+    })
+    .unwrap();
+    lab.add_pod(1, "pa").unwrap();
+    let b = lab.add_pod(2, "pb").unwrap();
+    reach(&lab, b, Duration::from_secs(20));
+    let n1 = lab.node_ns(1).unwrap();
+    assert_eq!(status(&lab)["devices"]["tc_attach"], "tc");
+    let (code, metrics) = n1.http_get(HEALTHZ_ADDR, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("weft_dataplane_transmit_path{path=\"kernel_encap\",tc_attach=\"tc\"} 1"),
+        "{metrics}"
+    );
+    let filter_there = || {
+        n1.run("tc", &["filter", "show", "dev", "weft.encap", "ingress"])
+            .is_ok_and(|text| text.contains("weft_encap") && text.contains("direct-action"))
+    };
+    assert!(filter_there());
+    for delete in [
+        &["filter", "del", "dev", "weft.encap", "ingress"][..],
+        &["qdisc", "del", "dev", "weft.encap", "clsact"][..],
+    ] {
+        let before = repairs(&lab, "tc_program");
+        n1.run("tc", delete).unwrap();
+        assert!(!filter_there(), "tc {delete:?} left the filter");
+        wait_repaired(&lab, "tc_program", before);
+        assert!(filter_there(), "after tc {delete:?}");
+        assert_eq!(status(&lab)["devices"]["tc_attach"], "tc");
+        assert_eq!(status(&lab)["devices"]["transmit_path"], "kernel_encap");
+        reach(&lab, b, WITHIN_ONE_RECONCILE);
+    }
 }
 
 #[test]

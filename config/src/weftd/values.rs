@@ -1,11 +1,15 @@
 //! Value parsers shared by every layer (flags, `WEFTD_*` environment, TOML file): one
 //! per kind of setting. Their messages complete the sentence "<flag> <value>: ...".
+//! Also `--tc-attach`'s values and how they combine with `--kernel-encap`.
 
+use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Endpoints, MAX_LEASE_TTL_SECS};
+use clap::ValueEnum;
+
+use super::{Endpoints, Origin, SettingsError, MAX_LEASE_TTL_SECS};
 
 pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
@@ -216,5 +220,61 @@ pub(super) fn parse_ttl(s: &str) -> Result<u64, String> {
         _ => Err(format!(
             "expected whole seconds from 1 to {MAX_LEASE_TTL_SECS}"
         )),
+    }
+}
+
+/// How the kernel-encapsulation path's tc program is attached (`--tc-attach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TcAttach {
+    /// tcx where the kernel has it (6.6+), else clsact + cls_bpf, else userspace.
+    Auto,
+    /// A tcx link (`BPF_LINK_CREATE`, kernel 6.6+) or nothing: start fails without it.
+    Tcx,
+    /// A clsact qdisc and a direct-action cls_bpf filter (netlink) or nothing: start
+    /// fails without it.
+    Tc,
+    /// No TAP and no program: segment and encapsulate in userspace.
+    Off,
+}
+
+impl TcAttach {
+    /// The setting's spelling (`auto`, `tcx`, `tc`, `off`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcAttach::Auto => "auto",
+            TcAttach::Tcx => "tcx",
+            TcAttach::Tc => "tc",
+            TcAttach::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for TcAttach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `--kernel-encap=false` is `--tc-attach=off`; asking for both it and a forced
+/// attachment is a contradiction, refused naming both sources.
+pub(super) fn attach_settings(
+    kernel_encap: Option<(bool, Origin)>,
+    tc_attach: Option<(TcAttach, Origin)>,
+) -> Result<(bool, TcAttach), SettingsError> {
+    match (kernel_encap, tc_attach) {
+        (Some((false, _)), None | Some((TcAttach::Auto | TcAttach::Off, _))) => {
+            Ok((false, TcAttach::Off))
+        }
+        (Some((false, encap_origin)), Some((mode, origin))) => Err(SettingsError::Invalid {
+            flag: "--tc-attach",
+            value: mode.to_string(),
+            origin,
+            reason: format!(
+                "contradicts --kernel-encap=false (from {encap_origin}), which means \
+                 --tc-attach=off; drop one of them"
+            ),
+        }),
+        (_, Some((mode, _))) => Ok((mode != TcAttach::Off, mode)),
+        (_, None) => Ok((true, TcAttach::Auto)),
     }
 }

@@ -301,12 +301,19 @@ impl Tunnel {
         }
     }
 
-    /// The sending sockets the workers share.
+    /// The sending sockets the workers share, each sending without `DF` (see
+    /// [`allow_fragmentation`]).
     pub fn open_senders(&self) -> anyhow::Result<Vec<OwnedFd>> {
-        match self {
+        let senders = match self {
             Tunnel::Vxlan { .. } => vxlan::open_senders(),
             Tunnel::Ipip => ipip::open_senders(),
+        }?;
+        for socket in &senders {
+            allow_fragmentation(socket).map_err(|e| {
+                anyhow::anyhow!("IP_MTU_DISCOVER=IP_PMTUDISC_DONT on a sending socket: {e}")
+            })?;
         }
+        Ok(senders)
     }
 
     // The hot path's per-backend steps: each delegates to the code that does it.
@@ -407,6 +414,32 @@ pub fn plan<'a>(
 
 /// DirectRouting's rule for a tunnelling backend: a peer on one of the underlay's
 /// subnets gets a plain route, any other the tunnel (flannel's vxlan and ipip).
+/// Outer packets leave without `DF` (`IP_PMTUDISC_DONT`; the TAP path's headers say the
+/// same, `dataplane::packet`), so a router on a path narrower than the underlay's MTU
+/// fragments them and the peer's kernel reassembles them, instead of dropping them and
+/// answering with an ICMP "fragmentation needed" that nothing relays to the pod (a
+/// blackhole). The kernel's vxlan device does the same by default. Without it, a UDP
+/// socket (default `IP_PMTUDISC_WANT`) learns the smaller path MTU from that ICMP and
+/// then refuses every `UDP_SEGMENT` send whose segments exceed it (`EINVAL`).
+fn allow_fragmentation(socket: &OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let value: libc::c_int = libc::IP_PMTUDISC_DONT;
+    // SAFETY: a valid socket; `value` is a live c_int and the length is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn tunnel_or_direct(direct_routing: bool, peer: &Peer, on_link: &[Ipv4Net]) -> Reach {
     if direct_routing && is_on_link(peer.public_ip, on_link) {
         Reach::Direct

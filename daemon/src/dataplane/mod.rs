@@ -51,12 +51,13 @@ use plane::{Plane, Repairer, Shared};
 use tun::Offloads;
 use weft_netlink::{Netlink, Route};
 
-/// What the kernel may hand us from TUN: partial checksums and TCPv4 super-packets
-/// (segmented by the queue workers, see `transmit::Transmitter`).
+/// What the kernel may hand us from TUN: partial checksums, TCPv4 and UDPv4
+/// super-packets (segmented by the queue workers, see `transmit::Transmitter`). A kernel
+/// that accepts USO4 also takes UDP super-packets written to TUN (`receive`).
 const TUN_OFFLOADS: Offloads = Offloads {
     csum: true,
     tso4: true,
-    uso4: false,
+    uso4: true,
 };
 
 /// TUN queues (each with one worker thread for both directions): two per CPU, at least
@@ -194,7 +195,7 @@ async fn start(
         None => None,
     };
     let plane = match &shared {
-        Some(shared) => Some(Plane::start(netlink, shared, &underlay).await?),
+        Some(shared) => Some(Plane::start(netlink, shared, &underlay, true).await?),
         None => None,
     };
     let tun_index = plane.as_ref().map_or(0, |plane| plane.built.tun_index);
@@ -266,7 +267,7 @@ fn open_tunnel(
     let queues = worker_queues();
     Ok(Shared {
         busy_poll: settings.busy_poll,
-        kernel_encap: settings.kernel_encap,
+        attach: settings.attach_mode(),
         name: tunnel.device_name(),
         lease: lease.clone(),
         encap: tunnel,
@@ -298,6 +299,7 @@ fn routed_info(backend: &NodeBackend, lease: &LocalLease) -> crate::metrics::Dat
         },
         transmit_path: "routed",
         transmit_path_reason: None,
+        tc_attach: None,
     }
 }
 

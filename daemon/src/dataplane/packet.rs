@@ -112,9 +112,9 @@ pub fn write_vxlan_outer(
 }
 
 /// Writes IPIP's headers in front of the inner packet at `buf[inner]` and returns the
-/// range to send: with `tap`, the whole frame (outer Ethernet, IPv4 protocol 4 with
-/// `DF`); without, the inner packet itself, since a raw IPIP socket adds the outer
-/// header.
+/// range to send: with `tap`, the whole frame (outer Ethernet, IPv4 protocol 4 without
+/// `DF`, see `backend::allow_fragmentation`); without, the inner packet itself, since a
+/// raw IPIP socket adds the outer header.
 #[inline]
 pub fn write_ipip_outer(
     buf: &mut [u8],
@@ -134,7 +134,8 @@ pub fn write_ipip_outer(
     let frame = IpipFrame {
         outer_src_mac: weft_proto::MacAddr(FRAME_SRC_MAC),
         outer_dst_mac: weft_proto::MacAddr(FRAME_DST_MAC),
-        outer: tap.ipv4(true),
+        // Fragments allowed on the way, as VXLAN: a smaller path MTU must not blackhole.
+        outer: tap.ipv4(false),
     };
     ipip::encap_frame(buf, inner.start, inner.len(), &frame)
 }
@@ -388,7 +389,8 @@ mod tests {
         assert_eq!(frame.ipip.outer_src, Ipv4Addr::new(192, 0, 2, 1));
         assert_eq!(frame.ipip.outer_dst, PEER);
         assert_eq!(frame.outer_ident, 0x4242);
-        assert!(frame.outer_dont_frag);
+        // No DF: a narrower path fragments rather than drops (dataplane_pmtu).
+        assert!(!frame.outer_dont_frag);
         assert_eq!(&buf[range][frame.ipip.inner], &inner[..]);
     }
 

@@ -17,13 +17,15 @@ use super::worker::{self, WorkerContext};
 use super::{io, tap_encap, RouteInputs, BRIDGE, KERNEL_ENCAP_RETRY};
 use crate::lease::LocalLease;
 use crate::metrics::{Metrics, Repair};
+use weft_config::TcAttach;
 use weft_netlink::{Link, Netlink};
 
 /// What outlives a plane rebuild: settings, the sockets, the peer table.
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) busy_poll: Duration,
-    pub(super) kernel_encap: bool,
+    /// How the tc program is attached (`off`: no TAP, the userspace path).
+    pub(super) attach: TcAttach,
     /// The TUN device's name.
     pub(super) name: String,
     pub(super) lease: LocalLease,
@@ -52,11 +54,14 @@ pub(super) struct Plane {
 
 impl Plane {
     /// Opens (or creates) the TUN device, sets up the TAP and its program where wanted
-    /// and possible, and starts one worker per queue.
+    /// and possible, and starts one worker per queue. With `strict` (weftd's start), a
+    /// forced `--tc-attach=tcx|tc` that cannot attach is an error; otherwise (a rebuild
+    /// while running) the plane falls back to the userspace path and says why.
     pub(super) async fn start(
         netlink: &Netlink,
         shared: &Shared,
         underlay: &Link,
+        strict: bool,
     ) -> anyhow::Result<Plane> {
         let name = &shared.name;
         let lease = &shared.lease;
@@ -77,22 +82,30 @@ impl Plane {
 
         // Super-packets leave whole through the kernel's encapsulation where this host
         // allows it (see `tap_encap`), else segmented here.
-        let (tap, userspace_reason) = if shared.kernel_encap {
+        let (tap, userspace_reason) = if shared.attach != TcAttach::Off {
             match tap_encap::setup(
                 netlink,
                 &shared.encap,
                 underlay.index,
                 lease.mtu + tap_encap::outer_len(&shared.encap) as u32,
                 shared.queues,
+                shared.attach,
             )
             .await
             {
                 Ok(tap) => {
                     tracing::info!(
                         device = tap_encap::DEVICE,
+                        attach = tap.attach_kind(),
                         "the kernel adds the outer headers (tc program): one underlay packet per 64 KB"
                     );
                     (Some(tap), None)
+                }
+                Err(error) if strict && shared.attach != TcAttach::Auto => {
+                    return Err(error.context(format!(
+                        "kernel encapsulation with --tc-attach={} (forced; auto would fall back to the userspace path)",
+                        shared.attach
+                    )));
                 }
                 Err(error) => {
                     let reason = format!("kernel encapsulation unavailable: {error:#}");
@@ -101,7 +114,10 @@ impl Plane {
                 }
             }
         } else {
-            (None, Some("--kernel-encap=false".to_owned()))
+            (
+                None,
+                Some("--tc-attach=off (or --kernel-encap=false)".to_owned()),
+            )
         };
 
         let stop = Arc::new(io::StopSignal::new().context("creating the stop eventfd")?);
@@ -115,6 +131,7 @@ impl Plane {
             mtu: lease.mtu as usize,
             busy_poll: shared.busy_poll,
             faults: faults.clone(),
+            udp_gro: tun.offloads().uso4,
         };
         let mut plane = Plane {
             built: Built {
@@ -210,6 +227,7 @@ impl Plane {
                 "userspace"
             },
             transmit_path_reason: self.userspace_reason.clone(),
+            tc_attach: self.tap.as_ref().map(tap_encap::TapEncap::attach_kind),
         }
     }
 }
@@ -365,10 +383,10 @@ impl<'a> Repairer<'a> {
             tun_has_address,
             tun_lost: plane.faults.tun_lost(),
             tap,
-            program_attached: plane
-                .tap
-                .as_ref()
-                .is_some_and(tap_encap::TapEncap::attached),
+            program_attached: match &plane.tap {
+                Some(tap) => tap.attached(self.netlink).await,
+                None => false,
+            },
             tap_failed: plane.faults.tap_failed().is_some(),
             underlay: underlay.as_ref().map(state),
         })
@@ -405,7 +423,7 @@ impl<'a> Repairer<'a> {
             .netlink
             .require_link(&self.shared.lease.underlay_iface)
             .await?;
-        let mut plane = Plane::start(self.netlink, self.shared, &underlay).await?;
+        let mut plane = Plane::start(self.netlink, self.shared, &underlay, false).await?;
         let metrics = &self.shared.metrics;
         if plane.tap.is_some() {
             let counted = self

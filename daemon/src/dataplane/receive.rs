@@ -12,7 +12,9 @@ use super::packet::{Accepted, VXLAN_OVERHEAD};
 use super::worker::{LogLimiter, WorkerContext, MAX_INNER_PACKET};
 use crate::metrics::{Direction, DropReason, PeerTally};
 use weft_proto::gso::{self, FlowKey};
+use weft_proto::ipv4::protocol;
 use weft_proto::offload;
+use weft_proto::udp_gro::{self, UdpCoalescer};
 use weft_proto::vnet::{self, VirtioNetHdr};
 
 /// Bytes per receive slot: the largest datagram, i.e. a 64 KB inner super-packet (a
@@ -136,13 +138,40 @@ impl Receiver {
     }
 }
 
-/// How many TCP flows are coalesced at once on one receive thread.
+/// How many flows are coalesced at once on one receive thread.
 const COALESCE_FLOWS: usize = 8;
 
-/// One super-packet being built (`weft_proto::gso::TcpCoalescer`) in its own buffer.
+/// A super-packet being built: TCP segments (`weft_proto::gso::TcpCoalescer`) or UDP
+/// datagrams (`weft_proto::udp_gro::UdpCoalescer`) of one flow.
+enum Coalescer {
+    Tcp(gso::TcpCoalescer),
+    Udp(UdpCoalescer),
+}
+
+impl Coalescer {
+    fn try_append(&mut self, out: &mut [u8], packet: &[u8]) -> Result<(), gso::CoalesceReject> {
+        match self {
+            Coalescer::Tcp(c) => c.try_append(out, packet),
+            Coalescer::Udp(c) => c.try_append(out, packet),
+        }
+    }
+
+    fn finish(&self, out: &mut [u8]) -> std::ops::Range<usize> {
+        match self {
+            Coalescer::Tcp(c) => c.finish(out),
+            Coalescer::Udp(c) => c.finish(out),
+        }
+    }
+}
+
+/// A flow as the coalescers key it: the transport protocol and the flow's addresses and
+/// ports.
+type CoalesceKey = (u8, FlowKey);
+
+/// One super-packet being built in its own buffer.
 struct CoalesceSlot {
     buffer: Vec<u8>,
-    open: Option<(FlowKey, gso::TcpCoalescer)>,
+    open: Option<(CoalesceKey, Coalescer)>,
 }
 
 /// Super-packets being built for up to [`COALESCE_FLOWS`] flows at once, so that
@@ -203,7 +232,12 @@ impl<'a> RxOutput<'a> {
     fn deliver(&mut self, datagram: &mut [u8], accepted: Accepted) {
         let Accepted { offset, len } = accepted;
         let inner = &datagram[offset..offset + len];
-        if let Some(key) = FlowKey::of_tcp(inner) {
+        let key = match FlowKey::of_tcp(inner) {
+            Some(key) => Some((protocol::TCP, key)),
+            None if self.ctx.udp_gro => udp_gro::flow_of(inner).map(|key| (protocol::UDP, key)),
+            None => None,
+        };
+        if let Some(key) = key {
             // The flow's open super-packet, if any: continue it, or close it first so
             // that this packet never overtakes it.
             let same = self
@@ -234,7 +268,12 @@ impl<'a> RxOutput<'a> {
                     }
                 };
                 let slot = &mut self.coalescers.slots[i];
-                if let Ok(coalescer) = gso::TcpCoalescer::start(&mut slot.buffer, inner, true) {
+                let started = if key.0 == protocol::TCP {
+                    gso::TcpCoalescer::start(&mut slot.buffer, inner, true).map(Coalescer::Tcp)
+                } else {
+                    UdpCoalescer::start(&mut slot.buffer, inner, true).map(Coalescer::Udp)
+                };
+                if let Ok(coalescer) = started {
                     slot.open = Some((key, coalescer));
                     self.packets += 1;
                     self.bytes += len as u64;
@@ -242,8 +281,8 @@ impl<'a> RxOutput<'a> {
                 }
             }
         }
-        // Not coalescable (not TCP with payload, a partial checksum, a peer kernel's
-        // super-packet): write it alone, in place, behind its own vnet header.
+        // Not coalescable (not TCP or UDP with payload, a partial checksum, a peer
+        // kernel's super-packet): write it alone, in place, behind its own vnet header.
         let start = offset - vnet::HEADER_LEN;
         let vnet = offload::receive_header(&mut datagram[offset..offset + len], self.ctx.mtu);
         vnet.emit(&mut VirtioNetHdr::new_unchecked(
@@ -254,6 +293,7 @@ impl<'a> RxOutput<'a> {
         self.packets += segments;
         self.bytes += len as u64;
         self.publish();
+        self.ctx.metrics.tun_writes.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = write_packet(self.tun.as_fd(), &datagram[start..offset + len]) {
             // Counted as delivered just above: take it back.
             self.packets -= segments;
@@ -280,6 +320,7 @@ impl<'a> RxOutput<'a> {
             let range = coalescer.finish(&mut slot.buffer);
             self.publish();
             let slot = &mut self.coalescers.slots[i];
+            self.ctx.metrics.tun_writes.fetch_add(1, Ordering::Relaxed);
             if let Err(error) = write_packet(self.tun.as_fd(), &slot.buffer[range]) {
                 self.write_failed(&error);
             }

@@ -29,10 +29,13 @@
 //! FIB and neighbour table, as the kernel's own tunnels do; no netfilter hook sees the
 //! packet, no `ip_forward` is needed and no sysctl is changed.
 //!
+//! Attachment (`--tc-attach`): a tcx link (kernel ≥ 6.6), or on older kernels a clsact
+//! qdisc with a direct-action cls_bpf filter, made over netlink.
 //! Lifetime: the TAP is not persistent and the program hangs on a tcx link held by
-//! weftd, so both vanish with the process, killed or not; a restart builds them afresh.
-//! Needs: CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN, kernel ≥ 6.6 (tcx). Without
-//! them weftd says why, once, and segments in userspace as before.
+//! weftd or on a filter of the TAP itself, so both vanish with the process, killed or
+//! not; a restart builds them afresh.
+//! Needs: CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; kernel ≥ 5.10 (tc) or 6.6
+//! (tcx). Without them weftd says why, once, and segments in userspace as before.
 
 use std::os::fd::OwnedFd;
 
@@ -41,6 +44,7 @@ use anyhow::Context as _;
 use super::peers::Encap;
 use super::tun::Tun;
 use weft_bpf::{self as bpf, helper, Insn, R0, R1, R10, R2, R3, R4, R5, R6};
+use weft_config::TcAttach;
 use weft_netlink::Netlink;
 
 /// The TAP device's name.
@@ -81,15 +85,30 @@ pub mod adjust_room {
 }
 
 /// The encapsulator, up: one TAP queue per worker; the program stays attached as long
-/// as `link` is open.
+/// as its attachment does (see [`Attachment`]).
 #[derive(Debug)]
 pub struct TapEncap {
     tap: Tun,
     /// The TAP's ifindex when it was set up (a re-created device has another).
     index: u32,
     _program: OwnedFd,
-    link: OwnedFd,
+    attachment: Attachment,
 }
+
+/// How the program hangs on the TAP's ingress.
+#[derive(Debug)]
+enum Attachment {
+    /// A tcx link (kernel 6.6+): attached exactly while this descriptor is open.
+    Tcx(OwnedFd),
+    /// A clsact qdisc with a direct-action cls_bpf filter (any kernel with
+    /// `bpf_redirect_neigh`, 5.10+): the filter holds the program, and both go with the
+    /// TAP, which is not persistent, so with weftd's last descriptor of it.
+    Tc { program_id: u32 },
+}
+
+/// The cls_bpf filter's priority and handle on the TAP (the only filter there).
+const TC_PRIORITY: u16 = 1;
+const TC_HANDLE: u32 = 1;
 
 impl TapEncap {
     /// The TAP's ifindex.
@@ -97,10 +116,34 @@ impl TapEncap {
         self.index
     }
 
-    /// Whether the program is still attached to the TAP (someone may have detached the
-    /// link, e.g. with `bpftool link detach`, or deleted the device under it).
-    pub fn attached(&self) -> bool {
-        bpf::tcx_link_ifindex(&self.link).is_ok_and(|ifindex| ifindex == self.index)
+    /// How the program is attached: `tcx` or `tc`.
+    pub fn attach_kind(&self) -> &'static str {
+        match self.attachment {
+            Attachment::Tcx(_) => "tcx",
+            Attachment::Tc { .. } => "tc",
+        }
+    }
+
+    /// Whether the program is still attached to the TAP: someone may have detached the
+    /// tcx link (`bpftool link detach`), deleted the filter or the clsact qdisc (`tc
+    /// filter del dev weft.encap ingress`, `tc qdisc del dev weft.encap clsact`), or the
+    /// device under it.
+    pub async fn attached(&self, netlink: &Netlink) -> bool {
+        match &self.attachment {
+            Attachment::Tcx(link) => {
+                bpf::tcx_link_ifindex(link).is_ok_and(|ifindex| ifindex == self.index)
+            }
+            Attachment::Tc { program_id } => netlink
+                .ingress_bpf_filters(self.index)
+                .await
+                .is_ok_and(|filters| {
+                    filters.iter().any(|f| {
+                        f.program_id == Some(*program_id)
+                            && f.direct_action
+                            && (f.priority, f.handle) == (TC_PRIORITY, TC_HANDLE)
+                    })
+                }),
+        }
     }
 
     /// Queue `n`'s descriptor, for worker `n`.
@@ -110,13 +153,15 @@ impl TapEncap {
 }
 
 /// Creates the TAP with `queues` queues, loads the program for `encap` → the underlay
-/// device `underlay_index`, and attaches it. `Err` says what this host lacks.
+/// device `underlay_index`, and attaches it as `mode` says (`auto`: tcx, else tc).
+/// `Err` says what this host lacks.
 pub async fn setup(
     netlink: &Netlink,
     encap: &Encap,
     underlay_index: u32,
     underlay_mtu: u32,
     queues: usize,
+    mode: TcAttach,
 ) -> anyhow::Result<TapEncap> {
     let tap = Tun::open_tap(DEVICE, queues).with_context(|| format!("creating TAP {DEVICE}"))?;
     // Before it comes up: no IPv6 addresses, router solicitations or DAD on a device
@@ -130,13 +175,91 @@ pub async fn setup(
     let link = netlink.ensure_link_up(DEVICE, Some(underlay_mtu)).await?;
     let instructions = program(outer_len(encap), encap_flags(encap), underlay_index);
     let program = bpf::load_sched_cls(PROGRAM, &instructions)?;
-    let tcx = bpf::attach_tcx_ingress(PROGRAM, &program, link.index)?;
+    check_helpers_accept(&program, outer_len(encap))?;
+    let attachment = attach(netlink, &program, link.index, mode).await?;
     Ok(TapEncap {
         tap,
         index: link.index,
         _program: program,
-        link: tcx,
+        attachment,
     })
+}
+
+/// `TC_ACT_REDIRECT`: what the program returns when every helper accepted its part.
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// Runs the program once on a dummy frame: the verifier does not check helper flags,
+/// so a kernel that lacks one (`BPF_F_ADJ_ROOM_ENCAP_L2_ETH` before 5.13) would load and
+/// attach the program and then drop every packet. `Err` names the refusal; a kernel
+/// without test runs passes (it cannot tell).
+fn check_helpers_accept(program: &OwnedFd, outer_len: usize) -> anyhow::Result<()> {
+    const INNER_LEN: usize = 40;
+    let eth = weft_proto::ethernet::HEADER_LEN;
+    let mut frame = vec![0u8; eth + outer_len + INNER_LEN];
+    frame[..6].copy_from_slice(&FRAME_DST_MAC);
+    frame[6..12].copy_from_slice(&FRAME_SRC_MAC);
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    // IPv4 version and header length where each IPv4 header starts; the rest may be
+    // zero: the program copies the outer headers without reading them.
+    frame[eth] = 0x45;
+    frame[eth + outer_len] = 0x45;
+    match bpf::test_run(program, &frame) {
+        Ok(TC_ACT_REDIRECT) => Ok(()),
+        Ok(verdict) => anyhow::bail!(
+            "the kernel refuses a helper call of {PROGRAM} (a test run returned {verdict}, not \
+             TC_ACT_REDIRECT: bpf_skb_adjust_room's encapsulation flags need kernel 5.2, \
+             VXLAN's ENCAP_L2_ETH 5.13)"
+        ),
+        Err(error) => {
+            tracing::debug!(%error, "no BPF_PROG_TEST_RUN here; the program is attached untested");
+            Ok(())
+        }
+    }
+}
+
+/// Attaches `program` to `index`'s ingress: tcx, tc, or (`auto`) tcx and else tc.
+async fn attach(
+    netlink: &Netlink,
+    program: &OwnedFd,
+    index: u32,
+    mode: TcAttach,
+) -> anyhow::Result<Attachment> {
+    let tcx = || bpf::attach_tcx_ingress(PROGRAM, program, index).map(Attachment::Tcx);
+    match mode {
+        TcAttach::Tcx => Ok(tcx().context("--tc-attach=tcx (needs kernel 6.6+)")?),
+        TcAttach::Tc => attach_tc(netlink, program, index)
+            .await
+            .context("--tc-attach=tc (clsact + cls_bpf)"),
+        TcAttach::Auto => match tcx() {
+            Ok(attachment) => Ok(attachment),
+            Err(tcx_error) => {
+                tracing::info!(error = %tcx_error, "no tcx here (kernel before 6.6?); attaching through clsact + cls_bpf");
+                attach_tc(netlink, program, index).await.with_context(|| {
+                    format!("tcx failed ({tcx_error}), and so did clsact + cls_bpf")
+                })
+            }
+        },
+        TcAttach::Off => anyhow::bail!("--tc-attach=off asks for no program"),
+    }
+}
+
+async fn attach_tc(netlink: &Netlink, program: &OwnedFd, index: u32) -> anyhow::Result<Attachment> {
+    use std::os::fd::AsFd as _;
+    let program_id = bpf::program_id(program).context("reading the program's id")?;
+    netlink.ensure_clsact(index).await?;
+    netlink
+        .ensure_ingress_bpf(
+            index,
+            &weft_netlink::IngressBpf {
+                program_fd: program.as_fd(),
+                program_id,
+                name: PROGRAM,
+                priority: TC_PRIORITY,
+                handle: TC_HANDLE,
+            },
+        )
+        .await?;
+    Ok(Attachment::Tc { program_id })
 }
 
 /// `BPF_ADJ_ROOM_MAC`: make or take room right after the Ethernet header.

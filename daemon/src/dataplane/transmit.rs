@@ -169,6 +169,9 @@ pub(super) struct Transmitter {
     tap: Option<TapQueue>,
     /// Outer IPv4 IDs of the packets written to `tap`.
     outer_ident: OuterIdent,
+    /// Whether ordinary VXLAN packets leave in `UDP_SEGMENT` trains (see
+    /// [`Train::push`]); false without UDP GSO in the kernel, and for IPIP.
+    small_trains: bool,
 }
 
 impl Transmitter {
@@ -179,6 +182,7 @@ impl Transmitter {
         tap: Option<TapQueue>,
     ) -> io::Result<Transmitter> {
         set_nonblocking(tun.as_fd())?;
+        let small_trains = ctx.encap.is_udp() && super::io::udp_gso_supported();
         Ok(Transmitter {
             ctx,
             tun,
@@ -188,6 +192,7 @@ impl Transmitter {
             batch: SendBatch::new(),
             log: LogLimiter::new(),
             tally: PeerTally::new(Direction::Tx),
+            small_trains,
             tap,
             outer_ident: OuterIdent::random(),
         })
@@ -208,7 +213,9 @@ impl Transmitter {
             tally,
             tap,
             outer_ident,
+            small_trains,
         } = self;
+        let small_trains = *small_trains;
         let ctx: &WorkerContext = ctx;
         let senders: &[OwnedFd] = senders;
         let mut slot_index = 0;
@@ -263,7 +270,17 @@ impl Transmitter {
             if vnet.gso_type != GsoType::None {
                 round.super_packets += 1;
             }
-            let tap_sent = tap.as_ref().map(|tap| {
+            // The TAP takes TCP super-packets (one write, the kernel segments late). An
+            // ordinary VXLAN packet joins a `UDP_SEGMENT` train instead: one send per
+            // train rather than one write per packet, and the receiver's `UDP_GRO`
+            // takes the train in one receive (a third of the syscalls per packet of
+            // 64-byte UDP). UDP super-packets (a pod's own UDP GSO) are segmented here.
+            let via_tap = match vnet.gso_type {
+                GsoType::None => !small_trains,
+                GsoType::UdpL4 => false,
+                _ => true,
+            };
+            let tap_sent = tap.as_ref().filter(|_| via_tap).map(|tap| {
                 // Keep packet order: whatever waits for a socket goes first.
                 train.flush(senders, ctx, log);
                 batch.flush(senders, ctx, log);
@@ -314,6 +331,11 @@ impl Transmitter {
                         log,
                     );
                 }
+                continue;
+            }
+            if small_trains {
+                let sender = pick_sender(&slot[inner.clone()], senders.len());
+                train.push(senders, sender, ctx, log, &slot[inner], &vnet, peer);
                 continue;
             }
             train.flush(senders, ctx, log);
@@ -378,9 +400,11 @@ impl TxRound {
 /// datagram (only the last datagram of a send may be short).
 struct Train {
     buffer: Vec<u8>,
-    /// Datagrams waiting at `buffer[..count * stride]`, all exactly `stride` long.
+    /// Datagrams waiting at `buffer[..len]`: `count` of them, all exactly `stride`
+    /// long but the last, which may be shorter (and then ends the train).
     count: usize,
     stride: usize,
+    len: usize,
     to: libc::sockaddr_in,
     sender: usize,
     pacer: SendPacer,
@@ -392,6 +416,7 @@ impl Train {
             buffer: vec![0u8; 4 * (MAX_INNER_PACKET + 1)],
             count: 0,
             stride: 0,
+            len: 0,
             // SAFETY: all-zero is a valid sockaddr_in.
             to: unsafe { std::mem::zeroed() },
             sender: 0,
@@ -408,7 +433,7 @@ impl Train {
     /// Sends the waiting datagrams.
     fn flush(&mut self, senders: &[OwnedFd], ctx: &WorkerContext, log: &mut LogLimiter) {
         if self.count > 0 {
-            let (count, end) = (self.count, self.count * self.stride);
+            let (count, end) = (self.count, self.len);
             send_train(
                 &senders[self.sender],
                 ctx,
@@ -420,6 +445,7 @@ impl Train {
                 &self.to,
             );
             self.count = 0;
+            self.len = 0;
         }
     }
 
@@ -441,7 +467,7 @@ impl Train {
         if self.count > 0 && !self.bound_for(&peer.sockaddr, sender) {
             self.flush(senders, ctx, log);
         }
-        let base = self.count * self.stride;
+        let base = self.len;
         let Some(layout) = segment_or_drop(
             packet,
             vnet,
@@ -473,6 +499,7 @@ impl Train {
         let end = base + layout.total().end;
         let mut count = self.count + layout.count;
         self.count = 0;
+        self.len = 0;
         let per_send = (MAX_UDP_PAYLOAD / stride).clamp(1, MAX_GSO_SEGMENTS);
         let ends_short = layout.last_len < layout.segment_len;
         while count >= per_send || (count > 0 && ends_short) {
@@ -495,8 +522,66 @@ impl Train {
             self.buffer.copy_within(start..start + count * stride, 0);
             self.count = count;
             self.stride = stride;
+            self.len = count * stride;
             self.to = peer.sockaddr;
             self.sender = sender;
+        }
+    }
+}
+
+impl Train {
+    /// Encapsulates one ordinary packet behind the waiting datagrams: a flow of
+    /// equal-sized packets (64-byte UDP, a stream of ACKs) to one peer leaves in one
+    /// `UDP_SEGMENT` send per [`MAX_GSO_SEGMENTS`] packets or per TUN round. A packet of
+    /// another peer, socket or a larger size sends the train first; a smaller one ends
+    /// it.
+    // The hot path passes its pieces (sockets, counters, buffers) separately so each
+    // borrow stays disjoint; bundling them would only move the arguments into a struct.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        senders: &[OwnedFd],
+        sender: usize,
+        ctx: &WorkerContext,
+        log: &mut LogLimiter,
+        packet: &[u8],
+        vnet: &VirtioNetRepr,
+        peer: &PeerEntry,
+    ) {
+        let stride = VXLAN_OVERHEAD + packet.len();
+        if self.count > 0 && (!self.bound_for(&peer.sockaddr, sender) || stride > self.stride) {
+            self.flush(senders, ctx, log);
+        }
+        let base = self.len;
+        if base + stride > self.buffer.len() {
+            self.flush(senders, ctx, log);
+            return self.push(senders, sender, ctx, log, packet, vnet, peer);
+        }
+        let inner = base + VXLAN_OVERHEAD..base + stride;
+        self.buffer[inner.clone()].copy_from_slice(packet);
+        if gso::complete_checksum(&mut self.buffer[inner.clone()], vnet).is_err() {
+            ctx.metrics.drop_packet(DropReason::TxMalformed);
+            return;
+        }
+        if ctx
+            .encap
+            .write_outer(&mut self.buffer, inner, &peer.vtep_mac, None)
+            .is_err()
+        {
+            // Longer than one datagram can carry (an MTU near 64 KB).
+            ctx.metrics.drop_packet(DropReason::TxTooBig);
+            return;
+        }
+        if self.count == 0 {
+            self.stride = stride;
+            self.to = peer.sockaddr;
+            self.sender = sender;
+        }
+        self.count += 1;
+        self.len = base + stride;
+        let per_send = (MAX_UDP_PAYLOAD / self.stride).clamp(1, MAX_GSO_SEGMENTS);
+        if stride < self.stride || self.count >= per_send {
+            self.flush(senders, ctx, log);
         }
     }
 }

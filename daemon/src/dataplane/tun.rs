@@ -45,7 +45,7 @@ pub struct Offloads {
     pub csum: bool,
     /// TCPv4 super-packets up to 64 KB (`TUN_F_TSO4`).
     pub tso4: bool,
-    /// UDPv4 super-packets (`TUN_F_USO4`).
+    /// UDPv4 super-packets (`TUN_F_USO4`, set with `TUN_F_USO6`).
     pub uso4: bool,
 }
 
@@ -58,7 +58,9 @@ impl Offloads {
                 bits |= libc::TUN_F_TSO4;
             }
             if self.uso4 {
-                bits |= libc::TUN_F_USO4;
+                // The kernel takes USO only for both families at once (`tun_set_offload`
+                // refuses one alone); IPv6 never reaches a peer here anyway.
+                bits |= libc::TUN_F_USO4 | libc::TUN_F_USO6;
             }
         }
         bits

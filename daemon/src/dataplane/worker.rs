@@ -52,6 +52,10 @@ pub struct WorkerContext {
     pub busy_poll: Duration,
     /// Where workers report a lost TUN queue or a failed TAP (see `repair`).
     pub faults: Arc<PlaneFaults>,
+    /// Whether received UDP datagrams of a flow are written to TUN as one
+    /// `GSO_UDP_L4` super-packet (`weft_proto::udp_gro`): the kernel takes those
+    /// writes from Linux 6.2, the release whose TUN accepts `TUN_F_USO4`.
+    pub udp_gro: bool,
 }
 
 /// Logs at most once per second per call site owner, counting what it held back.

@@ -16,10 +16,13 @@ pub struct DataplaneInfo {
     pub offloads: ActiveOffloads,
     /// How packets leave: `kernel_encap` (TAP + tc program) or `userspace`.
     pub transmit_path: &'static str,
-    /// Why the userspace path is taken when it is: `--kernel-encap=false`, what the
+    /// Why the userspace path is taken when it is: `--tc-attach=off`, what the
     /// host lacks, or the run-time failure the workers fell back from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transmit_path_reason: Option<String>,
+    /// How the kernel path's tc program is attached: `tcx`, `tc` (clsact + cls_bpf), or
+    /// `None` (null) without a TAP.
+    pub tc_attach: Option<&'static str>,
 }
 
 impl ActiveOffloads {

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub tx_syscalls: AtomicU64,
     /// Underlay receive syscalls (`recvmmsg`).
     pub rx_syscalls: AtomicU64,
+    /// Writes to TUN (received packets per write shows coalescing at work).
+    pub tun_writes: AtomicU64,
     /// Sends that found the socket's buffer or the device's queue full (`EAGAIN`,
     /// `ENOBUFS`) and waited for room before retrying (whether or not room came).
     pub tx_full_waits: AtomicU64,
@@ -276,6 +278,7 @@ impl Metrics {
             rx_bytes: self.rx.bytes.load(Ordering::Relaxed),
             tx_syscalls: self.tx_syscalls.load(Ordering::Relaxed),
             rx_syscalls: self.rx_syscalls.load(Ordering::Relaxed),
+            tun_writes: self.tun_writes.load(Ordering::Relaxed),
             tx_full_waits: self.tx_full_waits.load(Ordering::Relaxed),
             worker_wakeups: self.worker_wakeups.load(Ordering::Relaxed),
             reply_waits_answered: self.reply_waits_answered.load(Ordering::Relaxed),
@@ -311,6 +314,7 @@ pub struct MetricsSnapshot {
     pub rx_bytes: u64,
     pub tx_syscalls: u64,
     pub rx_syscalls: u64,
+    pub tun_writes: u64,
     pub tx_full_waits: u64,
     pub worker_wakeups: u64,
     pub reply_waits_answered: u64,
