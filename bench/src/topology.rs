@@ -237,7 +237,13 @@ fn describe_devices(devices: Option<&serde_json::Value>) -> String {
     // Whatever weftd reports about how its tc program is attached (`tc_attach`, ...).
     for (key, value) in devices {
         if key.contains("attach") {
-            if let Some(value) = text(value) {
+            // `null`: no tc program attached (the userspace path).
+            let value = if value.is_null() {
+                Some("none".to_string())
+            } else {
+                text(value)
+            };
+            if let Some(value) = value {
                 parts.push(format!("{key} {value}"));
             }
         }
@@ -334,12 +340,12 @@ mod tests {
         let devices = serde_json::json!({
             "transmit_path": "userspace",
             "transmit_path_reason": "--kernel-encap=false",
-            "tc_attach": "off",
+            "tc_attach": null,
             "offloads": {"tun_csum": true, "tun_tso4": true, "udp_segment": true, "kernel_encap": false},
         });
         assert_eq!(
             describe_devices(Some(&devices)),
-            "weftd: transmit_path userspace (--kernel-encap=false), tc_attach off, offloads tun_csum tun_tso4 udp_segment"
+            "weftd: transmit_path userspace (--kernel-encap=false), tc_attach none, offloads tun_csum tun_tso4 udp_segment"
         );
         assert_eq!(
             describe_devices(Some(
