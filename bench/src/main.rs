@@ -1,10 +1,11 @@
 //! `weft-bench`: weft vs the kernel's vxlan vs no encapsulation, side by side, in one
 //! run on one machine (docs/bench.md).
 //!
-//! For each path it builds the two-node lab, checks the pods reach each other, runs
-//! every test, and tears the lab down before the next path. A path that cannot be built
-//! is recorded as failed for all its tests and the run goes on; the exit status is
-//! non-zero if anything failed.
+//! For each underlay mode, and in it for each path, it builds the two-node lab on that
+//! underlay, checks the pods reach each other and runs every test; the round trips come
+//! at the end of each mode, its labs still up, and the labs are torn down before the
+//! next mode. A path that cannot be built is recorded as failed for all its tests and
+//! the run goes on; the exit status is non-zero if anything failed.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ mod topology;
 use measure::Pair;
 use results::{Path, Results, Run, Test};
 use topology::PathLab;
+use weft_tests::lab::underlay::UnderlayMode;
 
 /// Benchmarks pod-to-pod traffic over veth, host-gw, the kernel's vxlan and weft.
 #[derive(Debug, Parser)]
@@ -31,16 +33,20 @@ struct Cli {
     /// Duration of each iperf3 test (and of the ping series), in seconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     seconds: u64,
-    /// Paths to measure (comma-separated), in this order.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Path::ALL)]
+    /// Paths to measure (comma-separated), in this order; `weft-vxlan-tc` and
+    /// `weft-vxlan-userspace` only when named.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Path::DEFAULT)]
     paths: Vec<Path>,
+    /// Underlay modes (comma-separated), each path measured on each, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = UnderlayMode::ALL)]
+    underlay: Vec<UnderlayMode>,
     /// Tests to run (comma-separated); `tcp-1` also yields `cpu`.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Measurement::ALL)]
     tests: Vec<Measurement>,
     /// Rounds of every test; each figure is their median, with the range beside it.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: u32,
-    /// Where results.json and results.svg are written.
+    /// Where results.json, results.md and results.svg are written.
     #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
 }
@@ -118,11 +124,12 @@ fn dedup<T: PartialEq + Copy>(items: &[T]) -> Vec<T> {
 fn run(cli: &Cli) -> anyhow::Result<Results> {
     let paths = dedup(&cli.paths);
     let tests = dedup(&cli.tests);
+    let modes = dedup(&cli.underlay);
     anyhow::ensure!(
         weft_tests::is_root(),
         "must run as root (it creates network namespaces)"
     );
-    for tool in ["iperf3", "ping", "ss", "ip", "bridge"] {
+    for tool in ["iperf3", "ping", "ss", "ip", "bridge", "ethtool"] {
         which(tool).with_context(|| format!("{tool} not found in PATH; run scripts/setup.sh"))?;
     }
     std::fs::create_dir_all(&cli.out_dir)
@@ -140,23 +147,100 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
         weftd_env: weftd_env(),
         runs: Vec::new(),
     };
-    let total = paths.len() * tests.len();
-    let mut done = 0;
+    let mut progress = Progress {
+        done: 0,
+        total: modes.len() * paths.len() * tests.len(),
+    };
+    let names: Vec<&str> = modes.iter().map(|m| m.name()).collect();
     println!(
-        "weft-bench: {} paths × {} tests, {} s each, median of {} round(s)",
+        "weft-bench: {} underlays ({}) × {} paths × {} tests, {} s each, median of {} round(s)",
+        modes.len(),
+        names.join(", "),
         paths.len(),
         tests.len(),
         cli.seconds,
         cli.rounds
     );
+    for &mode in &modes {
+        measure_mode(cli, mode, &paths, &tests, &mut progress, &mut results);
+    }
 
-    // Labs kept up for the round trip, measured at the end.
+    results.runs.sort_by_key(|r| {
+        let mode = UnderlayMode::ALL
+            .iter()
+            .position(|m| m.name() == r.underlay);
+        let path = Path::ALL.iter().position(|p| p.name() == r.path);
+        let test = Test::ALL.iter().position(|t| t.name() == r.test);
+        (mode, path, test)
+    });
+    let json_path = cli.out_dir.join("results.json");
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(&json_path, json + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let table = results.table();
+    let md_path = cli.out_dir.join("results.md");
+    std::fs::write(
+        &md_path,
+        format!("weft-bench {}\n\n{table}", results.describe()),
+    )
+    .with_context(|| format!("writing {}", md_path.display()))?;
+    let svg_path = cli.out_dir.join("results.svg");
+    std::fs::write(&svg_path, svg::render(&results))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+
+    println!();
+    println!("weft-bench {}", results.describe());
+    println!();
+    print!("{table}");
+    println!(
+        "wrote {}, {} and {} ({} s in all)",
+        json_path.display(),
+        md_path.display(),
+        svg_path.display(),
+        clock.elapsed().as_secs()
+    );
+    Ok(results)
+}
+
+/// The `[done/total]` count of the progress lines.
+struct Progress {
+    done: usize,
+    total: usize,
+}
+
+impl Progress {
+    fn next(&mut self, mode: UnderlayMode, path: Path, test: &str) -> String {
+        self.done += 1;
+        format!(
+            "[{}/{}] {} {} {test} ... ",
+            self.done,
+            self.total,
+            mode.name(),
+            path.name()
+        )
+    }
+}
+
+/// Every path and test on one underlay `mode`; the results go to `results`.
+fn measure_mode(
+    cli: &Cli,
+    mode: UnderlayMode,
+    paths: &[Path],
+    tests: &[Measurement],
+    progress: &mut Progress,
+    results: &mut Results,
+) {
+    // Labs kept up for the round trip, measured at the end of the mode.
     let mut kept: Vec<(Path, PathLab)> = Vec::new();
-    for &path in &paths {
+    for &path in paths {
         let prefix = weft_tests::run_prefix();
-        print!("== {}: building the lab ({prefix}-*) ... ", path.name());
+        print!(
+            "== {} {}: building the lab ({prefix}-*) ... ",
+            mode.name(),
+            path.name()
+        );
         flush();
-        let lab = PathLab::build(path, &prefix).and_then(|lab| {
+        let lab = PathLab::build(path, mode, &prefix).and_then(|lab| {
             let pair = pair_of(&lab);
             weft_tests::wait_until("the pods to reach each other", REACHABLE_TIMEOUT, || {
                 measure::reachable(pair)
@@ -174,24 +258,47 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
             Err(e) => {
                 let error = format!("lab setup: {e:#}");
                 println!("FAILED: {error}");
-                for &m in &tests {
-                    done += 1;
-                    println!("[{done}/{total}] {} {} ... skipped", path.name(), m.name());
+                for &m in tests {
+                    println!("{}skipped", progress.next(mode, path, m.name()));
                     for &test in m.tests() {
-                        results.runs.push(Run::failed(path, test, error.clone()));
+                        results
+                            .runs
+                            .push(Run::failed(path, test, error.clone()).on(mode));
                     }
                 }
                 continue;
             }
         };
+        let stamp = |run: Run| Run {
+            about: lab.about().map(String::from),
+            ..run.on(mode)
+        };
+        let first = results.runs.len();
         for &m in tests.iter().filter(|&&m| m != Measurement::Rtt) {
-            done += 1;
-            print!("[{done}/{total}] {} {} ... ", path.name(), m.name());
+            print!("{}", progress.next(mode, path, m.name()));
             flush();
             let runs = measure_rounds(pair_of(&lab), path, m, cli.seconds, cli.rounds);
-            let shown: Vec<String> = runs.iter().map(progress).collect();
+            let shown: Vec<String> = runs.iter().map(progress_text).collect();
             println!("{}", shown.join(", "));
-            results.runs.extend(runs);
+            results.runs.extend(runs.into_iter().map(stamp));
+        }
+        match lab.redirected() {
+            Ok(Some(frames)) => {
+                println!(
+                    "   {} {}: {frames} frames redirected by XDP past the underlay bridge",
+                    mode.name(),
+                    path.name()
+                );
+                for run in &mut results.runs[first..] {
+                    run.xdp_redirected = Some(frames);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => println!(
+                "   {} {}: XDP counters unreadable: {e:#}",
+                mode.name(),
+                path.name()
+            ),
         }
         if tests.contains(&Measurement::Rtt) {
             kept.push((path, lab));
@@ -200,70 +307,46 @@ fn run(cli: &Cli) -> anyhow::Result<Results> {
 
     // The round trip last, every path's lab still up, the paths taking turns: this VM's
     // latency drifts over minutes, which paths measured minutes apart would compare.
-    if !kept.is_empty() {
-        println!(
-            "== rtt: {} pings per path, the paths taking turns of {}",
-            rtt_count(cli.seconds),
-            measure::RTT_TURN
-        );
-        let pairs: Vec<Pair<'_>> = kept.iter().map(|(_, lab)| pair_of(lab)).collect();
-        // Per path: every round's median, or the first round's error.
-        let mut rounds: Vec<anyhow::Result<Vec<f64>>> = kept.iter().map(|_| Ok(vec![])).collect();
-        for round in 1..=cli.rounds {
-            let medians = measure::rtt_medians_interleaved(&pairs, rtt_count(cli.seconds));
-            for (samples, median) in rounds.iter_mut().zip(medians) {
-                if let Ok(values) = samples {
-                    match median {
-                        Ok(us) => values.push(us),
-                        Err(e) => *samples = Err(e.context(format!("round {round}"))),
-                    }
+    if kept.is_empty() {
+        return;
+    }
+    println!(
+        "== {} rtt: {} pings per path, the paths taking turns of {}",
+        mode.name(),
+        rtt_count(cli.seconds),
+        measure::RTT_TURN
+    );
+    let pairs: Vec<Pair<'_>> = kept.iter().map(|(_, lab)| pair_of(lab)).collect();
+    // Per path: every round's median, or the first round's error.
+    let mut rounds: Vec<anyhow::Result<Vec<f64>>> = kept.iter().map(|_| Ok(vec![])).collect();
+    for round in 1..=cli.rounds {
+        let medians = measure::rtt_medians_interleaved(&pairs, rtt_count(cli.seconds));
+        for (samples, median) in rounds.iter_mut().zip(medians) {
+            if let Ok(values) = samples {
+                match median {
+                    Ok(us) => values.push(us),
+                    Err(e) => *samples = Err(e.context(format!("round {round}"))),
                 }
             }
         }
-        for ((path, _), samples) in kept.iter().zip(rounds) {
-            done += 1;
-            let run = match samples {
-                Ok(samples) => Run::from_samples(*path, Test::Rtt, samples),
-                Err(e) => Run::failed(*path, Test::Rtt, format!("{e:#}")),
-            };
-            println!(
-                "[{done}/{total}] {} rtt ... {}",
-                path.name(),
-                progress(&run)
-            );
-            results.runs.push(run);
-        }
     }
-    drop(kept);
-
-    results.runs.sort_by_key(|r| {
-        let path = Path::ALL.iter().position(|p| p.name() == r.path);
-        let test = Test::ALL.iter().position(|t| t.name() == r.test);
-        (path, test)
-    });
-    let json_path = cli.out_dir.join("results.json");
-    let json = serde_json::to_string_pretty(&results)?;
-    std::fs::write(&json_path, json + "\n")
-        .with_context(|| format!("writing {}", json_path.display()))?;
-    let svg_path = cli.out_dir.join("results.svg");
-    std::fs::write(&svg_path, svg::render(&results))
-        .with_context(|| format!("writing {}", svg_path.display()))?;
-
-    println!();
-    println!("weft-bench {}", results.describe());
-    print!("{}", results.table());
-    println!(
-        "wrote {} and {} ({} s in all)",
-        json_path.display(),
-        svg_path.display(),
-        clock.elapsed().as_secs()
-    );
-    Ok(results)
+    for ((path, lab), samples) in kept.iter().zip(rounds) {
+        let line = progress.next(mode, *path, Test::Rtt.name());
+        let run = match samples {
+            Ok(samples) => Run::from_samples(*path, Test::Rtt, samples),
+            Err(e) => Run::failed(*path, Test::Rtt, format!("{e:#}")),
+        };
+        println!("{line}{}", progress_text(&run));
+        results.runs.push(Run {
+            about: lab.about().map(String::from),
+            ..run.on(mode)
+        });
+    }
 }
 
 /// A run's result on its progress line: `12.4 Gbit/s`, `12.4 Gbit/s (9.80–13.1)` for
 /// several rounds, or `FAILED: why`.
-fn progress(run: &Run) -> String {
+fn progress_text(run: &Run) -> String {
     match (&run.value, &run.error) {
         (Some(v), _) => match (run.min, run.max) {
             (Some(min), Some(max)) => format!(

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
+use weft_tests::lab::underlay::UnderlayMode;
 
 /// A way for a packet to get from one pod to the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -18,15 +19,42 @@ pub enum Path {
     WeftVxlan,
     /// weftd, userspace IPIP.
     WeftIpip,
+    /// A kernel-flannel node's pod to a weftd node's pod (VXLAN).
+    KernelToWeft,
+    /// A weftd node's pod to a kernel-flannel node's pod (VXLAN).
+    WeftToKernel,
+    /// weftd, VXLAN, its tc program attached through `clsact` + `cls_bpf`
+    /// (`WEFTD_TC_ATTACH=tc`).
+    WeftVxlanTc,
+    /// weftd, VXLAN, userspace UDP GSO only (`WEFTD_TC_ATTACH=off`,
+    /// `WEFTD_KERNEL_ENCAP=false`).
+    WeftVxlanUserspace,
 }
 
 impl Path {
-    pub const ALL: [Path; 5] = [
+    /// Every path, in the order of the table.
+    pub const ALL: [Path; 9] = [
         Path::Veth,
         Path::HostGw,
         Path::KernelVxlan,
         Path::WeftVxlan,
         Path::WeftIpip,
+        Path::KernelToWeft,
+        Path::WeftToKernel,
+        Path::WeftVxlanTc,
+        Path::WeftVxlanUserspace,
+    ];
+
+    /// What a run measures unless told otherwise (the attach variants are asked for
+    /// by name).
+    pub const DEFAULT: [Path; 7] = [
+        Path::Veth,
+        Path::HostGw,
+        Path::KernelVxlan,
+        Path::WeftVxlan,
+        Path::WeftIpip,
+        Path::KernelToWeft,
+        Path::WeftToKernel,
     ];
 
     /// The name used in the table, the JSON and the chart.
@@ -37,12 +65,17 @@ impl Path {
             Path::KernelVxlan => "kernel-vxlan",
             Path::WeftVxlan => "weft-vxlan",
             Path::WeftIpip => "weft-ipip",
+            Path::KernelToWeft => "kernel-to-weft",
+            Path::WeftToKernel => "weft-to-kernel",
+            Path::WeftVxlanTc => "weft-vxlan-tc",
+            Path::WeftVxlanUserspace => "weft-vxlan-userspace",
         }
     }
 
-    /// weft's own paths are the ones compared against the kernel anchor.
+    /// Paths with weft on at least one end are the ones compared against the kernel
+    /// anchor.
     pub fn is_weft(self) -> bool {
-        matches!(self, Path::WeftVxlan | Path::WeftIpip)
+        !matches!(self, Path::Veth | Path::HostGw | Path::KernelVxlan)
     }
 }
 
@@ -108,8 +141,8 @@ impl Test {
     }
 }
 
-/// The underlay the labs' nodes are joined by. `whole`: a veth pair as it is, which
-/// carries 64 KB super-packets across whole (what kind-style clusters do).
+/// The underlay the labs' nodes are joined by, when a results file does not say:
+/// `whole`, a veth pair as it is (files written before the modes existed).
 pub const UNDERLAY_WHOLE: &str = "whole";
 
 /// One (path, test) result: a value, or the reason there is none.
@@ -131,9 +164,18 @@ pub struct Run {
     pub min: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
-    /// How the underlay carried the packets.
+    /// How the underlay carried the packets ([`UnderlayMode`]'s name).
     #[serde(default = "whole")]
     pub underlay: String,
+    /// What the lab ran on, when there is something to say (weftd's transmit path and
+    /// offloads, from its `/v1/status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub about: Option<String>,
+    /// On the `nic` underlays: frames the underlay's XDP programs redirected past the
+    /// bridge while the lab was measured, up to the end of its throughput tests (the
+    /// proof that the tunnel traffic took the NIC-like path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_redirected: Option<u64>,
 }
 
 fn whole() -> String {
@@ -166,6 +208,16 @@ impl Run {
             min: None,
             max: None,
             underlay: whole(),
+            about: None,
+            xdp_redirected: None,
+        }
+    }
+
+    /// This run, measured on `underlay`.
+    pub fn on(self, underlay: UnderlayMode) -> Run {
+        Run {
+            underlay: underlay.name().into(),
+            ..self
         }
     }
 
@@ -247,21 +299,44 @@ impl Results {
         line
     }
 
-    pub fn value(&self, path: Path, test: Test) -> Option<f64> {
-        self.find(path, test).and_then(|r| r.value)
+    pub fn value(&self, path: Path, test: Test, underlay: UnderlayMode) -> Option<f64> {
+        self.find(path, test, underlay).and_then(|r| r.value)
     }
 
-    pub fn find(&self, path: Path, test: Test) -> Option<&Run> {
-        self.runs
-            .iter()
-            .find(|r| r.path == path.name() && r.test == test.name())
+    pub fn find(&self, path: Path, test: Test, underlay: UnderlayMode) -> Option<&Run> {
+        self.runs.iter().find(|r| {
+            r.path == path.name() && r.test == test.name() && r.underlay == underlay.name()
+        })
     }
 
-    /// `path`'s value divided by the anchor's, both from this run.
-    pub fn ratio_to_anchor(&self, path: Path, test: Test) -> Option<f64> {
-        let value = self.value(path, test)?;
-        let anchor = self.value(ANCHOR, test)?;
+    /// `path`'s value divided by the anchor's on the same underlay, both from this run.
+    pub fn ratio_to_anchor(&self, path: Path, test: Test, underlay: UnderlayMode) -> Option<f64> {
+        let value = self.value(path, test, underlay)?;
+        let anchor = self.value(ANCHOR, test, underlay)?;
         (anchor > 0.0).then(|| value / anchor)
+    }
+
+    /// Underlay modes that appear in the runs, in the canonical order.
+    pub fn underlays(&self) -> Vec<UnderlayMode> {
+        UnderlayMode::ALL
+            .into_iter()
+            .filter(|m| self.runs.iter().any(|r| r.underlay == m.name()))
+            .collect()
+    }
+
+    /// The lab descriptions (`about`) of the runs, one line per (underlay, path) that
+    /// has one.
+    pub fn abouts(&self) -> Vec<(String, String, String)> {
+        let mut seen: Vec<(String, String, String)> = Vec::new();
+        for run in &self.runs {
+            if let Some(about) = &run.about {
+                let key = (run.underlay.clone(), run.path.clone(), about.clone());
+                if !seen.contains(&key) {
+                    seen.push(key);
+                }
+            }
+        }
+        seen
     }
 
     pub fn any_failed(&self) -> bool {
@@ -284,33 +359,38 @@ impl Results {
             .collect()
     }
 
-    /// The table printed at the end: one row per test, one column per path, each weft
-    /// path's ratio to the anchor in parentheses; then one line per distinct failure.
+    /// The table printed at the end and written to `results.md`, in Markdown: one row
+    /// per (path, test), one column per underlay mode, each cell the median, each weft
+    /// path's ratio to the anchor on the same underlay, and the rounds' range; then the
+    /// labs' descriptions and one line per distinct failure.
     pub fn table(&self) -> String {
-        let paths = self.paths();
+        let underlays = self.underlays();
         let mut rows: Vec<Vec<String>> = Vec::new();
-        let mut header = vec!["test".to_string(), "unit".to_string()];
-        header.extend(paths.iter().map(|p| p.name().to_string()));
+        let mut header = vec!["path".to_string(), "test".to_string(), "unit".to_string()];
+        header.extend(underlays.iter().map(|m| m.name().to_string()));
         rows.push(header);
-        for test in self.tests() {
-            let mut row = vec![test.name().to_string(), test.unit().to_string()];
-            for &path in &paths {
-                let cell = match self.find(path, test) {
-                    Some(Run { value: Some(v), .. }) => {
-                        let mut cell = format_value(*v);
-                        if path.is_weft() {
-                            if let Some(ratio) = self.ratio_to_anchor(path, test) {
-                                let _ = write!(cell, " ({ratio:.2}×)");
-                            }
+        for path in self.paths() {
+            for test in self.tests() {
+                let mut row = vec![
+                    path.name().to_string(),
+                    test.name().to_string(),
+                    test.unit().to_string(),
+                ];
+                let mut any = false;
+                for &underlay in &underlays {
+                    let cell = match self.find(path, test, underlay) {
+                        Some(run) => {
+                            any = true;
+                            self.cell(path, test, underlay, run)
                         }
-                        cell
-                    }
-                    Some(_) => "failed".to_string(),
-                    None => "-".to_string(),
-                };
-                row.push(cell);
+                        None => "-".to_string(),
+                    };
+                    row.push(cell);
+                }
+                if any {
+                    rows.push(row);
+                }
             }
-            rows.push(row);
         }
 
         let columns = rows[0].len();
@@ -319,38 +399,69 @@ impl Results {
             .collect();
         let mut out = String::new();
         for (i, row) in rows.iter().enumerate() {
+            out.push('|');
             for (c, cell) in row.iter().enumerate() {
-                let pad = widths[c] - cell.chars().count();
-                if c < 2 {
-                    let _ = write!(out, "{cell}{}  ", " ".repeat(pad));
+                let pad = " ".repeat(widths[c] - cell.chars().count());
+                if c < 3 {
+                    let _ = write!(out, " {cell}{pad} |");
                 } else {
-                    let _ = write!(out, "{}{cell}  ", " ".repeat(pad));
+                    let _ = write!(out, " {pad}{cell} |");
                 }
             }
-            let trimmed = out.trim_end().len();
-            out.truncate(trimmed);
             out.push('\n');
             if i == 0 {
-                let total: usize = widths.iter().sum::<usize>() + 2 * (columns - 1);
-                out.push_str(&"-".repeat(total));
+                out.push('|');
+                for (c, width) in widths.iter().enumerate() {
+                    let dashes = "-".repeat((*width).max(3));
+                    if c < 3 {
+                        let _ = write!(out, " {dashes} |");
+                    } else {
+                        let _ = write!(out, " {}: |", &dashes[1..]);
+                    }
+                }
                 out.push('\n');
             }
         }
         let _ = writeln!(
             out,
-            "(×) = weft path ÷ {} in this run; for rtt and cpu lower is better.",
+            "\n(×) = weft path ÷ {} on the same underlay in this run; for rtt and cpu lower is better; a–b = the rounds' range.",
             ANCHOR.name()
         );
-        let mut reported: Vec<(&str, &str)> = Vec::new();
+        for (underlay, path, about) in self.abouts() {
+            let _ = writeln!(out, "{underlay} {path}: {about}");
+        }
+        let mut reported: Vec<(&str, &str, &str)> = Vec::new();
         for run in &self.runs {
             if let Some(error) = &run.error {
-                if !reported.contains(&(run.path.as_str(), error.as_str())) {
-                    reported.push((run.path.as_str(), error.as_str()));
-                    let _ = writeln!(out, "FAILED {} {}: {error}", run.path, run.test);
+                let key = (run.underlay.as_str(), run.path.as_str(), error.as_str());
+                if !reported.contains(&key) {
+                    reported.push(key);
+                    let _ = writeln!(
+                        out,
+                        "FAILED {} {} {}: {error}",
+                        run.underlay, run.path, run.test
+                    );
                 }
             }
         }
         out
+    }
+
+    /// One cell: `6.00 (0.50×) 5.80–6.20`, `failed`.
+    fn cell(&self, path: Path, test: Test, underlay: UnderlayMode, run: &Run) -> String {
+        let Some(value) = run.value else {
+            return "failed".to_string();
+        };
+        let mut cell = format_value(value);
+        if path.is_weft() {
+            if let Some(ratio) = self.ratio_to_anchor(path, test, underlay) {
+                let _ = write!(cell, " ({ratio:.2}×)");
+            }
+        }
+        if let (Some(min), Some(max)) = (run.min, run.max) {
+            let _ = write!(cell, " {}–{}", format_value(min), format_value(max));
+        }
+        cell
     }
 }
 
@@ -395,29 +506,34 @@ pub fn rfc3339_utc(time: std::time::SystemTime) -> String {
 pub(crate) mod tests {
     use super::*;
 
-    /// A small but complete results document: every path and test, one failed path.
+    /// A small but complete results document: every path and test on two underlays
+    /// (`nic` at half the speed of `whole`), one failed path.
     pub(crate) fn sample() -> Results {
         let mut runs = Vec::new();
-        for path in Path::ALL {
-            for test in Test::ALL {
-                if path == Path::WeftIpip {
-                    runs.push(Run::failed(path, test, "weftd not ready: timed out"));
-                    continue;
+        for (underlay, speed) in [(UnderlayMode::Whole, 1.0), (UnderlayMode::Nic, 0.5)] {
+            for path in Path::ALL {
+                for test in Test::ALL {
+                    if path == Path::WeftIpip {
+                        runs.push(
+                            Run::failed(path, test, "weftd not ready: timed out").on(underlay),
+                        );
+                        continue;
+                    }
+                    let base = match test {
+                        Test::Tcp1 | Test::Tcp1Rev => 12.0,
+                        Test::Tcp4 => 14.0,
+                        Test::Udp64 => 150.0,
+                        Test::Rtt => 120.0,
+                        Test::Cpu => 1.5,
+                    };
+                    let factor = match path {
+                        Path::Veth => 1.5,
+                        Path::HostGw => 1.1,
+                        Path::KernelVxlan => 1.0,
+                        _ => 0.5,
+                    };
+                    runs.push(Run::ok(path, test, base * factor * speed).on(underlay));
                 }
-                let base = match test {
-                    Test::Tcp1 | Test::Tcp1Rev => 12.0,
-                    Test::Tcp4 => 14.0,
-                    Test::Udp64 => 150.0,
-                    Test::Rtt => 120.0,
-                    Test::Cpu => 1.5,
-                };
-                let factor = match path {
-                    Path::Veth => 1.5,
-                    Path::HostGw => 1.1,
-                    Path::KernelVxlan => 1.0,
-                    _ => 0.5,
-                };
-                runs.push(Run::ok(path, test, base * factor));
             }
         }
         Results {
@@ -448,7 +564,8 @@ pub(crate) mod tests {
         assert_eq!(json["kernel"], "6.18.0");
         assert_eq!(json["cpus"], 2);
         let runs = json["runs"].as_array().unwrap();
-        assert_eq!(runs.len(), Path::ALL.len() * Test::ALL.len());
+        assert_eq!(runs.len(), 2 * Path::ALL.len() * Test::ALL.len());
+        assert_eq!(runs.last().unwrap()["underlay"], "nic");
         let first = &runs[0];
         assert_eq!(
             first,
@@ -468,19 +585,58 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn table_shows_ratios_to_the_kernel_and_failures() {
-        let table = sample().table();
-        let tcp1 = table.lines().find(|l| l.starts_with("tcp-1 ")).unwrap();
-        assert!(tcp1.contains("6.00 (0.50×)"), "{table}");
-        assert!(tcp1.contains("failed"), "{table}");
-        let rtt = table.lines().find(|l| l.starts_with("rtt ")).unwrap();
-        assert!(rtt.contains("60.0 (0.50×)"), "{table}");
-        assert!(
-            table.contains("FAILED weft-ipip tcp-1: weftd not ready: timed out"),
+    fn table_shows_each_underlay_side_by_side_with_ratios_to_the_kernel_on_it() {
+        let mut results = sample();
+        results.runs.push(Run {
+            about: Some("weftd: transmit path kernel_encap".into()),
+            ..Run::from_samples(Path::WeftVxlan, Test::Rtt, vec![50.0, 70.0, 60.0])
+                .on(UnderlayMode::Partial)
+        });
+        let table = results.table();
+        let header = table.lines().next().unwrap();
+        let columns: Vec<&str> = header.split('|').map(str::trim).collect();
+        assert_eq!(
+            columns,
+            ["", "path", "test", "unit", "whole", "nic", "partial", ""],
             "{table}"
         );
-        // A failure shared by every test of a path is reported once.
-        assert_eq!(table.matches("FAILED").count(), 1, "{table}");
+        assert!(
+            table.lines().nth(1).unwrap().starts_with("| ---"),
+            "{table}"
+        );
+        let row = |path: &str, test: &str| {
+            table
+                .lines()
+                .find(|l| {
+                    let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                    cells.get(1) == Some(&path) && cells.get(2) == Some(&test)
+                })
+                .unwrap_or_else(|| panic!("no {path} {test} row in\n{table}"))
+                .split('|')
+                .map(str::trim)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        // Ratios are within an underlay: weft at half the kernel on both.
+        let tcp1 = row("weft-vxlan", "tcp-1");
+        assert_eq!(tcp1[4], "6.00 (0.50×)", "{table}");
+        assert_eq!(tcp1[5], "3.00 (0.50×)", "{table}");
+        assert_eq!(tcp1[6], "-", "{table}");
+        assert_eq!(row("kernel-to-weft", "tcp-1")[5], "3.00 (0.50×)", "{table}");
+        assert_eq!(row("kernel-vxlan", "tcp-1")[5], "6.00", "{table}");
+        assert_eq!(row("weft-ipip", "udp64")[4], "failed", "{table}");
+        // The range of several rounds, and no ratio without the anchor on that underlay.
+        assert_eq!(row("weft-vxlan", "rtt")[6], "60.0 50.0–70.0", "{table}");
+        assert!(
+            table.contains("partial weft-vxlan: weftd: transmit path kernel_encap"),
+            "{table}"
+        );
+        assert!(
+            table.contains("FAILED whole weft-ipip tcp-1: weftd not ready: timed out"),
+            "{table}"
+        );
+        // A failure shared by every test of a path is reported once per underlay.
+        assert_eq!(table.matches("FAILED").count(), 2, "{table}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Just enough eBPF for weft's programs: a few instruction encoders, `BPF_PROG_LOAD` with the
-//! verifier's log, a tcx link (`BPF_LINK_CREATE`, kernel ≥ 6.6), and a loaded program's
+//! verifier's log, a tcx link (`BPF_LINK_CREATE`, kernel ≥ 6.6), a loaded program's
 //! id (for the clsact/cls_bpf attachment of older kernels, made over netlink by
-//! `weft-netlink`'s `tc` module).
+//! `weft-netlink`'s `tc` module), and an XDP link (kernel ≥ 5.9; the bench's underlay
+//! shaping uses it).
 //!
 //! Why not `aya` or `libbpf-rs`: the one program weftd loads is 40 instructions whose
 //! constants (our PublicIP, the underlay's ifindex) are known only at start, so it is
@@ -55,6 +56,8 @@ const OP_ADD: u8 = 0x00;
 const OP_OR: u8 = 0x40;
 const OP_LSH: u8 = 0x60;
 const OP_MOV: u8 = 0xb0;
+const JMP_JEQ: u8 = 0x10;
+const JMP_JGT: u8 = 0x20;
 const JMP_JNE: u8 = 0x50;
 const JMP_CALL: u8 = 0x80;
 const JMP_EXIT: u8 = 0x90;
@@ -118,6 +121,14 @@ pub fn store_imm(size: Size, dst: Reg, off: i16, imm: i32) -> Insn {
 pub fn jne_imm(dst: Reg, imm: i32, off: i16) -> Insn {
     insn(CLASS_JMP | JMP_JNE | SRC_K, dst, R0, off, imm)
 }
+/// `if dst == imm goto pc + 1 + off`.
+pub fn jeq_imm(dst: Reg, imm: i32, off: i16) -> Insn {
+    insn(CLASS_JMP | JMP_JEQ | SRC_K, dst, R0, off, imm)
+}
+/// `if dst > src goto pc + 1 + off` (unsigned).
+pub fn jgt_reg(dst: Reg, src: Reg, off: i16) -> Insn {
+    insn(CLASS_JMP | JMP_JGT | SRC_X, dst, src, off, 0)
+}
 /// Calls helper number `helper`; arguments in r1–r5, result in r0.
 pub fn call(helper: i32) -> Insn {
     insn(CLASS_JMP | JMP_CALL, R0, R0, 0, helper)
@@ -130,6 +141,7 @@ pub fn exit() -> Insn {
 /// Helper numbers (`enum bpf_func_id`).
 pub mod helper {
     pub const SKB_STORE_BYTES: i32 = 9;
+    pub const REDIRECT: i32 = 23;
     pub const SKB_LOAD_BYTES: i32 = 26;
     pub const SKB_ADJUST_ROOM: i32 = 50;
     pub const REDIRECT_NEIGH: i32 = 152;
@@ -137,8 +149,22 @@ pub mod helper {
 
 /// `BPF_PROG_TYPE_SCHED_CLS`: a tc classifier, run in direct-action mode by tcx.
 pub const PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `BPF_PROG_TYPE_XDP`: runs on a device's receive path, before any skb exists.
+pub const PROG_TYPE_XDP: u32 = 6;
 /// `BPF_TCX_INGRESS`.
 pub const ATTACH_TCX_INGRESS: u32 = 46;
+/// `BPF_XDP`: the attach type of an XDP link.
+pub const ATTACH_XDP: u32 = 37;
+
+/// XDP verdicts (`enum xdp_action`).
+pub mod xdp {
+    pub const DROP: i32 = 1;
+    pub const PASS: i32 = 2;
+    pub const REDIRECT: i32 = 4;
+    /// `struct xdp_md` offsets: the packet's first byte and one past its last.
+    pub const MD_DATA: i16 = 0;
+    pub const MD_DATA_END: i16 = 4;
+}
 
 const CMD_PROG_LOAD: libc::c_long = 5;
 const CMD_PROG_TEST_RUN: libc::c_long = 10;
@@ -159,6 +185,13 @@ pub enum BpfError {
     },
     #[error("attaching {name} to tcx ingress of ifindex {ifindex}: {source}")]
     Attach {
+        name: &'static str,
+        ifindex: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attaching the XDP program {name} to ifindex {ifindex}: {source}")]
+    AttachXdp {
         name: &'static str,
         ifindex: u32,
         #[source]
@@ -271,10 +304,20 @@ pub fn test_run(program: &OwnedFd, packet: &[u8]) -> io::Result<u32> {
 
 /// Loads `program` as a tc classifier; on refusal the error carries the verifier's verdict.
 pub fn load_sched_cls(name: &'static str, program: &[Insn]) -> Result<OwnedFd, BpfError> {
+    load_program(PROG_TYPE_SCHED_CLS, name, program)
+}
+
+/// Loads `program` as an XDP program (context `struct xdp_md`, verdicts in [`xdp`]); on
+/// refusal the error carries the verifier's verdict.
+pub fn load_xdp(name: &'static str, program: &[Insn]) -> Result<OwnedFd, BpfError> {
+    load_program(PROG_TYPE_XDP, name, program)
+}
+
+fn load_program(prog_type: u32, name: &'static str, program: &[Insn]) -> Result<OwnedFd, BpfError> {
     const LICENSE: &[u8] = b"Apache-2.0\0";
     let mut log = vec![0u8; 64 * 1024];
     let mut attr = Attr::new();
-    attr.u32(0, PROG_TYPE_SCHED_CLS);
+    attr.u32(0, prog_type);
     attr.u32(4, program.len() as u32);
     attr.u64(8, program.as_ptr() as u64);
     attr.u64(16, LICENSE.as_ptr() as u64);
@@ -313,6 +356,28 @@ pub fn attach_tcx_ingress(
     })
 }
 
+/// Attaches an XDP program to `ifindex` (in the calling thread's network namespace) in
+/// the driver's mode, with an XDP link: the program stays attached exactly as long as
+/// the returned descriptor is open, so a process that exits or is killed leaves nothing
+/// behind.
+pub fn attach_xdp(
+    name: &'static str,
+    program: &OwnedFd,
+    ifindex: u32,
+) -> Result<OwnedFd, BpfError> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = Attr::new();
+    attr.u32(0, program.as_raw_fd() as u32);
+    attr.u32(4, ifindex);
+    attr.u32(8, ATTACH_XDP);
+    // link_create.flags (offset 12) = 0: the driver's native mode, where it has one.
+    bpf(CMD_LINK_CREATE, &mut attr).map_err(|source| BpfError::AttachXdp {
+        name,
+        ifindex,
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +402,10 @@ mod tests {
         assert_eq!(mov_imm(R2, 20).code, 0xb7);
         assert_eq!(lsh_imm(R4, 32).code, 0x67);
         assert_eq!(or_imm(R4, 1).code, 0x47);
+        // if r4 > r3 goto +9 → 2d 34 09 00
+        let i = jgt_reg(R4, R3, 9);
+        assert_eq!((i.code, i.regs, i.off), (0x2d, 0x34, 9));
+        assert_eq!(jeq_imm(R0, 4, 2).code, 0x15);
     }
 
     #[test]

@@ -30,7 +30,11 @@ fn carries_traffic(backend: &str, mode: TcAttach) {
         _ => None,
     };
     for node in [a, b] {
-        let info = node.metrics().dataplane().unwrap();
+        // The data plane publishes what it runs on once its workers are up.
+        let info = wait_for("the data plane's info", Duration::from_secs(10), || {
+            node.metrics().dataplane()
+        })
+        .unwrap();
         assert_eq!(info.tc_attach, expected, "{mode}: {info:?}");
         assert_eq!(info.offloads.kernel_encap, expected.is_some(), "{info:?}");
         assert_eq!(

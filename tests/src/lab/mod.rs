@@ -22,6 +22,7 @@ pub mod kernel;
 mod nodes;
 mod pods;
 pub mod state;
+pub mod underlay;
 mod weftd;
 
 use std::collections::HashMap;
