@@ -5,9 +5,13 @@
 //! `WEFT_TAP_TUNNEL_OFFLOAD=off` keeps the `bpf_skb_adjust_room` fallback, whose
 //! segments carry checksum 0. Both deliver the bytes intact.
 //!
-//! The sender's underlay is made NIC-like (MTU frames, checksums completed by the
-//! sender) by a tiny local helper, [`nic_like_sender`]; a shared lab `UnderlayMode`
-//! is to replace it.
+//! The capture's sender is made NIC-like (MTU frames, checksums completed by the
+//! sender) by a tiny local helper, [`nic_like_sender`], without the lab's XDP redirect
+//! (whose frames a capture on the bridge port would not see). Then, on the lab's `nic`
+//! underlay ([`UnderlayMode::Nic`]: frames rebuilt as fresh skbs before the receiver's
+//! GRO), the receiving node's UDP socket gets GRO-merged trains: far fewer datagrams
+//! (`Udp: InDatagrams`) than frames on its `eth0`; with the fallback's checksum 0, one
+//! datagram per frame.
 //!
 //! One test function only: the fallback is chosen through the environment, which all
 //! in-process data planes of this test binary share.
@@ -20,6 +24,7 @@ use std::time::Duration;
 use dataplane_support::{concurrent_transfers, netconf, wait_ping, Cluster, Node};
 use weft_proto::checksum;
 use weft_proto::ipv4::protocol;
+use weft_tests::lab::underlay::{link_counters, UnderlayMode};
 use weft_tests::netns::Netns;
 use weft_tests::require_root;
 
@@ -130,6 +135,42 @@ fn capture_outer_checksums(cluster: &Cluster, a: &Node, b: &Node) -> Vec<(u16, b
     packets.iter().map(|p| outer_checksum(p)).collect()
 }
 
+/// `Udp: InDatagrams` of the namespace `ns` (datagrams handed to UDP sockets; a GRO
+/// train counts once).
+fn udp_in_datagrams(ns: &Netns) -> u64 {
+    let snmp = ns.run("cat", &["/proc/net/snmp"]).unwrap();
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp: "));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|name| name == "InDatagrams")
+        .unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// On the `nic` underlay, streams node 1 → node 2 and returns node 2's underlay frames
+/// received per datagram its sockets got (1 without GRO merges).
+fn frames_per_datagram(cluster: &Cluster, a: &Node, b: &Node) -> f64 {
+    let underlay = UnderlayMode::Nic
+        .apply_nodes(&cluster.underlay, &[&a.ns, &b.ns], 8472)
+        .unwrap();
+    wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
+    let (frames, datagrams) = (
+        link_counters(&b.ns, "eth0").unwrap(),
+        udp_in_datagrams(&b.ns),
+    );
+    concurrent_transfers(a, b, 1, 0, 16 << 20);
+    let frames = link_counters(&b.ns, "eth0").unwrap().rx_packets - frames.rx_packets;
+    let datagrams = udp_in_datagrams(&b.ns) - datagrams;
+    let redirected = underlay.redirected().unwrap().unwrap_or(0);
+    assert!(
+        redirected >= frames / 2,
+        "XDP redirected {redirected} of {frames} frames"
+    );
+    eprintln!("nic underlay: {frames} frames, {datagrams} datagrams at node 2");
+    frames as f64 / datagrams.max(1) as f64
+}
+
 #[test]
 #[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
 fn default_vxlan_path_sends_correct_outer_udp_checksums() {
@@ -154,6 +195,11 @@ fn default_vxlan_path_sends_correct_outer_udp_checksums() {
     }
     // And the other way, whole super-packets over veth, both nodes on this path.
     concurrent_transfers(a, b, 0, 2, 8 << 20);
+    let merged = frames_per_datagram(&cluster, a, b);
+    assert!(
+        merged >= 4.0,
+        "{merged:.1} frames per datagram: GRO did not merge"
+    );
     drop(cluster);
 
     // The fallback: adjust_room, outer checksum 0 (valid for VXLAN over IPv4).
@@ -171,5 +217,11 @@ fn default_vxlan_path_sends_correct_outer_udp_checksums() {
     assert!(
         checksums.iter().all(|&(field, _)| field == 0),
         "{checksums:x?}"
+    );
+    // Checksum 0: no UDP GRO, a datagram per frame.
+    let merged = frames_per_datagram(&cluster, a, b);
+    assert!(
+        merged < 1.5,
+        "{merged:.1} frames per datagram with outer checksum 0"
     );
 }

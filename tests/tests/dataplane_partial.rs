@@ -4,8 +4,7 @@
 //! pseudo-header sum, never finished. weft must deliver such segments intact (coalesced,
 //! handed to TUN with NEEDS_CSUM) and drop none of them as corrupt.
 //!
-//! The underlay condition is set by a tiny local helper, [`partial_underlay`]; a shared
-//! lab `UnderlayMode` is to replace it.
+//! The underlay is the lab's [`UnderlayMode::Partial`].
 
 mod dataplane_support;
 
@@ -14,34 +13,11 @@ use std::time::Duration;
 use dataplane_support::{netconf, parse_mac, tcp_transfer, wait_ping, Cluster, Node};
 use weft_daemon::lease::{Peer, PeerBackend, PeerEvent};
 use weft_daemon::metrics::DropReason;
-use weft_tests::netns::Netns;
+use weft_tests::lab::underlay::UnderlayMode;
 use weft_tests::require_root;
 
 const VXLAN: &str = r#"{"Type":"vxlan","VNI":1}"#;
 const BYTES: usize = 6 << 20;
-
-/// Segments nothing on the node's underlay device and leaves transmit checksums to
-/// offload: frames of MTU size whose inner checksums stay partial across veth.
-fn partial_underlay(ns: &Netns) {
-    ns.run(
-        "ethtool",
-        &[
-            "-K",
-            "eth0",
-            "tso",
-            "off",
-            "gso",
-            "off",
-            "tx-udp_tnl-segmentation",
-            "off",
-            "tx-udp_tnl-csum-segmentation",
-            "off",
-            "tx-udp-segmentation",
-            "off",
-        ],
-    )
-    .unwrap();
-}
 
 /// `BYTES` from `from`'s pod to `to`'s arrive intact (same SHA-256, same length).
 fn transfer_intact(from: &Node, to: &Node) {
@@ -100,8 +76,9 @@ fn partial_checksums_from_a_kernel_node_arrive_intact() {
         ]))
         .unwrap();
     let (w, k) = (&cluster.nodes[weft], &cluster.nodes[kernel]);
-    partial_underlay(&w.ns);
-    partial_underlay(&k.ns);
+    let _underlay = UnderlayMode::Partial
+        .apply_nodes(&cluster.underlay, &[&w.ns, &k.ns], 8472)
+        .unwrap();
     wait_ping(k.pod(), w.pod_ip(), Duration::from_secs(10)).unwrap();
     transfer_intact(k, w);
     assert_no_checksum_drops(w);
@@ -115,8 +92,9 @@ fn partial_checksums_between_weft_nodes_arrive_intact() {
     }
     let cluster = Cluster::weft(2, &netconf(VXLAN)).unwrap();
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
-    partial_underlay(&a.ns);
-    partial_underlay(&b.ns);
+    let _underlay = UnderlayMode::Partial
+        .apply_nodes(&cluster.underlay, &[&a.ns, &b.ns], 8472)
+        .unwrap();
     wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
     transfer_intact(a, b);
     transfer_intact(b, a);
