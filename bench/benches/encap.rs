@@ -128,7 +128,7 @@ fn transmit(buf: &mut [u8], read: usize, encap: &Encap, peers: &PeerTable, tap: 
     if matches!(encap, Encap::Vxlan { .. }) {
         // The default on Linux ≥ 6.17: UDP-tunnel GSO, outer UDP checksum set here.
         let frame_range = frame.clone();
-        let header = weft_proto::vxlan::tap_offload_header(&mut buf[frame_range], &vnet)
+        let header = weft_proto::tap_offload::tap_offload_header(&mut buf[frame_range], &vnet)
             .expect("tunnel header");
         let start = frame.start - vnet::TUNNEL_HEADER_LEN;
         header.emit(&mut buf[start..frame.start]);

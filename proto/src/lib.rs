@@ -50,6 +50,7 @@ pub mod ipip;
 pub mod ipv4;
 pub mod lease;
 pub mod offload;
+pub mod tap_offload;
 pub mod tcp;
 pub mod udp;
 pub mod udp_gro;

@@ -167,7 +167,7 @@ impl TapEncap {
     }
 
     /// Whether writes describe VXLAN as UDP-tunnel GSO (24-byte vnet header,
-    /// `weft_proto::vxlan::tap_offload_header`) rather than leave it to the program.
+    /// `weft_proto::tap_offload::tap_offload_header`) rather than leave it to the program.
     pub fn udp_tunnel_offload(&self) -> bool {
         self.udp_tunnel_offload
     }

@@ -17,7 +17,7 @@ use crate::metrics::{Direction, DropReason, PeerTally};
 use weft_proto::error::WireError;
 use weft_proto::ipv4::Ipv4Packet;
 use weft_proto::vnet::{self, GsoType, VirtioNetHdr, VirtioNetRepr};
-use weft_proto::{flow, gso, vxlan};
+use weft_proto::{flow, gso, tap_offload};
 
 /// IPIP's one sending socket when there is no encapsulating TAP (`tap_encap`), and for
 /// the rare super-packet too long for one outer header.
@@ -60,7 +60,7 @@ impl TapQueue {
             .write_outer(slot, inner, &peer.vtep_mac, Some(&outer))
             .map_err(TapSendError::Encap)?;
         if self.udp_tunnel_offload {
-            let header = vxlan::tap_offload_header(&mut slot[frame.clone()], vnet)
+            let header = tap_offload::tap_offload_header(&mut slot[frame.clone()], vnet)
                 .map_err(TapSendError::Offload)?;
             let start = frame.start - vnet::TUNNEL_HEADER_LEN;
             header.emit(&mut slot[start..frame.start]);
@@ -84,7 +84,7 @@ enum TapSendError {
     #[error("writing to the TAP: {0}")]
     Write(io::Error),
     #[error("no UDP-tunnel offload header fits: {0}")]
-    Offload(vxlan::TapOffloadError),
+    Offload(tap_offload::TapOffloadError),
 }
 
 /// The outer IPv4 IDs of the packets a worker writes whole (the TAP path, where weft
