@@ -344,12 +344,7 @@ pub fn attach_tcx_ingress(
     program: &OwnedFd,
     ifindex: u32,
 ) -> Result<OwnedFd, BpfError> {
-    use std::os::fd::AsRawFd as _;
-    let mut attr = Attr::new();
-    attr.u32(0, program.as_raw_fd() as u32);
-    attr.u32(4, ifindex);
-    attr.u32(8, ATTACH_TCX_INGRESS);
-    bpf(CMD_LINK_CREATE, &mut attr).map_err(|source| BpfError::Attach {
+    link_create(program, ifindex, ATTACH_TCX_INGRESS).map_err(|source| BpfError::Attach {
         name,
         ifindex,
         source,
@@ -365,17 +360,23 @@ pub fn attach_xdp(
     program: &OwnedFd,
     ifindex: u32,
 ) -> Result<OwnedFd, BpfError> {
-    use std::os::fd::AsRawFd as _;
-    let mut attr = Attr::new();
-    attr.u32(0, program.as_raw_fd() as u32);
-    attr.u32(4, ifindex);
-    attr.u32(8, ATTACH_XDP);
-    // link_create.flags (offset 12) = 0: the driver's native mode, where it has one.
-    bpf(CMD_LINK_CREATE, &mut attr).map_err(|source| BpfError::AttachXdp {
+    // link_create.flags = 0: for XDP, the driver's native mode, where it has one.
+    link_create(program, ifindex, ATTACH_XDP).map_err(|source| BpfError::AttachXdp {
         name,
         ifindex,
         source,
     })
+}
+
+/// `BPF_LINK_CREATE` of `program` on `ifindex` at `attach_type`, no flags: the link
+/// lives as long as the returned descriptor.
+fn link_create(program: &OwnedFd, ifindex: u32, attach_type: u32) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = Attr::new();
+    attr.u32(0, program.as_raw_fd() as u32);
+    attr.u32(4, ifindex);
+    attr.u32(8, attach_type);
+    bpf(CMD_LINK_CREATE, &mut attr)
 }
 
 #[cfg(test)]

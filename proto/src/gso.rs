@@ -318,18 +318,19 @@ pub struct TcpCoalescer {
 const PACKET_START: usize = vnet::HEADER_LEN;
 const MAX_PACKET: usize = u16::MAX as usize;
 
+/// The IPv4 header length of `packet` if it is one whole, unfragmented IPv4 packet
+/// (total length = buffer length) carrying `transport`: what coalescing may consider.
+pub(crate) fn whole_ipv4_of(packet: &[u8], transport: u8) -> Option<usize> {
+    let (ip_len, total_len) = ipv4::check_header(packet, Layer::Ipv4).ok()?;
+    let ip = ipv4::Ipv4Packet::new_unchecked(packet);
+    (total_len == packet.len() && ip.protocol() == transport && !ip.is_fragment()).then_some(ip_len)
+}
+
 /// Checks a segment for coalescing; returns (ip header len, tcp header len, whether its
 /// TCP checksum is the partial sum a sender left to offload).
 fn candidate(segment: &[u8], verify: bool) -> Result<(usize, usize, bool), CoalesceReject> {
-    let (ip_len, total_len) =
-        ipv4::check_header(segment, Layer::Ipv4).map_err(|_| CoalesceReject::NotTcp)?;
-    if total_len != segment.len() {
-        return Err(CoalesceReject::NotTcp);
-    }
+    let ip_len = whole_ipv4_of(segment, protocol::TCP).ok_or(CoalesceReject::NotTcp)?;
     let ip = ipv4::Ipv4Packet::new_unchecked(segment);
-    if ip.protocol() != protocol::TCP || ip.is_fragment() {
-        return Err(CoalesceReject::NotTcp);
-    }
     let tcp =
         tcp::TcpPacket::new_checked(&segment[ip_len..]).map_err(|_| CoalesceReject::NotTcp)?;
     if tcp.payload().is_empty() {

@@ -17,8 +17,7 @@
 use core::ops::Range;
 
 use crate::checksum;
-use crate::error::Layer;
-use crate::gso::CoalesceReject;
+use crate::gso::{self, CoalesceReject};
 use crate::ipv4::{self, protocol};
 use crate::udp;
 use crate::vnet::{self, GsoType, VirtioNetHdr, VirtioNetRepr};
@@ -51,15 +50,8 @@ pub fn flow_of(packet: &[u8]) -> Option<FlowKey> {
 
 /// Checks a datagram for coalescing; returns its IPv4 header length.
 fn candidate(datagram: &[u8], verify: bool) -> Result<usize, CoalesceReject> {
-    let (ip_len, total_len) =
-        ipv4::check_header(datagram, Layer::Ipv4).map_err(|_| CoalesceReject::NotUdp)?;
-    if total_len != datagram.len() {
-        return Err(CoalesceReject::NotUdp);
-    }
+    let ip_len = gso::whole_ipv4_of(datagram, protocol::UDP).ok_or(CoalesceReject::NotUdp)?;
     let ip = ipv4::Ipv4Packet::new_unchecked(datagram);
-    if ip.protocol() != protocol::UDP || ip.is_fragment() {
-        return Err(CoalesceReject::NotUdp);
-    }
     let udp =
         udp::UdpPacket::new_checked(&datagram[ip_len..]).map_err(|_| CoalesceReject::NotUdp)?;
     // A UDP length short of the IP payload (trailing bytes) is legal but not something

@@ -6,35 +6,12 @@ mod dataplane_support;
 
 use std::time::Duration;
 
-use dataplane_support::{netconf, parse_mac, tcp_transfer, wait_ping, Cluster};
-use weft_daemon::lease::{Peer, PeerBackend, PeerEvent};
+use dataplane_support::{netconf, tcp_transfer, wait_ping, Cluster};
 use weft_tests::require_root;
 
 fn weft_and_kernel_interoperate(port: u16) {
     let conf = netconf(&format!(r#"{{"Type":"vxlan","VNI":1,"Port":{port}}}"#));
-    let mut cluster = Cluster::new().unwrap();
-    let weft = cluster.add_node(1, &conf).unwrap();
-    cluster.nodes[weft].start().unwrap();
-    let prefix = cluster.prefix.clone();
-    cluster.nodes[weft].add_pod(&prefix).unwrap();
-    let (kernel, kernel_mac) = cluster.add_kernel_node(2, &conf).unwrap();
-    cluster
-        .sync_kernel_node(kernel, &[(kernel, kernel_mac.clone())])
-        .unwrap();
-    let kernel_peer = Peer {
-        subnet: cluster.nodes[kernel].lease.subnet,
-        public_ip: cluster.nodes[kernel].lease.public_ip,
-        backend: PeerBackend::Vxlan {
-            vni: 1,
-            vtep_mac: parse_mac(&kernel_mac).unwrap(),
-        },
-    };
-    cluster.nodes[weft]
-        .send(PeerEvent::Snapshot(vec![
-            cluster.nodes[weft].as_peer(),
-            kernel_peer,
-        ]))
-        .unwrap();
+    let (cluster, weft, kernel) = Cluster::weft_and_kernel(&conf).unwrap();
 
     let (w, k) = (&cluster.nodes[weft], &cluster.nodes[kernel]);
     wait_ping(w.pod(), k.pod_ip(), Duration::from_secs(10)).unwrap();

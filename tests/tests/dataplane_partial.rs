@@ -10,8 +10,7 @@ mod dataplane_support;
 
 use std::time::Duration;
 
-use dataplane_support::{netconf, parse_mac, tcp_transfer, wait_ping, Cluster, Node};
-use weft_daemon::lease::{Peer, PeerBackend, PeerEvent};
+use dataplane_support::{netconf, tcp_transfer, wait_ping, Cluster, Node};
 use weft_daemon::metrics::DropReason;
 use weft_tests::lab::underlay::UnderlayMode;
 use weft_tests::require_root;
@@ -52,29 +51,7 @@ fn partial_checksums_from_a_kernel_node_arrive_intact() {
         return;
     }
     let conf = netconf(VXLAN);
-    let mut cluster = Cluster::new().unwrap();
-    let weft = cluster.add_node(1, &conf).unwrap();
-    cluster.nodes[weft].start().unwrap();
-    let prefix = cluster.prefix.clone();
-    cluster.nodes[weft].add_pod(&prefix).unwrap();
-    let (kernel, kernel_mac) = cluster.add_kernel_node(2, &conf).unwrap();
-    cluster
-        .sync_kernel_node(kernel, &[(kernel, kernel_mac.clone())])
-        .unwrap();
-    let kernel_peer = Peer {
-        subnet: cluster.nodes[kernel].lease.subnet,
-        public_ip: cluster.nodes[kernel].lease.public_ip,
-        backend: PeerBackend::Vxlan {
-            vni: 1,
-            vtep_mac: parse_mac(&kernel_mac).unwrap(),
-        },
-    };
-    cluster.nodes[weft]
-        .send(PeerEvent::Snapshot(vec![
-            cluster.nodes[weft].as_peer(),
-            kernel_peer,
-        ]))
-        .unwrap();
+    let (cluster, weft, kernel) = Cluster::weft_and_kernel(&conf).unwrap();
     let (w, k) = (&cluster.nodes[weft], &cluster.nodes[kernel]);
     let _underlay = UnderlayMode::Partial
         .apply_nodes(&cluster.underlay, &[&w.ns, &k.ns], 8472)

@@ -317,6 +317,33 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A mixed pair on VXLAN: node 1 runs weft, node 2 is a kernel-flannel node (the
+    /// kernel's vxlan device programmed like flanneld), each with a pod, each programmed
+    /// with the other's lease. Returns the cluster and the (weft, kernel) node indices.
+    pub fn weft_and_kernel(netconf: &NetConf) -> anyhow::Result<(Cluster, usize, usize)> {
+        let weft_config::Backend::Vxlan { vni, .. } = netconf.backend else {
+            anyhow::bail!("kernel-flannel nodes are vxlan only");
+        };
+        let mut cluster = Cluster::new()?;
+        let weft = cluster.add_node(1, netconf)?;
+        cluster.nodes[weft].start()?;
+        let prefix = cluster.prefix.clone();
+        cluster.nodes[weft].add_pod(&prefix)?;
+        let (kernel, kernel_mac) = cluster.add_kernel_node(2, netconf)?;
+        cluster.sync_kernel_node(kernel, &[(kernel, kernel_mac.clone())])?;
+        let kernel_peer = Peer {
+            subnet: cluster.nodes[kernel].lease.subnet,
+            public_ip: cluster.nodes[kernel].lease.public_ip,
+            backend: PeerBackend::Vxlan {
+                vni,
+                vtep_mac: parse_mac(&kernel_mac)?,
+            },
+        };
+        let own = cluster.nodes[weft].as_peer();
+        cluster.nodes[weft].send(PeerEvent::Snapshot(vec![own, kernel_peer]))?;
+        Ok((cluster, weft, kernel))
+    }
+
     /// Adds node `n` as a kernel-flannel node (the kernel's vxlan device programmed like
     /// flanneld, by the lab's `kernel` module) with a pod; returns its index and the
     /// VtepMAC. Its peers are programmed with [`Cluster::sync_kernel_node`].
