@@ -541,9 +541,7 @@ impl Train {
             self.sender = sender;
         }
     }
-}
 
-impl Train {
     /// Encapsulates one ordinary packet behind the waiting datagrams: a flow of
     /// equal-sized packets (64-byte UDP, a stream of ACKs) to one peer leaves in one
     /// `UDP_SEGMENT` send per [`MAX_GSO_SEGMENTS`] packets or per TUN round. A packet of
