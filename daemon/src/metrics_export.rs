@@ -52,9 +52,10 @@ const ENCAP_ERRORS: [DropReason; 4] = [
     DropReason::TxSocketFull,
 ];
 /// Drop reasons that mean "a received packet could not be decapsulated and delivered".
-const DECAP_ERRORS: [DropReason; 3] = [
+const DECAP_ERRORS: [DropReason; 4] = [
     DropReason::RxMalformed,
     DropReason::RxWrongVni,
+    DropReason::RxBadChecksum,
     DropReason::RxTunWrite,
 ];
 
@@ -240,7 +241,7 @@ impl Collector for NodeCollector {
             counter(
                 e,
                 "weft_decap_errors",
-                "Received packets that could not be decapsulated or delivered (rx_malformed + rx_wrong_vni + rx_tun_write)",
+                "Received packets that could not be decapsulated or delivered (rx_malformed + rx_wrong_vni + rx_bad_checksum + rx_tun_write)",
                 DECAP_ERRORS.iter().map(|r| m.drops(*r)).sum(),
             )?;
             counter(
