@@ -315,7 +315,7 @@ pub struct TcpCoalescer {
     first_partial: bool,
 }
 
-const PACKET_START: usize = vnet::HEADER_LEN;
+pub(crate) const PACKET_START: usize = vnet::HEADER_LEN;
 const MAX_PACKET: usize = u16::MAX as usize;
 
 /// The IPv4 header length of `packet` if it is one whole, unfragmented IPv4 packet
@@ -324,6 +324,27 @@ pub(crate) fn whole_ipv4_of(packet: &[u8], transport: u8) -> Option<usize> {
     let (ip_len, total_len) = ipv4::check_header(packet, Layer::Ipv4).ok()?;
     let ip = ipv4::Ipv4Packet::new_unchecked(packet);
     (total_len == packet.len() && ip.protocol() == transport && !ip.is_fragment()).then_some(ip_len)
+}
+
+/// Appends `payload` behind the `len` packet bytes of a super-packet in `out` and
+/// returns the new length: refused as `SizeMismatch` when larger than the first
+/// segment's `gso_size`, as `Full` (the caller closes) when it would pass 64 KB or the
+/// buffer.
+pub(crate) fn append_payload(
+    out: &mut [u8],
+    len: usize,
+    gso_size: usize,
+    payload: &[u8],
+) -> Result<usize, CoalesceReject> {
+    if payload.len() > gso_size {
+        return Err(CoalesceReject::SizeMismatch);
+    }
+    let end = PACKET_START + len + payload.len();
+    if len + payload.len() > MAX_PACKET || end > out.len() {
+        return Err(CoalesceReject::Full);
+    }
+    out[PACKET_START + len..end].copy_from_slice(payload);
+    Ok(len + payload.len())
 }
 
 /// Checks a segment for coalescing; returns (ip header len, tcp header len, whether its
@@ -438,16 +459,9 @@ impl TcpCoalescer {
             return Err(CoalesceReject::OutOfOrder);
         }
         let payload = &segment[self.hdr_len..];
-        if payload.len() > self.gso_size {
-            return Err(CoalesceReject::SizeMismatch);
-        }
-        let end = PACKET_START + self.len + payload.len();
-        if self.len + payload.len() > MAX_PACKET || end > out.len() {
-            self.closed = true;
-            return Err(CoalesceReject::Full);
-        }
-        out[PACKET_START + self.len..end].copy_from_slice(payload);
-        self.len += payload.len();
+        self.len = append_payload(out, self.len, self.gso_size, payload).inspect_err(|e| {
+            self.closed |= *e == CoalesceReject::Full;
+        })?;
         self.segments += 1;
         self.next_seq = seq.wrapping_add(payload.len() as u32);
         self.tail_flags = f & (flags::PSH | flags::FIN);

@@ -25,8 +25,7 @@ use crate::vnet::{self, GsoType, VirtioNetHdr, VirtioNetRepr};
 /// Most datagrams in one super-packet (the kernel's `UDP_GRO_CNT_MAX`).
 pub const MAX_SEGMENTS: usize = 64;
 
-const PACKET_START: usize = vnet::HEADER_LEN;
-const MAX_PACKET: usize = u16::MAX as usize;
+use crate::gso::PACKET_START;
 
 pub use crate::gso::FlowKey;
 
@@ -136,16 +135,9 @@ impl UdpCoalescer {
             return Err(CoalesceReject::HeaderMismatch);
         }
         let payload = &datagram[ip_len + udp::HEADER_LEN..];
-        if payload.len() > self.gso_size {
-            return Err(CoalesceReject::SizeMismatch);
-        }
-        let end = PACKET_START + self.len + payload.len();
-        if self.len + payload.len() > MAX_PACKET || end > out.len() {
-            self.closed = true;
-            return Err(CoalesceReject::Full);
-        }
-        out[PACKET_START + self.len..end].copy_from_slice(payload);
-        self.len += payload.len();
+        self.len = gso::append_payload(out, self.len, self.gso_size, payload).inspect_err(|e| {
+            self.closed |= *e == CoalesceReject::Full;
+        })?;
         self.segments += 1;
         self.next_ident = ident.wrapping_add(1);
         // Only the last datagram may be short.

@@ -6,7 +6,7 @@
 //! segments carry checksum 0. Both deliver the bytes intact.
 //!
 //! The capture's sender is made NIC-like (MTU frames, checksums completed by the
-//! sender) by a tiny local helper, [`nic_like_sender`], without the lab's XDP redirect
+//! sender) with [`UnderlayMode::set_node_offloads`], without the lab's XDP redirect
 //! (whose frames a capture on the bridge port would not see). Then, on the lab's `nic`
 //! underlay ([`UnderlayMode::Nic`]: frames rebuilt as fresh skbs before the receiver's
 //! GRO), the receiving node's UDP socket gets GRO-merged trains: far fewer datagrams
@@ -32,32 +32,6 @@ const VXLAN: &str = r#"{"Type":"vxlan","VNI":1}"#;
 /// `weft_daemon::dataplane::tap_encap::TUNNEL_OFFLOAD_ENV`.
 const TUNNEL_OFFLOAD_ENV: &str = "WEFT_TAP_TUNNEL_OFFLOAD";
 const PACKETS: usize = 30;
-
-/// The sender's underlay device segments nothing and offloads no checksum, as a NIC
-/// without tunnel offloads: GSO packets are cut in software before it, checksums
-/// completed in software, so a capture on the underlay sees the wire's bytes.
-fn nic_like_sender(ns: &Netns) {
-    ns.run(
-        "ethtool",
-        &[
-            "-K",
-            "eth0",
-            "tso",
-            "off",
-            "gso",
-            "off",
-            "tx-udp_tnl-segmentation",
-            "off",
-            "tx-udp_tnl-csum-segmentation",
-            "off",
-            "tx-udp-segmentation",
-            "off",
-            "tx",
-            "off",
-        ],
-    )
-    .unwrap();
-}
 
 /// The IPv4 packets of a pcap file (Ethernet link type, as tcpdump writes it).
 fn pcap_ipv4_packets(file: &[u8]) -> Vec<Vec<u8>> {
@@ -105,7 +79,9 @@ fn outer_checksum(packet: &[u8]) -> (u16, bool) {
 /// Streams node 1 → node 2 while capturing node 1's full-sized VXLAN packets on the
 /// underlay bridge; returns their outer UDP checksum fields and whether each verifies.
 fn capture_outer_checksums(cluster: &Cluster, a: &Node, b: &Node) -> Vec<(u16, bool)> {
-    nic_like_sender(&a.ns);
+    // NIC-like: MTU frames, checksums completed by the sender, so a capture on the
+    // underlay sees the wire's bytes.
+    UnderlayMode::Nic.set_node_offloads(&a.ns).unwrap();
     wait_ping(a.pod(), b.pod_ip(), Duration::from_secs(10)).unwrap();
     let filter = format!(
         "udp port 8472 and src host {} and greater 1400",

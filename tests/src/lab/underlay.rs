@@ -109,6 +109,13 @@ impl UnderlayMode {
         }
     }
 
+    /// Sets only this mode's `ethtool -K` offloads on `node`'s underlay `eth0` (read
+    /// back; no XDP): e.g. a NIC-like sender whose frames a capture on the bridge port
+    /// should see.
+    pub fn set_node_offloads(self, node: &Netns) -> anyhow::Result<()> {
+        set_offloads(node, "eth0", self.offloads())
+    }
+
     /// Shapes a two-node [`Lab`]'s underlay (its port carries the VXLAN traffic).
     /// Call it before weftd starts (see [`Lab::start_on`]), so weftd sees the underlay
     /// it will run on.
@@ -137,7 +144,7 @@ impl UnderlayMode {
                 // Attaching it turns GRO on, so the offloads are set after it.
                 links.push(attach(node, "eth0", "weft_ul_pass", pass_program())?);
             }
-            set_offloads(node, "eth0", self.offloads())
+            self.set_node_offloads(node)
                 .with_context(|| format!("{} underlay: node {}", self.name(), i + 1))?;
         }
         if self.redirects() {
