@@ -15,7 +15,7 @@
 //! | `subnet` | `FLANNEL_SUBNET` | node pod subnet, e.g. `10.244.1.0/24` (gateway `.1`) |
 //! | `network` | `FLANNEL_NETWORK` | the cluster network (route when not default gateway) |
 //! | `isDefaultGateway` | `true` | default route via the gateway; `false`: cluster route only |
-//! | `hairpinMode` | `false` | hairpin on the host veth's bridge port |
+//! | `hairpinMode` | `true` | hairpin on the host veth's bridge port (flannel's default: a pod reaches itself through its own Service or hostPort) |
 //! | `dataDir` | `/var/lib/cni/networks` | built-in IPAM's store (host-local's layout) |
 //! | `ipam` | none | delegate addressing to this IPAM plugin |
 //! | `dns` | none | passed through into the result |
@@ -176,7 +176,9 @@ impl CniNetConf {
         }
         let network = optional_net(obj, "network")?;
         let is_default_gateway = optional_bool(obj, "isDefaultGateway")?.unwrap_or(true);
-        let hairpin_mode = optional_bool(obj, "hairpinMode")?.unwrap_or(false);
+        // flannel writes `hairpinMode: true` into its conflist; a pod whose own Service or
+        // hostPort DNATs back to it needs the bridge to send the frame out the port it came in.
+        let hairpin_mode = optional_bool(obj, "hairpinMode")?.unwrap_or(true);
         let data_dir = optional_str(obj, "dataDir")?
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
@@ -419,7 +421,7 @@ mod tests {
         assert_eq!(c.bridge, "cni0");
         assert_eq!(c.subnet_file, PathBuf::from(DEFAULT_SUBNET_FILE));
         assert!(c.is_default_gateway);
-        assert!(!c.hairpin_mode);
+        assert!(c.hairpin_mode, "hairpin is on by default, as in flannel");
         assert_eq!(c.mtu, None);
         assert!(c.ipam.is_none());
     }

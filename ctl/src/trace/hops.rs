@@ -105,10 +105,23 @@ pub(super) fn pod(
     let pod_route = match pod.route(to) {
         Ok(r) => r.clone(),
         Err(e) => {
+            // An interface set down takes its routes with it: name it, not just the
+            // missing route.
+            let down: Vec<String> = pod
+                .links
+                .iter()
+                .filter(|l| l.kind.as_deref() == Some("veth") && !l.up)
+                .map(|l| format!("{} is down and its routes went with it", describe_link(l)))
+                .collect();
+            let why = if down.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", down.join("; "))
+            };
             return walk.broken(
                 "pod",
-                format!("netns {pod_label}: no route to {to} in the pod: {e}"),
-            )
+                format!("netns {pod_label}: no route to {to} in the pod: {e}{why}"),
+            );
         }
     };
     let Some(pod_if) = pod_route.oif.and_then(|i| pod.link(i)).cloned() else {
@@ -124,20 +137,30 @@ pub(super) fn pod(
         );
     };
     walk.report.source_ip = Some(pod_addr.addr());
-    if !(pod_if.up && pod_if.lower_up) {
+    if !pod_if.up {
         return walk.broken(
             "pod",
-            format!("netns {pod_label}: {} is down", describe_link(&pod_if)),
+            format!(
+                "netns {pod_label}: {} is set down inside the pod",
+                describe_link(&pod_if)
+            ),
         );
     }
+    // Up without a carrier: a veth has one only while its peer is up too, so the cause
+    // is on the host side; the host-veth hop names it (found by this iflink).
     let via = pod_route
         .gateway
         .map(|g| format!("via {g} "))
         .unwrap_or_default();
+    let carrier_note = if pod_if.lower_up {
+        ""
+    } else {
+        " (no carrier: its host end is checked next)"
+    };
     walk.ok(
         "pod",
         format!(
-            "netns {pod_label}: {} {pod_addr}, iflink {}; route to {to} {via}dev {}",
+            "netns {pod_label}: {} {pod_addr}, iflink {}; route to {to} {via}dev {}{carrier_note}",
             describe_link(&pod_if),
             pod_if.peer_index.map_or("-".to_owned(), |i| i.to_string()),
             pod_if.name
@@ -150,8 +173,9 @@ pub(super) fn pod(
     })
 }
 
-/// The pod's veth peer in this namespace, up and a port of a bridge; returns it and
-/// that bridge.
+/// The pod's veth peer in this namespace (the link whose ifindex is the pod's eth0's
+/// iflink), up and a port of the pod's bridge (the one holding the pod's gateway,
+/// else `cni0`); returns it and that bridge.
 pub(super) fn host_veth(
     walk: &mut Walk,
     cx: &Context<'_>,
@@ -159,29 +183,69 @@ pub(super) fn host_veth(
 ) -> Step<(LinkView, LinkView)> {
     let node = cx.node;
     let pod_if = &pod.link;
+    let iflink = pod_if.peer_index.map_or("-".into(), |i| i.to_string());
     let Some(host_veth) = paired(pod_if, node).cloned() else {
+        let carrier = if pod_if.lower_up {
+            String::new()
+        } else {
+            " and has no carrier".to_owned()
+        };
         return walk.broken(
             "host-veth",
             format!(
-                "the pod's {} peers with ifindex {}, which is not its veth peer in this \
-                 namespace (run weftctl trace in the namespace of the pod's node)",
+                "the pod's {}{carrier} peers with ifindex {iflink}, which is not its veth                  peer in this namespace (the host end was deleted or moved; or run weftctl                  trace in the namespace of the pod's node)",
                 pod_if.name,
-                pod_if.peer_index.map_or("-".into(), |i| i.to_string())
             ),
         );
     };
     if !host_veth.up {
         return walk.broken(
             "host-veth",
-            format!("{} is down", describe_link(&host_veth)),
+            format!(
+                "host veth {} (ifindex {iflink}, the iflink of the pod's {}) is down, so the                  pod's {} has no carrier: `ip link set {} up`",
+                describe_link(&host_veth),
+                pod_if.name,
+                pod_if.name,
+                host_veth.name
+            ),
         );
     }
+    if !pod_if.lower_up {
+        return walk.broken(
+            "host-veth",
+            format!(
+                "the pod's {} has no carrier although its host veth {} is up",
+                describe_link(pod_if),
+                describe_link(&host_veth)
+            ),
+        );
+    }
+    let expected = pod_bridge(node, pod);
+    let expected_name = expected.map_or(DEFAULT_BRIDGE, |b| b.name.as_str());
     let Some(bridge) = host_veth.master.and_then(|m| node.link(m)).cloned() else {
         return walk.broken(
             "host-veth",
-            format!("{} is not attached to a bridge", describe_link(&host_veth)),
+            format!(
+                "host veth {} is not attached to {expected_name} (it has no master): the                  pod's frames reach no bridge",
+                describe_link(&host_veth)
+            ),
         );
     };
+    if let Some(expected) = expected.filter(|e| e.index != bridge.index) {
+        return walk.broken(
+            "host-veth",
+            format!(
+                "host veth {} is attached to {}, not {}{}",
+                describe_link(&host_veth),
+                bridge.name,
+                expected.name,
+                pod.route
+                    .gateway
+                    .map(|g| format!(" (which holds the pod's gateway {g})"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
     walk.ok(
         "host-veth",
         format!(
@@ -192,6 +256,20 @@ pub(super) fn host_veth(
         ),
     );
     Ok((host_veth, bridge))
+}
+
+/// The bridge name weft's CNI config defaults to.
+const DEFAULT_BRIDGE: &str = "cni0";
+
+/// The bridge the pod belongs on: the one holding its gateway, else one named `cni0`.
+fn pod_bridge<'n>(node: &'n NsView, pod: &PodEnd) -> Option<&'n LinkView> {
+    let is_bridge = |l: &&LinkView| l.kind.as_deref() == Some("bridge");
+    pod.route
+        .gateway
+        .and_then(|g| node.holder_of(g))
+        .map(|(l, _)| l)
+        .filter(is_bridge)
+        .or_else(|| node.link_named(DEFAULT_BRIDGE).filter(is_bridge))
 }
 
 /// The bridge: a bridge, up, holding the pod's gateway; returns this node's subnet
@@ -381,13 +459,15 @@ pub(super) fn destination_pod(
     host_label: &str,
 ) -> Step<()> {
     let Some(pod) = find_pod(walk, to, host_view) else {
-        return walk.broken(
-            "destination-pod",
-            format!(
-                "no pod namespace holds {to} on a veth attached to {} of {host_label}",
+        let reason = match stray_holder(walk, to, host_view) {
+            Some(why) => why,
+            None => format!(
+                "no pod namespace holds {to} on a veth attached to {} of {host_label}: the \
+                 destination pod does not exist (or was deleted)",
                 bridge.name
             ),
-        );
+        };
+        return walk.broken("destination-pod", reason);
     };
     let Some((link, net)) = pod.view.holder_of(to).map(|(l, n)| (l.clone(), n)) else {
         return walk.broken(
@@ -405,11 +485,25 @@ pub(super) fn destination_pod(
             ),
         );
     }
-    if !(link.up && link.lower_up && host.up) {
+    if !host.up {
         return walk.broken(
             "destination-pod",
             format!(
-                "netns {}: {} / host side {} is down",
+                "netns {} holds {to}, but its host veth {} (ifindex {}, the iflink of its {}) \
+                 is down, so its {} has no carrier",
+                pod.name,
+                describe_link(&host),
+                host.index,
+                link.name,
+                link.name
+            ),
+        );
+    }
+    if !(link.up && link.lower_up) {
+        return walk.broken(
+            "destination-pod",
+            format!(
+                "netns {}: {} holding {to} is down (its host veth {} is up)",
                 pod.name,
                 describe_link(&link),
                 describe_link(&host)
@@ -483,4 +577,20 @@ pub(super) fn egress(
         ),
     );
     Ok(())
+}
+
+/// Why a namespace holding `to` on a veth is not a reachable pod of `host_view`: its host
+/// end is in `host_view` but on no bridge. `None` when no such namespace exists.
+fn stray_holder(walk: &mut Walk, to: Ipv4Addr, host_view: &NsView) -> Option<String> {
+    walk.namespaces().iter().find_map(|f| {
+        let (link, _) = f.view.holder_of(to)?;
+        let host = paired(link, host_view)?;
+        (host.master.is_none()).then(|| {
+            format!(
+                "netns {} holds {to}, but its host veth {} is attached to no bridge",
+                f.name,
+                describe_link(host)
+            )
+        })
+    })
 }

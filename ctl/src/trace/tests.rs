@@ -147,6 +147,55 @@ fn a_veth_peer_that_is_not_the_pods_breaks_at_host_veth() {
     assert!(reason.contains("peers with ifindex 6"), "{reason}");
 }
 
+/// The host-veth hop's verdict on `node` after `change`, for the pod of [`pod`] whose
+/// eth0 has a carrier only when its host end is up (as a veth has).
+fn host_veth_verdict(change: impl FnOnce(&mut NsView)) -> (&'static str, String) {
+    let (mut node, mut pod, opts) = (node(), pod(), opts());
+    change(&mut node);
+    pod.link.lower_up = node.link(5).is_some_and(|l| l.up);
+    let cx = Context {
+        opts: &opts,
+        node: &node,
+        to: TO,
+    };
+    let mut walk = walk();
+    assert!(hops::host_veth(&mut walk, &cx, &pod).is_err());
+    broken_at(&walk)
+}
+
+#[test]
+fn a_pod_without_carrier_names_its_host_veth_found_by_iflink() {
+    let (hop, reason) = host_veth_verdict(|node| {
+        node.links.iter_mut().find(|l| l.index == 5).unwrap().up = false;
+    });
+    assert_eq!(hop, "host-veth");
+    assert!(
+        reason.contains("host veth wf0123456789ab [DOWN, mtu 1450] (ifindex 5, the iflink of the pod's eth0) is down"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_host_veth_off_cni0_breaks_at_host_veth_naming_both_bridges() {
+    let (hop, reason) = host_veth_verdict(|node| {
+        node.links.iter_mut().find(|l| l.index == 5).unwrap().master = None;
+    });
+    assert_eq!(hop, "host-veth");
+    assert!(reason.contains("is not attached to cni0"), "{reason}");
+
+    let (hop, reason) = host_veth_verdict(|node| {
+        node.links.push(link(9, "docker0", Some("bridge"), 1500));
+        node.links.iter_mut().find(|l| l.index == 5).unwrap().master = Some(9);
+    });
+    assert_eq!(hop, "host-veth");
+    assert!(
+        reason.contains(
+            "is attached to docker0, not cni0 (which holds the pod's gateway 10.244.1.1)"
+        ),
+        "{reason}"
+    );
+}
+
 #[test]
 fn a_bridge_down_or_without_the_gateway_breaks_at_bridge() {
     let (node, mut pod) = (node(), pod());
