@@ -193,7 +193,9 @@ pub(super) fn host_veth(
         return walk.broken(
             "host-veth",
             format!(
-                "the pod's {}{carrier} peers with ifindex {iflink}, which is not its veth                  peer in this namespace (the host end was deleted or moved; or run weftctl                  trace in the namespace of the pod's node)",
+                "the pod's {}{carrier} peers with ifindex {iflink}, which is not its veth \
+                 peer in this namespace (the host end was deleted or moved; or run weftctl \
+                 trace in the namespace of the pod's node)",
                 pod_if.name,
             ),
         );
@@ -202,7 +204,8 @@ pub(super) fn host_veth(
         return walk.broken(
             "host-veth",
             format!(
-                "host veth {} (ifindex {iflink}, the iflink of the pod's {}) is down, so the                  pod's {} has no carrier: `ip link set {} up`",
+                "host veth {} (ifindex {iflink}, the iflink of the pod's {}) is down, so the \
+                 pod's {} has no carrier: `ip link set {} up`",
                 describe_link(&host_veth),
                 pod_if.name,
                 pod_if.name,
@@ -226,7 +229,8 @@ pub(super) fn host_veth(
         return walk.broken(
             "host-veth",
             format!(
-                "host veth {} is not attached to {expected_name} (it has no master): the                  pod's frames reach no bridge",
+                "host veth {} is not attached to {expected_name} (it has no master): the \
+                 pod's frames reach no bridge",
                 describe_link(&host_veth)
             ),
         );
@@ -329,10 +333,26 @@ pub(super) fn node_route(walk: &mut Walk, cx: &Context<'_>) -> Step<NodeRoute> {
     let route = match node.route(to) {
         Ok(r) => r.clone(),
         Err(e) => {
+            // A device set down loses its routes: an overlay device that is down is the
+            // cause, not the route.
+            let down: Vec<String> = node
+                .links
+                .iter()
+                .filter(|l| !l.up && OverlayKind::of(l) != OverlayKind::None)
+                .map(|l| {
+                    format!(
+                        "; the overlay device {} is down and the kernel removed its routes",
+                        describe_link(l)
+                    )
+                })
+                .collect();
             return walk.broken(
                 "route",
-                format!("no route to {to} in this node: {e} (route get {to})"),
-            )
+                format!(
+                    "no route to {to} in this node: {e} (route get {to}){}",
+                    down.concat()
+                ),
+            );
         }
     };
     let Some(out) = route.oif.and_then(|i| node.link(i)).cloned() else {
@@ -459,14 +479,11 @@ pub(super) fn destination_pod(
     host_label: &str,
 ) -> Step<()> {
     let Some(pod) = find_pod(walk, to, host_view) else {
-        let reason = match stray_holder(walk, to, host_view) {
-            Some(why) => why,
-            None => format!(
-                "no pod namespace holds {to} on a veth attached to {} of {host_label}: the \
-                 destination pod does not exist (or was deleted)",
-                bridge.name
-            ),
-        };
+        let reason = format!(
+            "no pod namespace holds {to} on a veth attached to {} of {host_label}: the \
+             destination pod does not exist (or was deleted)",
+            bridge.name
+        );
         return walk.broken("destination-pod", reason);
     };
     let Some((link, net)) = pod.view.holder_of(to).map(|(l, n)| (l.clone(), n)) else {
@@ -477,11 +494,16 @@ pub(super) fn destination_pod(
     };
     let host = paired(&link, host_view).cloned().unwrap_or_default();
     if host.master != Some(bridge.index) {
+        let on = match host.master.and_then(|m| host_view.link(m)) {
+            Some(other) => format!("is attached to {}, not {}", other.name, bridge.name),
+            None => format!("is attached to no bridge (not to {})", bridge.name),
+        };
         return walk.broken(
             "destination-pod",
             format!(
-                "netns {} holds {to}, but its host veth {} is not on {}",
-                pod.name, host.name, bridge.name
+                "netns {} holds {to}, but its host veth {} {on}",
+                pod.name,
+                describe_link(&host)
             ),
         );
     }
@@ -577,20 +599,4 @@ pub(super) fn egress(
         ),
     );
     Ok(())
-}
-
-/// Why a namespace holding `to` on a veth is not a reachable pod of `host_view`: its host
-/// end is in `host_view` but on no bridge. `None` when no such namespace exists.
-fn stray_holder(walk: &mut Walk, to: Ipv4Addr, host_view: &NsView) -> Option<String> {
-    walk.namespaces().iter().find_map(|f| {
-        let (link, _) = f.view.holder_of(to)?;
-        let host = paired(link, host_view)?;
-        (host.master.is_none()).then(|| {
-            format!(
-                "netns {} holds {to}, but its host veth {} is attached to no bridge",
-                f.name,
-                describe_link(host)
-            )
-        })
-    })
 }

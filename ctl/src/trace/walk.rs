@@ -106,21 +106,27 @@ pub(super) fn paired<'h>(pod_link: &LinkView, host_view: &'h NsView) -> Option<&
         .then_some(host)
 }
 
-/// A pod namespace holding `ip` on a veth whose peer is a port of a bridge in
-/// `host_view`.
+/// A pod namespace holding `ip` on a veth whose peer is in `host_view`: preferably a
+/// port of a bridge there; else one whose host end is on no bridge (so the walk can
+/// say that, rather than that no pod exists).
 pub(super) fn find_pod(walk: &mut Walk, ip: Ipv4Addr, host_view: &NsView) -> Option<Found> {
     let own = walk.own_ns.clone().unwrap_or_default();
-    let candidates: Vec<&Found> = walk
+    let (bridged, stray): (Vec<_>, Vec<_>) = walk
         .namespaces()
         .iter()
-        .filter(|f| {
-            f.view
-                .holder_of(ip)
-                .and_then(|(link, _)| paired(link, host_view))
-                .is_some_and(|host| host.master.is_some())
+        .filter_map(|f| {
+            let (link, _) = f.view.holder_of(ip)?;
+            let host = paired(link, host_view)?;
+            Some((f, host.master.is_some()))
         })
-        .collect();
-    closest(&own, candidates).cloned()
+        .partition(|(_, bridged)| *bridged);
+    closest(&own, firsts(bridged))
+        .or_else(|| closest(&own, firsts(stray)))
+        .cloned()
+}
+
+fn firsts<'a>(pairs: Vec<(&'a Found, bool)>) -> Vec<&'a Found> {
+    pairs.into_iter().map(|(f, _)| f).collect()
 }
 
 pub(super) fn describe_link(link: &LinkView) -> String {
