@@ -1,6 +1,7 @@
 //! The `weft` CNI plugin under a real runtime: containerd (its own root, state and
 //! socket in the lab's temp dir) running busybox containers with `ctr run --cni`, with a
-//! conflist that chains the reference `portmap` after `weft`. Removing the containers
+//! conflist that is the shipped `deploy/cni/10-weft.conflist` (1.0.0 + `cniVersions` 1.1.0;
+//! weft, then the reference `portmap`). Removing the containers
 //! through ctr (which runs CNI DEL through the chain) must leave no IP and no veth.
 
 use std::net::Ipv4Addr;
@@ -62,7 +63,10 @@ struct Pod {
     ctr: weft_tests::netns::Child,
 }
 
-/// Write node `n`'s conflist (weft, then the reference portmap).
+/// Write node `n`'s conflist: the shipped `deploy/cni/10-weft.conflist` (weft, then the
+/// reference portmap; `cniVersion` 1.0.0 with `cniVersions` offering 1.1.0, which
+/// containerd 1.6's libcni does not know and must ignore), with the weft entry's
+/// subnet.env and IPAM store pointed at the lab node's.
 fn prepare_node(lab: &Lab, n: usize) -> anyhow::Result<EtcNetns> {
     let node = lab.node(n)?;
     let (subnet, mtu) = lab.node_subnet(n)?;
@@ -70,8 +74,26 @@ fn prepare_node(lab: &Lab, n: usize) -> anyhow::Result<EtcNetns> {
     let net_d = etc.join("cni/net.d");
     std::fs::create_dir_all(&net_d)?;
     let guard = EtcNetns(etc);
-    let conflist = containerd::conflist(CniKind::Weft, node, subnet, mtu);
-    let parsed: serde_json::Value = serde_json::from_str(&conflist)?;
+    // The lab's own weft entry says where this node's files are.
+    let lab_list: serde_json::Value =
+        serde_json::from_str(&containerd::conflist(CniKind::Weft, node, subnet, mtu))?;
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/cni/10-weft.conflist"
+    );
+    let mut parsed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shipped).with_context(|| format!("reading {shipped}"))?,
+    )
+    .with_context(|| format!("parsing {shipped}"))?;
+    anyhow::ensure!(
+        parsed["cniVersions"]
+            .as_array()
+            .is_some_and(|v| v.contains(&serde_json::json!("1.1.0"))),
+        "{shipped} offers no 1.1.0"
+    );
+    for key in ["subnetFile", "dataDir"] {
+        parsed["plugins"][0][key] = lab_list["plugins"][0][key].clone();
+    }
     let types: Vec<&str> = parsed["plugins"]
         .as_array()
         .context("conflist plugins")?
@@ -79,6 +101,7 @@ fn prepare_node(lab: &Lab, n: usize) -> anyhow::Result<EtcNetns> {
         .filter_map(|p| p["type"].as_str())
         .collect();
     anyhow::ensure!(types == ["weft", "portmap"], "conflist chains {types:?}");
+    let conflist = parsed.to_string();
     std::fs::write(net_d.join("10-weft.conflist"), conflist)?;
     for d in ["/etc/cni", "/var/lib/cni"] {
         std::fs::create_dir_all(d)?;
@@ -260,6 +283,22 @@ fn containerd_pods_on_two_weftd_nodes_ping_across() {
         "x2 cannot reach x1 ({}) across nodes",
         p1.ip
     );
+    // containerd 1.6's libcni ran the shipped list at its cniVersion 1.0.0 (it does not
+    // know cniVersions): the result it cached says so.
+    let cache = lab.node(1).unwrap().dir.join("var-lib-cni/results");
+    let cached: Vec<serde_json::Value> = std::fs::read_dir(&cache)
+        .unwrap_or_else(|e| panic!("{}: {e}", cache.display()))
+        .flatten()
+        .filter_map(|f| serde_json::from_slice(&std::fs::read(f.path()).ok()?).ok())
+        .collect();
+    assert!(
+        !cached.is_empty(),
+        "no cached result in {}",
+        cache.display()
+    );
+    for c in &cached {
+        assert_eq!(c["result"]["cniVersion"], "1.0.0", "{c}");
+    }
 
     remove_pod(&lab, p1).unwrap();
     remove_pod(&lab, p2).unwrap();
