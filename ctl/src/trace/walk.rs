@@ -125,7 +125,7 @@ pub(super) fn find_pod(walk: &mut Walk, ip: Ipv4Addr, host_view: &NsView) -> Opt
         .cloned()
 }
 
-fn firsts<'a>(pairs: Vec<(&'a Found, bool)>) -> Vec<&'a Found> {
+fn firsts(pairs: Vec<(&Found, bool)>) -> Vec<&Found> {
     pairs.into_iter().map(|(f, _)| f).collect()
 }
 
