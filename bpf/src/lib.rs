@@ -52,6 +52,7 @@ const CLASS_STX: u8 = 0x03;
 const CLASS_JMP: u8 = 0x05;
 const CLASS_ALU64: u8 = 0x07;
 const MODE_ABS: u8 = 0x20;
+const MODE_IND: u8 = 0x40;
 const MODE_MEM: u8 = 0x60;
 const SRC_K: u8 = 0x00;
 const SRC_X: u8 = 0x08;
@@ -59,6 +60,7 @@ const OP_ADD: u8 = 0x00;
 const OP_OR: u8 = 0x40;
 const OP_LSH: u8 = 0x60;
 const OP_RSH: u8 = 0x70;
+const OP_SUB: u8 = 0x10;
 const OP_MOD: u8 = 0x90;
 const OP_AND: u8 = 0x50;
 const OP_XOR: u8 = 0xa0;
@@ -98,6 +100,14 @@ pub fn or_imm(dst: Reg, imm: i32) -> Insn {
 pub fn lsh_imm(dst: Reg, imm: i32) -> Insn {
     insn(CLASS_ALU64 | OP_LSH | SRC_K, dst, R0, 0, imm)
 }
+/// `dst += src`.
+pub fn add_reg(dst: Reg, src: Reg) -> Insn {
+    insn(CLASS_ALU64 | OP_ADD | SRC_X, dst, src, 0, 0)
+}
+/// `dst -= src`.
+pub fn sub_reg(dst: Reg, src: Reg) -> Insn {
+    insn(CLASS_ALU64 | OP_SUB | SRC_X, dst, src, 0, 0)
+}
 /// `dst >>= imm` (logical).
 pub fn rsh_imm(dst: Reg, imm: i32) -> Insn {
     insn(CLASS_ALU64 | OP_RSH | SRC_K, dst, R0, 0, imm)
@@ -118,6 +128,10 @@ pub fn xor_reg(dst: Reg, src: Reg) -> Insn {
 /// hold the context; a load past the packet's end ends the program with 0).
 pub fn load_abs(size: Size, offset: i32) -> Insn {
     insn(CLASS_LD | MODE_ABS | size as u8, R0, R0, 0, offset)
+}
+/// `r0 = packet[src + offset]` of `size`, as [`load_abs`] at an offset in a register.
+pub fn load_ind(size: Size, src: Reg, offset: i32) -> Insn {
+    insn(CLASS_LD | MODE_IND | size as u8, R0, src, 0, offset)
 }
 /// `dst = imm` (three instructions instead of the two-slot `lddw`). The last one, an
 /// OR, sign-extends its 32-bit immediate, so bit 31 must be clear (true of every flag

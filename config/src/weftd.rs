@@ -288,10 +288,11 @@ struct Flags {
     /// [default: 0, weftd's own 30 µs / 250 µs windows]
     #[arg(long, value_name = "DURATION", value_parser = parse_busy_poll)]
     busy_poll: Option<Duration>,
-    /// Carry small packets (at most 256 bytes: pings, ACKs, requests and replies) on a
-    /// data-plane worker of their own at high priority (nice -20), steered by size by a
-    /// TUN steering program and a reuseport program (VXLAN), so a light flow keeps its
-    /// round trip beside bulk flows; false carries them with the rest [default: true]
+    /// Carry small packets (at most 256 bytes: pings, requests and replies; pure TCP
+    /// ACKs stay with their flow) on a data-plane worker of their own, at high priority
+    /// (nice -20) while its traffic stays sparse, steered by size by a TUN steering
+    /// program and a reuseport program (VXLAN), so a light flow keeps its round trip
+    /// beside bulk flows; false carries them with the rest [default: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = parse_bool)]
     express_lane: Option<bool>,

@@ -212,10 +212,8 @@ impl Plane {
                 format!("weft-q{queue}")
             };
             let thread = std::thread::Builder::new().name(name).spawn(move || {
-                if is_express {
-                    express::raise_priority();
-                }
-                worker::run(stop, Some(transmit), receive)
+                let priority = is_express.then(express::Priority::raise).flatten();
+                worker::run(stop, Some(transmit), receive, priority)
             });
             match thread {
                 Ok(thread) => plane.threads.push(thread),

@@ -131,6 +131,7 @@ pub fn run(
     stop: Arc<StopSignal>,
     transmit: Option<TransmitSetup>,
     receive: Option<ReceiveSetup>,
+    mut priority: Option<super::express::Priority>,
 ) -> io::Result<()> {
     // Both halves share one context's settings and counters.
     let ctx = transmit
@@ -176,6 +177,7 @@ pub fn run(
         }
     };
     loop {
+        let round_start = Instant::now();
         let sent = match transmitter.as_mut() {
             Some(transmitter) => transmitter.pump(),
             None => TxRound::default(),
@@ -192,6 +194,9 @@ pub fn run(
         };
         let now = Instant::now();
         if sent.packets > 0 || received {
+            if let Some(priority) = priority.as_mut() {
+                priority.worked(round_start, now);
+            }
             account_polling(&mut polling_since, now);
             if received {
                 if let Some(end) = reply_wait.received(now) {
@@ -220,6 +225,9 @@ pub fn run(
         account_polling(&mut polling_since, now);
         let tun = transmitter.as_ref().map(|t| t.tun.as_fd());
         let socket = receiver.as_ref().map(|r| r.socket.as_fd());
+        if let Some(priority) = priority.as_mut() {
+            priority.sleeping();
+        }
         if !wait_readable(tun, socket, &stop)? {
             return Ok(());
         }
