@@ -66,8 +66,9 @@ async fn run_until(
     saver: LastKnownWriter,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let underlay = underlay::resolve(settings.iface.as_deref(), settings.public_ip)?;
-    tracing::info!(iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay");
+    let underlay = underlay::resolve(&underlay::Choice::from_settings(&settings))?;
+    tracing::info!(iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu,
+        chosen_by = %underlay.chosen_by, "underlay");
     let mut identity = NodeState::load_or_create(&settings.state_dir)?;
 
     let status = ControlStatus::with_etcd_grace(settings.etcd_grace);
