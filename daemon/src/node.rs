@@ -291,6 +291,7 @@ async fn establish(
         identity.vtep_mac.0,
         Duration::from_secs(settings.lease_ttl_secs),
     );
+    config.renew_margin = settings.subnet_lease_renew_margin;
     config.preferred = preferred_subnets(&identity, settings);
     config.resume = restored.map(|r| (r.subnet, r.lease_id));
     let manager = Arc::new(SubnetManager::new(registry.clone(), config, status.clone()));
