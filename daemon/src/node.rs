@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use weft_config::{NetConf, Settings, SubnetEnv};
 
 use crate::health::HealthSources;
-use crate::lease::{overlay_mtu, LeaseEvent, LocalLease, PeerEvent};
+use crate::lease::{checked_overlay_mtu, LeaseEvent, LocalLease, MtuTooLarge, PeerEvent};
 use crate::metrics::Metrics;
 use crate::subnet::manager::{sleep_or_shutdown, Backoff};
 use crate::subnet::state::{
@@ -158,7 +158,7 @@ async fn run_until(
     });
     identity.save(&settings.state_dir)?;
 
-    let lease = local_lease(&netconf, held.subnet, &underlay, &identity);
+    let lease = local_lease(&netconf, held.subnet, &underlay, &identity)?;
     write_subnet_env(&settings, &lease)?;
     saver.set_netconf(netconf_json, underlay.public_ip);
     tokio::spawn(save_lease_changes(
@@ -393,7 +393,7 @@ fn start_restored(
         "etcd does not answer; bringing the data plane up from the last known state \
          (degraded until etcd answers)"
     );
-    let lease = local_lease(&restored.netconf, restored.subnet, underlay, identity);
+    let lease = local_lease(&restored.netconf, restored.subnet, underlay, identity)?;
     write_subnet_env(settings, &lease)?;
     status.set_peers(restored.peers.iter());
     status.set_degraded(Some(Degraded::from_saved_state(
@@ -585,15 +585,15 @@ pub fn local_lease(
     subnet: Ipv4Net,
     underlay: &Underlay,
     identity: &NodeState,
-) -> LocalLease {
-    LocalLease {
+) -> Result<LocalLease, MtuTooLarge> {
+    Ok(LocalLease {
         netconf: netconf.clone(),
         subnet,
         public_ip: underlay.public_ip,
         vtep_mac: identity.vtep_mac.0,
         underlay_iface: underlay.iface.clone(),
-        mtu: overlay_mtu(underlay.mtu, netconf),
-    }
+        mtu: checked_overlay_mtu(&underlay.iface, underlay.mtu, netconf)?,
+    })
 }
 
 /// The gateway of a node subnet: its first host address (`.1` of a /24).
