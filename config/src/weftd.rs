@@ -689,6 +689,26 @@ pub fn single_line(text: &str) -> String {
         .join("; ")
 }
 
+/// An error and its causes on one line, each said once: many errors quote their source
+/// in their own message already, which a plain `{:#}` would repeat ("...: Address
+/// already in use (os error 98): Address already in use (os error 98)").
+pub fn one_line_causes<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let text = single_line(&cause.to_string());
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 fn at_line(line: Option<usize>) -> String {
     line.map(|l| format!(" line {l}")).unwrap_or_default()
 }

@@ -384,10 +384,9 @@ mod tests {
 
     #[test]
     fn a_backend_mtu_beyond_the_underlay_is_refused_naming_both() {
-        let netconf = NetConf::parse(
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}"#,
-        )
-        .unwrap();
+        let netconf =
+            NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}"#)
+                .unwrap();
         assert_eq!(checked_overlay_mtu("ul0", 1500, &netconf).unwrap(), 1350);
         assert_eq!(checked_overlay_mtu("ul0", 1400, &netconf).unwrap(), 1350);
         let err = checked_overlay_mtu("ul0", 1300, &netconf)

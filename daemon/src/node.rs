@@ -72,6 +72,9 @@ async fn run_until(
     let mut identity = NodeState::load_or_create(&settings.state_dir)?;
 
     let status = ControlStatus::with_etcd_grace(settings.etcd_grace);
+    status.set_etcd_client(crate::subnet::status::EtcdClientView::from_settings(
+        &settings,
+    ));
     let metrics = Arc::new(Metrics::default());
     let listener = crate::health::bind(settings.healthz_addr).await?;
     tracing::info!(addr = %settings.healthz_addr, "health endpoint listening");

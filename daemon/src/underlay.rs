@@ -160,7 +160,9 @@ pub fn pick(
                 chosen_by: format!("--iface-regex {pattern} (name)"),
             });
         }
-        tried.push(format!("--iface-regex {pattern} (matches no address or name)"));
+        tried.push(format!(
+            "--iface-regex {pattern} (matches no address or name)"
+        ));
     }
     if let Some(target) = choice.can_reach {
         match route_to(target) {
@@ -238,7 +240,10 @@ fn route_to(target: Ipv4Addr) -> Result<RouteTo, String> {
     .map_err(|e| e.to_string())?;
     let route = view.route(target)?;
     if route.kind != "unicast" {
-        return Err(format!("the route to it is {}, not through an interface", route.kind));
+        return Err(format!(
+            "the route to it is {}, not through an interface",
+            route.kind
+        ));
     }
     let oif = route.oif.ok_or("the kernel's route names no interface")?;
     let link = view
@@ -483,6 +488,9 @@ mod tests {
         ] {
             assert!(err.contains(part), "{part}: {err}");
         }
-        assert!(!err.contains("eth0 (default"), "never the default route: {err}");
+        assert!(
+            !err.contains("eth0 (default"),
+            "never the default route: {err}"
+        );
     }
 }

@@ -816,7 +816,10 @@ fn the_renew_margin_renews_that_long_before_expiry_and_probes_meanwhile() {
     for left in [50, 40] {
         clock.advance(RENEW);
         let actions = machine.step(Observation::TimerFired, clock.now());
-        assert!(matches!(request(&actions), Action::CheckTimeLeft(42)), "{actions:?}");
+        assert!(
+            matches!(request(&actions), Action::CheckTimeLeft(42)),
+            "{actions:?}"
+        );
         let actions = machine.step(Observation::TimeLeft(Some(left)), clock.now());
         no_request(&actions);
         assert!(counts(&actions).is_empty(), "no renewal with {left} s left");
@@ -833,7 +836,10 @@ fn the_renew_margin_renews_that_long_before_expiry_and_probes_meanwhile() {
     assert_eq!(wake_at(&actions), clock.now().mono + Duration::from_secs(5));
     clock.advance(Duration::from_secs(5));
     let actions = machine.step(Observation::TimerFired, clock.now());
-    assert!(matches!(request(&actions), Action::Renew(42)), "{actions:?}");
+    assert!(
+        matches!(request(&actions), Action::Renew(42)),
+        "{actions:?}"
+    );
     let actions = machine.step(Observation::Renewed(Some(60)), clock.now());
     assert_eq!(counts(&actions), [Counter::Renewal]);
     // A probe that finds the lease gone takes the subnet back at once.
