@@ -439,6 +439,7 @@ fn weftctl_needs_no_flags_on_a_node_and_a_dead_etcd_is_one_short_line() {
         )) && err.contains("--etcd-prefix /weft-test/network (from weftd"),
         "{err}"
     );
+    println!("weftctl leases --verbose, no etcd flags:\n{err}{out}");
     // An explicit flag still wins: the default prefix has no leases.
     let (code, out, err) = node.weftctl(&["leases", "--json", "--etcd-prefix=/coreos.com/network"]);
     assert_eq!((code, out.trim()), (0, "[]"), "{err}");
