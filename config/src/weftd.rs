@@ -722,6 +722,30 @@ pub fn one_line_causes<'a>(
     line
 }
 
+/// A clap usage error on one line, without the usage synopsis and the `--help` hint:
+/// `unexpected argument '--ip-masquerade' found; tip: a similar argument exists:
+/// '--ip-masq'`. `None` for `--help` and `--version`, which print as clap prints them.
+pub fn clap_error_line(error: &clap::Error) -> Option<String> {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        return None;
+    }
+    let rendered = error.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .map(|l| l.trim_start_matches("error: "))
+        .collect();
+    Some(parts.join("; "))
+}
+
 fn at_line(line: Option<usize>) -> String {
     line.map(|l| format!(" line {l}")).unwrap_or_default()
 }
@@ -760,6 +784,19 @@ mod tests {
     fn env_names_follow_flags() {
         assert_eq!(env_var_name("--etcd-prefix"), "WEFTD_ETCD_PREFIX");
         assert!(setting_names().contains(&"lease-ttl-secs".to_owned()));
+    }
+
+    #[test]
+    fn clap_errors_fit_on_one_line_and_help_is_left_alone() {
+        let err = Flags::try_parse_from(["weftd", "--ip-masquerade"]).unwrap_err();
+        let line = clap_error_line(&err).unwrap();
+        assert!(!line.contains('\n') && !line.contains("Usage"), "{line}");
+        assert!(
+            line.starts_with("unexpected argument '--ip-masquerade' found; tip:"),
+            "{line}"
+        );
+        let help = Flags::try_parse_from(["weftd", "--help"]).unwrap_err();
+        assert_eq!(clap_error_line(&help), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use weft_config::weftd::one_line_causes;
+use weft_config::weftd::{clap_error_line, one_line_causes};
 use weft_ctl::etcd_source::{EtcdArgs, Resolved};
 use weft_ctl::trace::{HopStatus, TraceOptions, TraceReport};
 use weft_daemon::subnet::Registry;
@@ -138,7 +138,16 @@ fn main() -> ExitCode {
     // SIGPIPE, and printing to the closed pipe would then panic.
     // SAFETY: first thing in main, before any other thread exists; SIG_DFL is valid.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match clap_error_line(&e) {
+            Some(line) => {
+                eprintln!("weftctl: {line} (weftctl --help lists the commands and flags)");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     let tracing_run = matches!(cli.command, Command::Trace { .. });
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

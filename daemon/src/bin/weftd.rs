@@ -6,13 +6,19 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
-use weft_config::weftd::{one_line_causes, LogFormat, SettingsError};
+use weft_config::weftd::{clap_error_line, one_line_causes, LogFormat, SettingsError};
 use weft_config::Settings;
 
 fn main() -> ExitCode {
     let settings = match Settings::from_env_and_args() {
         Ok(settings) => settings,
-        Err(SettingsError::Cli(e)) => e.exit(),
+        Err(SettingsError::Cli(e)) => match clap_error_line(&e) {
+            Some(line) => {
+                eprintln!("weftd: {line} (weftd --help lists every flag)");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
         Err(e) => {
             eprintln!("weftd: {e}");
             return ExitCode::from(2);
