@@ -89,11 +89,19 @@ impl EtcdArgs {
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
         let flag_endpoints =
             (!self.etcd_endpoints.is_empty()).then(|| self.etcd_endpoints.join(","));
+        let endpoints_from_flags = flag_endpoints.is_some();
         let endpoints = pick(
             "--etcd-endpoints",
             flag_endpoints,
             weftd.as_ref().map(|w| w.endpoints.join(",")),
         );
+        // weftd's TLS files and user belong to weftd's endpoints: other endpoints given
+        // by flag get none of them (a CA for one cluster is no use for another).
+        let same_cluster = if endpoints_from_flags {
+            None
+        } else {
+            weftd.as_ref()
+        };
         let prefix = pick(
             "--etcd-prefix",
             self.etcd_prefix.clone(),
@@ -102,24 +110,22 @@ impl EtcdArgs {
         let cafile = pick(
             "--etcd-cafile",
             path(&self.etcd_cafile),
-            weftd.as_ref().and_then(|w| path(&w.cafile)),
+            same_cluster.and_then(|w| path(&w.cafile)),
         );
         let certfile = pick(
             "--etcd-certfile",
             path(&self.etcd_certfile),
-            weftd.as_ref().and_then(|w| path(&w.certfile)),
+            same_cluster.and_then(|w| path(&w.certfile)),
         );
         let keyfile = pick(
             "--etcd-keyfile",
             path(&self.etcd_keyfile),
-            weftd
-                .as_ref()
-                .and_then(|w| w.keyfile.as_ref().map(|p| p.display().to_string())),
+            same_cluster.and_then(|w| path(&w.keyfile)),
         );
         let username = pick(
             "--etcd-username",
             self.etcd_username.clone(),
-            weftd.as_ref().and_then(|w| w.username.clone()),
+            same_cluster.and_then(|w| w.username.clone()),
         );
         let no_weftd = if weftd_status.is_some() {
             format!("weftd at {weftd_addr} did not say")
@@ -220,6 +226,16 @@ mod tests {
         let resolved = args.resolve(Some(&weftd_status()), addr()).unwrap();
         assert_eq!(resolved.options.prefix, "/mine");
         assert_eq!(resolved.options.endpoints, ["https://192.0.2.254:2379"]);
+
+        // Endpoints of another cluster by flag: weftd's TLS files do not come along.
+        let other = EtcdArgs {
+            etcd_endpoints: vec!["http://198.51.100.9:2379".into()],
+            ..EtcdArgs::default()
+        };
+        let resolved = other.resolve(Some(&weftd_status()), addr()).unwrap();
+        assert_eq!(resolved.options.prefix, "/weft/network");
+        assert_eq!(resolved.options.cafile, None);
+        assert_eq!(resolved.options.keyfile, None);
 
         let resolved = args.resolve(None, addr()).unwrap();
         assert_eq!(resolved.options.endpoints, [DEFAULT_ENDPOINT]);
