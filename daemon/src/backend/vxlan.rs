@@ -84,7 +84,7 @@ pub(super) fn open_express(
     }
     let socket = io::vxlan_socket(port)
         .with_context(|| format!("binding UDP 0.0.0.0:{port} for VXLAN's express lane"))?;
-    let program = express::reuseport_steering(queues as u32, express::EXPRESS_MAX_PAYLOAD);
+    let program = express::reuseport_steering(queues as u32);
     if let Err(error) = io::attach_reuseport_program(socket.as_fd(), &program) {
         tracing::warn!(%error, "no express lane for small packets: the kernel refused the reuseport program");
         return Ok(Vec::new());

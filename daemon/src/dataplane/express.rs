@@ -18,9 +18,10 @@
 //!   hash of its flow (replacing TUN's own flow steering, which would send a flow to the
 //!   queue that last wrote one of its packets: the express queue, for a bulk flow's
 //!   ACKs);
-//! * [`reuseport_steering`] on the VXLAN sockets' reuseport group: a datagram of at
-//!   most [`EXPRESS_MAX_PAYLOAD`] bytes goes to the express socket, any other to a
-//!   worker by its outer source port, which follows the inner flow.
+//! * [`reuseport_steering`] on the VXLAN sockets' reuseport group: a datagram whose
+//!   inner packet is at most [`EXPRESS_MAX_INNER`] bytes goes to the express socket
+//!   (with a GRO train of them), any other to a worker by its outer source port, which
+//!   follows the inner flow.
 //!
 //! A flow whose packets are of both kinds can be reordered between the lane and its
 //! worker (a short tail segment overtaking the super-packet before it); TCP takes that
@@ -36,10 +37,6 @@ use weft_bpf::{self as bpf, Insn, Size, R0, R1, R6, R7};
 /// The largest inner IPv4 packet that takes the express lane: a ping, a pure ACK (with
 /// SACK blocks), a small request or reply. Bulk segments are MTU-sized or super-packets.
 pub const EXPRESS_MAX_INNER: u32 = 256;
-
-/// The largest VXLAN payload (VXLAN header, inner Ethernet header, inner packet) the
-/// reuseport program steers to the express socket. A GRO train is always longer.
-pub const EXPRESS_MAX_PAYLOAD: u32 = 8 + 14 + EXPRESS_MAX_INNER;
 
 /// How the express worker runs ahead of everything else on the node: nice -20, the
 /// closest a thread comes to the softirq in which the kernel's vxlan does this work.
@@ -100,23 +97,28 @@ pub fn load_tun_steering(workers: u32) -> Result<OwnedFd, bpf::BpfError> {
 }
 
 /// Classic BPF for the VXLAN reuseport group: `workers` sockets (indices
-/// `0..workers`), then the express socket (index `workers`). A datagram of at most
-/// `express_max` bytes of payload goes to the express socket; any other to socket
-/// `outer UDP source port % workers`. The program sees the skb after the UDP header
-/// (offset 0 is the VXLAN header, `len` the payload) and the outer headers at negative
-/// offsets from the network header (a 20-byte outer IPv4 header assumed, as above).
-pub fn reuseport_steering(workers: u32, express_max: u32) -> Vec<SockFilter> {
+/// `0..workers`), then the express socket (index `workers`). A datagram whose (first)
+/// inner IPv4 packet is at most [`EXPRESS_MAX_INNER`] bytes long goes to the express
+/// socket; any other to socket `outer UDP source port % workers`. It judges the first
+/// inner packet, not the buffer: a GRO train of small datagrams (a UDP flow's) takes
+/// the lane like the same flow's lone datagrams, so the flow is never split between two
+/// workers and reordered, and a TCP train (equal segments) goes by its segment size.
+/// The program sees the skb after the UDP header (offset 0 is the VXLAN header) and the
+/// outer headers at negative offsets from the network header (a 20-byte outer IPv4
+/// header assumed, as above); a datagram too short to hold the inner length ends the
+/// program with 0, the first worker's socket.
+pub fn reuseport_steering(workers: u32) -> Vec<SockFilter> {
     const LD_H_ABS: u16 = 0x28;
-    const LD_LEN: u16 = 0x80;
     const MOD_K: u16 = 0x94;
     const JGT_K: u16 = 0x25;
     const RET_K: u16 = 0x06;
     const RET_A: u16 = 0x16;
     const SKF_NET_OFF: i32 = -0x10_0000;
+    const INNER_TOTAL_LEN: u32 = 8 + 14 + 2; // VXLAN, Ethernet, IPv4 total length
     let op = SockFilter::new;
     vec![
-        op(LD_LEN, 0, 0, 0),
-        op(JGT_K, 1, 0, express_max),
+        op(LD_H_ABS, 0, 0, INNER_TOTAL_LEN),
+        op(JGT_K, 1, 0, EXPRESS_MAX_INNER),
         op(RET_K, 0, 0, workers),
         op(LD_H_ABS, 0, 0, (SKF_NET_OFF + 20) as u32), // outer UDP source port
         op(MOD_K, 0, 0, workers.max(1)),
