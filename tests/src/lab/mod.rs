@@ -18,6 +18,8 @@
 //! [`kernel`]).
 
 pub mod containerd;
+pub mod cri;
+mod cri_pods;
 pub mod kernel;
 mod nodes;
 mod pods;
@@ -235,6 +237,9 @@ pub struct NodeInfo {
     pub subnet: Option<Ipv4Net>,
     pub vtep_mac: Option<String>,
     pub etcd_lease: Option<String>,
+    /// The socket of the node's own containerd (CRI pods), once started.
+    #[serde(default)]
+    pub cri_socket: Option<PathBuf>,
 }
 
 impl NodeInfo {
@@ -262,6 +267,9 @@ pub struct PodInfo {
     pub host_if: Option<String>,
     /// containerd container ID (`ctr` pods).
     pub container: Option<String>,
+    /// CRI pod sandbox ID (pods made through the node's containerd CRI plugin).
+    #[serde(default)]
+    pub sandbox: Option<String>,
 }
 
 /// The description of a lab (part of its state record).
@@ -296,6 +304,8 @@ pub struct Lab {
     etcd: Etcd,
     weftd: HashMap<usize, Child>,
     containerd: Option<Child>,
+    /// Each node's own containerd (CRI pods), by node index.
+    node_containerd: HashMap<usize, Child>,
 }
 
 impl Lab {
@@ -341,6 +351,7 @@ impl Lab {
                 subnet: None,
                 vtep_mac: None,
                 etcd_lease: None,
+                cri_socket: None,
             })
             .collect();
         st.namespaces.extend(nodes.iter().map(|n| n.netns.clone()));
@@ -384,6 +395,7 @@ impl Lab {
             etcd,
             weftd: HashMap::new(),
             containerd: None,
+            node_containerd: HashMap::new(),
         };
         lab.save()?;
 
@@ -441,6 +453,7 @@ impl Lab {
             etcd,
             weftd: HashMap::new(),
             containerd: None,
+            node_containerd: HashMap::new(),
         })
     }
 
@@ -636,6 +649,9 @@ impl Lab {
         if let Some(mut c) = self.containerd.take() {
             c.kill();
         }
+        for (_, mut c) in self.node_containerd.drain() {
+            c.kill();
+        }
         self.etcd.kill();
     }
 }
@@ -655,6 +671,9 @@ impl Drop for Lab {
                 c.detach();
             }
             if let Some(c) = self.containerd.take() {
+                c.detach();
+            }
+            for (_, c) in self.node_containerd.drain() {
                 c.detach();
             }
             self.etcd.forget();
