@@ -380,3 +380,78 @@ fn twenty_sandboxes_made_and_removed_in_parallel_leak_nothing() {
     );
     assert_eq!(root_network(), root_before, "the root namespace changed");
 }
+
+#[test]
+#[ignore = "needs root; scripts/test.sh runs it as root with --include-ignored"]
+fn teardown_after_containerd_was_killed_leaves_nothing() {
+    if !weft_tests::require_root("teardown_after_containerd_was_killed_leaves_nothing") {
+        return;
+    }
+    let mut lab = Lab::start(LabSpec::weft(1)).unwrap();
+    lab.cri_pod(1, "kept", &SandboxSpec::default()).unwrap();
+    // A sandbox the lab never recorded (as if its owner died mid-RunPodSandbox).
+    let sock = lab.node(1).unwrap().cri_socket.clone().unwrap();
+    let mut cri = CriClient::connect(&sock).unwrap();
+    let stray = cri
+        .run_pod_sandbox(lab.prefix(), "stray", &SandboxSpec::default())
+        .unwrap();
+    let stray_pid = cri.status(&stray).unwrap().pid.unwrap();
+    drop(cri);
+    let prefix = lab.prefix().to_owned();
+    let lab_dir = lab.dir().to_path_buf();
+    let state = weft_tests::lab::state::LabState::load(&prefix).unwrap();
+    let containerd = state
+        .processes
+        .iter()
+        .find(|p| p.what == "containerd n1")
+        .expect("containerd n1 recorded")
+        .proc;
+    // kill -9: no CRI answers the teardown, no CNI DEL runs.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(containerd.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    weft_tests::wait_until("containerd to die", Duration::from_secs(10), || {
+        !containerd.is_alive()
+    })
+    .unwrap();
+    drop(lab);
+
+    assert!(
+        weft_tests::proc::ProcId::of(stray_pid).is_none_or(|p| !p.is_alive()),
+        "the unrecorded sandbox's pause (PID {stray_pid}) survived the teardown"
+    );
+    let needle = lab_dir.to_string_lossy().into_owned();
+    let left: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect();
+    assert_eq!(left, Vec::<u32>::new(), "processes of the lab left");
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(mounts, Vec::<String>::new(), "mounts left");
+    let cgroup = format!("weft-lab-{prefix}");
+    for root in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        assert!(
+            !root.path().join(&cgroup).exists(),
+            "cgroup {} left",
+            root.path().join(&cgroup).display()
+        );
+    }
+    let netns: Vec<String> = weft_tests::netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .collect();
+    assert_eq!(netns, Vec::<String>::new(), "namespaces left");
+    assert!(!lab_dir.exists(), "{} left", lab_dir.display());
+}
