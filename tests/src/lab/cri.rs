@@ -651,6 +651,54 @@ mod tests {
     }
 
     #[test]
+    fn the_cri_conflist_chains_portmap_and_bandwidth_with_their_capabilities() {
+        let node = NodeInfo {
+            index: 1,
+            name: "n1".into(),
+            netns: "x-n1".into(),
+            ip: Ipv4Addr::new(192, 0, 2, 1),
+            kind: super::super::NodeKind::Weftd,
+            dir: PathBuf::from("/tmp/weft-lab-x/n1"),
+            subnet: None,
+            vtep_mac: None,
+            etcd_lease: None,
+            cri_socket: None,
+        };
+        let list: serde_json::Value = serde_json::from_str(&conflist(
+            CniKind::Weft,
+            &node,
+            "10.244.1.0/24".parse().unwrap(),
+            1450,
+        ))
+        .unwrap();
+        let plugins = list["plugins"].as_array().unwrap();
+        let types: Vec<&str> = plugins.iter().filter_map(|p| p["type"].as_str()).collect();
+        assert_eq!(types, ["weft", "portmap", "bandwidth"]);
+        assert_eq!(plugins[1]["capabilities"]["portMappings"], true);
+        assert_eq!(plugins[2]["capabilities"]["bandwidth"], true);
+        assert_eq!(plugins[0]["subnetFile"], "/tmp/weft-lab-x/n1/subnet.env");
+    }
+
+    #[test]
+    fn the_containerd_config_points_the_cri_at_the_nodes_directories() {
+        let paths = NodePaths {
+            dir: PathBuf::from("/tmp/weft-lab-x/n1/containerd"),
+        };
+        let toml = paths.config_toml(Path::new("/tmp/weft-lab-x/cni-bin"));
+        for want in [
+            r#"sandbox_image = "weft.lab/pause:1""#,
+            r#"bin_dir = "/tmp/weft-lab-x/cni-bin""#,
+            r#"conf_dir = "/tmp/weft-lab-x/n1/containerd/net.d""#,
+            "max_conf_num = 1",
+            "netns_mounts_under_state_dir = true",
+            r#"address = "/tmp/weft-lab-x/n1/containerd/containerd.sock""#,
+        ] {
+            assert!(toml.contains(want), "{want} missing from:\n{toml}");
+        }
+        assert!(!toml.contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\""));
+    }
+
+    #[test]
     fn uids_look_like_kubernetes_uids() {
         let a = fresh_uid();
         assert_eq!(a.len(), 36, "{a}");

@@ -1,9 +1,11 @@
 //! The lab: a multi-node weft (or mixed weft + kernel-flannel) cluster in network
-//! namespaces on one machine, with a real etcd and, for `ctr` pods, a real containerd.
+//! namespaces on one machine, with a real etcd and, for `ctr` pods, a real containerd;
+//! for CRI pods, each node runs a containerd of its own ([`cri`]).
 //!
 //! ```text
 //!   <prefix>-ul   underlay: bridge br0 192.0.2.254/24, etcd on :2379, containerd
-//!     ├─ n1 ──veth── <prefix>-n1  eth0 192.0.2.1/24   weftd (or kernel vxlan), cni0 10.244.X.1/24
+//!     ├─ n1 ──veth── <prefix>-n1  eth0 192.0.2.1/24   weftd (or kernel vxlan), cni0 10.244.X.1/24,
+//!     │                                                 containerd with CRI (once a CRI pod is made)
 //!     │                 └─ vpN ──veth── <prefix>-<pod>  eth0 10.244.X.N/24, default via .1
 //!     └─ n2 ──veth── <prefix>-n2  eth0 192.0.2.2/24   ...
 //! ```
