@@ -64,6 +64,10 @@ pub struct Settings {
     /// How long a data-plane worker keeps polling after its last packet before it
     /// sleeps; zero keeps weftd's own short windows. Trades CPU for latency.
     pub busy_poll: Duration,
+    /// Give small packets (≤ 256 bytes) a data-plane worker of their own, steered by
+    /// size on TUN and on the VXLAN sockets (`dataplane::express`), so a light flow
+    /// never queues behind a bulk one.
+    pub express_lane: bool,
     /// Test-only: TTL of the etcd lease in seconds (default 24 h).
     pub lease_ttl_secs: u64,
     pub log_format: LogFormat,
@@ -105,6 +109,7 @@ impl Default for Settings {
             kernel_encap: true,
             tc_attach: TcAttach::Auto,
             busy_poll: Duration::ZERO,
+            express_lane: true,
             lease_ttl_secs: 24 * 60 * 60,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
@@ -283,6 +288,13 @@ struct Flags {
     /// [default: 0, weftd's own 30 µs / 250 µs windows]
     #[arg(long, value_name = "DURATION", value_parser = parse_busy_poll)]
     busy_poll: Option<Duration>,
+    /// Carry small packets (at most 256 bytes: pings, ACKs, requests and replies) on a
+    /// data-plane worker of their own at high priority (nice -20), steered by size by a
+    /// TUN steering program and a reuseport program (VXLAN), so a light flow keeps its
+    /// round trip beside bulk flows; false carries them with the rest [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_bool)]
+    express_lane: Option<bool>,
     /// Log format [default: text]
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
@@ -465,6 +477,7 @@ fn merge(
         kernel_encap,
         tc_attach,
         busy_poll: value!(busy_poll, "--busy-poll").map_or(d.busy_poll, |v| v.0),
+        express_lane: value!(express_lane, "--express-lane").map_or(d.express_lane, |v| v.0),
         lease_ttl_secs: value!(lease_ttl_secs, "--lease-ttl-secs")
             .map_or(d.lease_ttl_secs, |v| v.0),
         log_format: value!(log_format, "--log-format").map_or(d.log_format, |v| v.0),

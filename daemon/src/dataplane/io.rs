@@ -315,6 +315,32 @@ pub fn ipip_share_filter(index: u32, count: u32) -> Vec<SockFilter> {
     ]
 }
 
+/// Attaches `program` as the reuseport group's socket selector (`SO_ATTACH_REUSEPORT_CBPF`,
+/// Linux 4.5+): on any member, for the whole group.
+pub fn attach_reuseport_program(socket: BorrowedFd<'_>, program: &[SockFilter]) -> io::Result<()> {
+    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| io::ErrorKind::InvalidInput)?,
+        // SockFilter is `repr(transparent)` over `sock_filter`.
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: valid socket fd; `fprog` points at `program`, alive for the call, and the
+    // option value is a live sock_fprog of the size given (the kernel copies it).
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Asks for `UDP_GRO`: trains of equal datagrams (a peer's `UDP_SEGMENT` send) arrive
 /// as one buffer plus their size. Older kernels refuse; receiving then works datagram
 /// by datagram.

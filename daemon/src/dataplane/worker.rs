@@ -112,6 +112,16 @@ pub struct TransmitSetup {
     pub tap: Option<TapQueue>,
 }
 
+/// What a worker's receive half is built from.
+#[derive(Debug)]
+pub struct ReceiveSetup {
+    pub ctx: WorkerContext,
+    /// The worker's TUN queue.
+    pub tun: OwnedFd,
+    /// The worker's underlay socket.
+    pub socket: Arc<OwnedFd>,
+}
+
 /// A worker thread: moves packets TUN → underlay (`transmit`) and/or underlay → TUN
 /// (`receive`). With both, one thread serves both directions of a queue, so a request
 /// written to TUN and the reply the kernel queues right back (on the flow's TUN queue,
@@ -120,13 +130,13 @@ pub struct TransmitSetup {
 pub fn run(
     stop: Arc<StopSignal>,
     transmit: Option<TransmitSetup>,
-    receive: Option<(WorkerContext, OwnedFd, Arc<OwnedFd>)>,
+    receive: Option<ReceiveSetup>,
 ) -> io::Result<()> {
     // Both halves share one context's settings and counters.
     let ctx = transmit
         .as_ref()
         .map(|setup| &setup.ctx)
-        .or(receive.as_ref().map(|(ctx, ..)| ctx));
+        .or(receive.as_ref().map(|setup| &setup.ctx));
     let busy_poll = ctx.map_or(Duration::ZERO, |ctx| ctx.busy_poll);
     let metrics = ctx.map(|ctx| Arc::clone(&ctx.metrics));
     let mut transmitter = match transmit {
@@ -138,7 +148,7 @@ pub fn run(
         )?),
         None => None,
     };
-    let mut receiver = receive.map(|(ctx, tun, socket)| Receiver::new(ctx, tun, socket));
+    let mut receiver = receive.map(|setup| Receiver::new(setup.ctx, setup.tun, setup.socket));
     let mut last_busy = Instant::now();
     let spin_window = SPIN_WINDOW.max(busy_poll);
     // Whether the worker slept in `poll` since it last had work.
