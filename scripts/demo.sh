@@ -82,7 +82,7 @@ if [ "${WEFT_DEMO_SKIP_SETUP:-0}" != 1 ]; then
   logged "$logs/setup.log" ./scripts/setup.sh
 fi
 
-progress "build: cargo build ${build_args[*]} --workspace --bins (log: $logs/build.log)"
+progress "build: cargo build ${build_args[*]:+${build_args[*]} }--workspace --bins (log: $logs/build.log)"
 if [ "${WEFT_DEMO_SKIP_BUILD:-0}" != 1 ]; then
   logged "$logs/build.log" cargo build "${build_args[@]}" --workspace --bins
 fi
