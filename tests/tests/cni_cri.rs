@@ -454,4 +454,21 @@ fn teardown_after_containerd_was_killed_leaves_nothing() {
         .collect();
     assert_eq!(netns, Vec::<String>::new(), "namespaces left");
     assert!(!lab_dir.exists(), "{} left", lab_dir.display());
+    // runc's state of the sandboxes was in the lab's directory, not the host's.
+    let host_runc: Vec<String> = std::fs::read_dir("/run/containerd/runc/k8s.io")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("state.json"))
+                        .is_ok_and(|s| s.contains(&needle))
+                })
+                .map(|e| e.path().display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        host_runc,
+        Vec::<String>::new(),
+        "runc state left on the host"
+    );
 }

@@ -117,6 +117,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+
+      # runc's state of each sandbox here, not in the shared /run/containerd/runc.
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "{d}/runc"
 "#,
             sock = self.socket().display(),
             bin = cni_bin.display(),
@@ -691,6 +695,7 @@ mod tests {
             r#"conf_dir = "/tmp/weft-lab-x/n1/containerd/net.d""#,
             "max_conf_num = 1",
             "netns_mounts_under_state_dir = true",
+            r#"Root = "/tmp/weft-lab-x/n1/containerd/runc""#,
             r#"address = "/tmp/weft-lab-x/n1/containerd/containerd.sock""#,
         ] {
             assert!(toml.contains(want), "{want} missing from:\n{toml}");
