@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The README's first command: installs what is missing, builds, and runs a 3-node weft
 # cluster on this machine — two weftd nodes and one kernel-flannel node (the Linux
-# kernel's vxlan, programmed like flanneld) — with two pods per node created by
-# containerd through the `weft` CNI plugin. Prints the leases, a pod-to-pod reachability
-# matrix, one iperf3 figure and a packet's path; exits 0 only if every pod reached every
-# other pod. Everything lives in network namespaces and is removed on exit.
+# kernel's vxlan, programmed like flanneld) — with two pods per node: one created by
+# containerd's `ctr run --cni`, one the way the kubelet creates pods, through the CRI
+# (RunPodSandbox on the node's own containerd, whose CRI plugin runs the CNI chain:
+# weft, portmap, bandwidth). Prints the leases, a pod-to-pod reachability matrix, one
+# iperf3 figure and a packet's path; exits 0 only if every pod reached every other pod.
+# Everything lives in network namespaces and is removed on exit.
 #
 # Environment: WEFT_DEMO_IPERF_SECONDS (default 5), WEFT_DEMO_SKIP_SETUP=1,
-# WEFT_DEMO_SKIP_BUILD=1 (use the binaries already in target/release).
+# WEFT_DEMO_SKIP_BUILD=1 (use the binaries already built), WEFT_DEMO_PROFILE=debug
+# (build and run target/debug instead of target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -19,7 +22,13 @@ fi
 
 logs="$root/target/demo"
 mkdir -p "$logs"
-bin="$root/target/release"
+profile="${WEFT_DEMO_PROFILE:-release}"
+case "$profile" in
+  release) build_args=(--release) ;;
+  debug) build_args=() ;;
+  *) echo "demo.sh: WEFT_DEMO_PROFILE=$profile: expected release or debug" >&2; exit 1 ;;
+esac
+bin="$root/target/$profile"
 lab="$bin/weft-lab"
 prefix="demo$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')"
 iperf_seconds="${WEFT_DEMO_IPERF_SECONDS:-5}"
@@ -45,7 +54,8 @@ teardown() {
     local keep="$logs/$prefix"
     mkdir -p "$keep"
     for f in /tmp/weft-lab-"$prefix"/n*/weftd.log /tmp/weft-lab-"$prefix"/etcd/etcd.log \
-             /tmp/weft-lab-"$prefix"/containerd/containerd.log; do
+             /tmp/weft-lab-"$prefix"/containerd/containerd.log \
+             /tmp/weft-lab-"$prefix"/n*/containerd/containerd.log; do
       [ -f "$f" ] || continue
       local rel=${f#/tmp/weft-lab-"$prefix"/}
       cp "$f" "$keep/${rel//\//-}" 2>/dev/null || true
@@ -72,9 +82,9 @@ if [ "${WEFT_DEMO_SKIP_SETUP:-0}" != 1 ]; then
   logged "$logs/setup.log" ./scripts/setup.sh
 fi
 
-progress "build: cargo build --release --workspace --bins (log: $logs/build.log)"
+progress "build: cargo build ${build_args[*]:+${build_args[*]} }--workspace --bins (log: $logs/build.log)"
 if [ "${WEFT_DEMO_SKIP_BUILD:-0}" != 1 ]; then
-  logged "$logs/build.log" cargo build --release --workspace --bins
+  logged "$logs/build.log" cargo build "${build_args[@]}" --workspace --bins
 fi
 for b in weftd weftctl weft weft-lab; do
   [ -x "$bin/$b" ] || { echo "      missing $bin/$b"; exit 1; }
@@ -86,17 +96,31 @@ lab_up=1
 logged "$logs/up.log" "$lab" up --nodes 3 --kernel-nodes 1 --prefix "$prefix"
 sed 's/^/      /' "$logs/up.log"
 
-progress "pods: two per node, created by containerd (ctr run --cni) through the weft CNI plugin"
+progress "pods: two per node through the weft CNI plugin — pXa by ctr run --cni, pXb through the CRI as the kubelet does"
 pods=(p1a p1b p2a p2b p3a p3b)
 declare -A ip_of node_of
 for pod in "${pods[@]}"; do
   node="n${pod:1:1}"
-  out=$("$lab" pod add --prefix "$prefix" "$node" "$pod" 2>>"$logs/pods.log") || {
+  # pXb: RunPodSandbox over the CRI gRPC API on the node's own containerd (started in
+  # the node's namespace on first use), with a hostPort and the pod annotations the
+  # kubelet passes; containerd calls weft, portmap and bandwidth.
+  how=(); via="ctr run --cni"
+  if [ "${pod:2:1}" = b ]; then
+    how=(--cri --namespace demo --host-port "1808${pod:1:1}:8080")
+    via="CRI RunPodSandbox, namespace demo, hostPort 1808${pod:1:1}"
+  fi
+  out=$("$lab" pod add --prefix "$prefix" "${how[@]}" "$node" "$pod" 2>>"$logs/pods.log") || {
     echo "      FAILED to create $pod on $node (log: $logs/pods.log)"; tail -n 5 "$logs/pods.log" | sed 's/^/      | /'; exit 1; }
   ip_of[$pod]=$(awk '{print $2}' <<<"$out")
   node_of[$pod]=$node
-  printf '      %-4s %-13s on %s\n' "$pod" "${ip_of[$pod]}" "$node"
+  printf '      %-4s %-13s on %s  (%s)\n' "$pod" "${ip_of[$pod]}" "$node" "$via"
 done
+# What weft recorded for a CRI pod: its IPAM record names the sandbox and the pod that
+# containerd's CRI passed in CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID).
+record="/tmp/weft-lab-$prefix/n1/cni-ipam/weft/${ip_of[p1b]}"
+if [ -f "$record" ]; then
+  printf '      weft IPAM record of p1b (%s): %s\n' "${ip_of[p1b]}" "$(tr '\r\n' '  ' <"$record" | sed 's/  */ | /g')"
+fi
 # The kernel-flannel node learns about leases from etcd like flanneld does.
 "$lab" sync --prefix "$prefix" >>"$logs/pods.log" 2>&1
 

@@ -19,13 +19,10 @@ echo "== cargo test"
 # The root e2e tests create their own namespaces with per-run prefixes, so they can run
 # in parallel; on 2 cores, two test threads keep timing-sensitive ones honest.
 # They are #[ignore]d for a plain `cargo test` (reported as ignored, never as passed);
-# as root this script runs them. The CNI latency measurement stays out (it is a bench),
-# and so does the light-flow-beside-bulk round trip of dataplane_latency.rs, which
-# fails today for a reason that file documents (an open part of the work).
+# as root this script runs them. The CNI latency measurement stays out (it is a bench).
 test_args=(--test-threads="${WEFT_TEST_THREADS:-2}")
 if [ "$(id -u)" -eq 0 ]; then
-  test_args+=(--include-ignored --skip add_latency_weft_vs_bridge_host_local
-    --skip a_light_flow_keeps_its_round_trip_beside_a_bulk_flow)
+  test_args+=(--include-ignored --skip add_latency_weft_vs_bridge_host_local)
 else
   echo "test.sh: not root: the end-to-end tests will be reported as ignored (skipped)"
 fi

@@ -34,6 +34,7 @@ pub const R3: Reg = Reg(3);
 pub const R4: Reg = Reg(4);
 pub const R5: Reg = Reg(5);
 pub const R6: Reg = Reg(6);
+pub const R7: Reg = Reg(7);
 pub const R10: Reg = Reg(10);
 
 /// Memory access widths.
@@ -44,17 +45,25 @@ pub enum Size {
     W = 0x00,
 }
 
+const CLASS_LD: u8 = 0x00;
 const CLASS_LDX: u8 = 0x01;
 const CLASS_ST: u8 = 0x02;
 const CLASS_STX: u8 = 0x03;
 const CLASS_JMP: u8 = 0x05;
 const CLASS_ALU64: u8 = 0x07;
+const MODE_ABS: u8 = 0x20;
+const MODE_IND: u8 = 0x40;
 const MODE_MEM: u8 = 0x60;
 const SRC_K: u8 = 0x00;
 const SRC_X: u8 = 0x08;
 const OP_ADD: u8 = 0x00;
 const OP_OR: u8 = 0x40;
 const OP_LSH: u8 = 0x60;
+const OP_RSH: u8 = 0x70;
+const OP_SUB: u8 = 0x10;
+const OP_MOD: u8 = 0x90;
+const OP_AND: u8 = 0x50;
+const OP_XOR: u8 = 0xa0;
 const OP_MOV: u8 = 0xb0;
 const JMP_JEQ: u8 = 0x10;
 const JMP_JGT: u8 = 0x20;
@@ -91,6 +100,39 @@ pub fn or_imm(dst: Reg, imm: i32) -> Insn {
 pub fn lsh_imm(dst: Reg, imm: i32) -> Insn {
     insn(CLASS_ALU64 | OP_LSH | SRC_K, dst, R0, 0, imm)
 }
+/// `dst += src`.
+pub fn add_reg(dst: Reg, src: Reg) -> Insn {
+    insn(CLASS_ALU64 | OP_ADD | SRC_X, dst, src, 0, 0)
+}
+/// `dst -= src`.
+pub fn sub_reg(dst: Reg, src: Reg) -> Insn {
+    insn(CLASS_ALU64 | OP_SUB | SRC_X, dst, src, 0, 0)
+}
+/// `dst >>= imm` (logical).
+pub fn rsh_imm(dst: Reg, imm: i32) -> Insn {
+    insn(CLASS_ALU64 | OP_RSH | SRC_K, dst, R0, 0, imm)
+}
+/// `dst &= imm`.
+pub fn and_imm(dst: Reg, imm: i32) -> Insn {
+    insn(CLASS_ALU64 | OP_AND | SRC_K, dst, R0, 0, imm)
+}
+/// `dst %= imm` (unsigned; `imm` must not be 0, which the verifier refuses).
+pub fn mod_imm(dst: Reg, imm: i32) -> Insn {
+    insn(CLASS_ALU64 | OP_MOD | SRC_K, dst, R0, 0, imm)
+}
+/// `dst ^= src`.
+pub fn xor_reg(dst: Reg, src: Reg) -> Insn {
+    insn(CLASS_ALU64 | OP_XOR | SRC_X, dst, src, 0, 0)
+}
+/// `r0 = packet[offset]` of `size` (the legacy packet load of socket filters: r6 must
+/// hold the context; a load past the packet's end ends the program with 0).
+pub fn load_abs(size: Size, offset: i32) -> Insn {
+    insn(CLASS_LD | MODE_ABS | size as u8, R0, R0, 0, offset)
+}
+/// `r0 = packet[src + offset]` of `size`, as [`load_abs`] at an offset in a register.
+pub fn load_ind(size: Size, src: Reg, offset: i32) -> Insn {
+    insn(CLASS_LD | MODE_IND | size as u8, R0, src, 0, offset)
+}
 /// `dst = imm` (three instructions instead of the two-slot `lddw`). The last one, an
 /// OR, sign-extends its 32-bit immediate, so bit 31 must be clear (true of every flag
 /// word used here; checked).
@@ -125,6 +167,10 @@ pub fn jne_imm(dst: Reg, imm: i32, off: i16) -> Insn {
 pub fn jeq_imm(dst: Reg, imm: i32, off: i16) -> Insn {
     insn(CLASS_JMP | JMP_JEQ | SRC_K, dst, R0, off, imm)
 }
+/// `if dst > imm goto pc + 1 + off` (unsigned).
+pub fn jgt_imm(dst: Reg, imm: i32, off: i16) -> Insn {
+    insn(CLASS_JMP | JMP_JGT | SRC_K, dst, R0, off, imm)
+}
 /// `if dst > src goto pc + 1 + off` (unsigned).
 pub fn jgt_reg(dst: Reg, src: Reg, off: i16) -> Insn {
     insn(CLASS_JMP | JMP_JGT | SRC_X, dst, src, off, 0)
@@ -147,6 +193,8 @@ pub mod helper {
     pub const REDIRECT_NEIGH: i32 = 152;
 }
 
+/// `BPF_PROG_TYPE_SOCKET_FILTER`: a socket filter, also what TUN runs to steer packets.
+pub const PROG_TYPE_SOCKET_FILTER: u32 = 1;
 /// `BPF_PROG_TYPE_SCHED_CLS`: a tc classifier, run in direct-action mode by tcx.
 pub const PROG_TYPE_SCHED_CLS: u32 = 3;
 /// `BPF_PROG_TYPE_XDP`: runs on a device's receive path, before any skb exists.
@@ -305,6 +353,12 @@ pub fn test_run(program: &OwnedFd, packet: &[u8]) -> io::Result<u32> {
 /// Loads `program` as a tc classifier; on refusal the error carries the verifier's verdict.
 pub fn load_sched_cls(name: &'static str, program: &[Insn]) -> Result<OwnedFd, BpfError> {
     load_program(PROG_TYPE_SCHED_CLS, name, program)
+}
+
+/// Loads `program` as a socket filter (context `struct __sk_buff`); on refusal the error
+/// carries the verifier's verdict.
+pub fn load_socket_filter(name: &'static str, program: &[Insn]) -> Result<OwnedFd, BpfError> {
+    load_program(PROG_TYPE_SOCKET_FILTER, name, program)
 }
 
 /// Loads `program` as an XDP program (context `struct xdp_md`, verdicts in [`xdp`]); on

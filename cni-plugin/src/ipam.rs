@@ -1,5 +1,7 @@
 //! Built-in IPAM in host-local's on-disk layout, so operators' tools and habits carry
-//! over: `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>`,
+//! over: `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>` (and, for a
+//! Kubernetes pod, a third line `K8S_POD_NAMESPACE=..;K8S_POD_NAME=..;K8S_POD_UID=..`
+//! from `CNI_ARGS`; host-local's two lines come first, unchanged),
 //! `last_reserved_ip.0` the last address handed out, and `lock` is flock()ed around
 //! every change so concurrent plugin runs never hand out one address twice.
 //!
@@ -17,6 +19,7 @@ use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{code, CniError};
+use crate::k8s::PodRef;
 
 const LAST_RESERVED: &str = "last_reserved_ip.0";
 const LOCK: &str = "lock";
@@ -29,6 +32,8 @@ pub struct Allocation {
     pub ip: Ipv4Addr,
     pub container_id: String,
     pub ifname: String,
+    /// The Kubernetes pod, when the runtime named one in `CNI_ARGS`.
+    pub pod: Option<PodRef>,
 }
 
 /// The addresses pods may get: the subnet's hosts minus the gateway.
@@ -134,10 +139,12 @@ impl Store {
             let mut lines = text.trim().lines();
             let container_id = lines.next().unwrap_or("").trim().to_string();
             let ifname = lines.next().unwrap_or("").trim().to_string();
+            let pod = lines.next().and_then(PodRef::from_record_line);
             out.push(Allocation {
                 ip,
                 container_id,
                 ifname,
+                pod,
             });
         }
         Ok(out)
@@ -152,13 +159,14 @@ impl Store {
             .map(|a| a.ip))
     }
 
-    /// Reserve an address for (container_id, ifname). An attachment that already holds
-    /// one (e.g. an ADD retried after a crash) gets the same address back.
+    /// Reserve an address for (container_id, ifname) of `pod`. An attachment that
+    /// already holds one (e.g. an ADD retried after a crash) gets the same address back.
     pub fn allocate(
         &self,
         pool: &Pool,
         container_id: &str,
         ifname: &str,
+        pod: Option<&PodRef>,
     ) -> Result<Ipv4Addr, CniError> {
         if let Some(ip) = self.find(container_id, ifname)? {
             if pool.contains(ip) {
@@ -180,7 +188,11 @@ impl Store {
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(CniError::io(format!("creating {}", path.display()), e)),
             };
-            let content = format!("{container_id}{LINE_BREAK}{ifname}");
+            let mut content = format!("{container_id}{LINE_BREAK}{ifname}");
+            if let Some(pod) = pod {
+                content.push_str(LINE_BREAK);
+                content.push_str(&pod.record_line());
+            }
             if let Err(e) = file.write_all(content.as_bytes()) {
                 let _ = fs::remove_file(&path);
                 return Err(CniError::io(format!("writing {}", path.display()), e));
@@ -254,11 +266,15 @@ mod tests {
         let store = Store::open(dir.path(), "n").unwrap();
         let mut got = Vec::new();
         for i in 0..5 {
-            got.push(store.allocate(&pool(), &format!("c{i}"), "eth0").unwrap());
+            got.push(
+                store
+                    .allocate(&pool(), &format!("c{i}"), "eth0", None)
+                    .unwrap(),
+            );
         }
         let want: Vec<Ipv4Addr> = (2..=6).map(|h| Ipv4Addr::new(10, 244, 7, h)).collect();
         assert_eq!(got, want);
-        let err = store.allocate(&pool(), "c9", "eth0").unwrap_err();
+        let err = store.allocate(&pool(), "c9", "eth0", None).unwrap_err();
         assert_eq!(err.code, code::POOL_EXHAUSTED);
 
         // Release .3; the next allocation wraps around to it (the only free one).
@@ -267,12 +283,12 @@ mod tests {
             vec![Ipv4Addr::new(10, 244, 7, 3)]
         );
         assert_eq!(
-            store.allocate(&pool(), "c9", "eth0").unwrap(),
+            store.allocate(&pool(), "c9", "eth0", None).unwrap(),
             Ipv4Addr::new(10, 244, 7, 3)
         );
         // Same attachment again: same address.
         assert_eq!(
-            store.allocate(&pool(), "c9", "eth0").unwrap(),
+            store.allocate(&pool(), "c9", "eth0", None).unwrap(),
             Ipv4Addr::new(10, 244, 7, 3)
         );
     }
@@ -289,7 +305,7 @@ mod tests {
                 subnet: subnet.parse().unwrap(),
                 gateway: gateway.parse().unwrap(),
             };
-            let err = store.allocate(&pool, "c", "eth0").unwrap_err();
+            let err = store.allocate(&pool, "c", "eth0", None).unwrap_err();
             assert_eq!(err.code, code::POOL_EXHAUSTED, "{subnet}");
         }
     }
@@ -298,9 +314,9 @@ mod tests {
     fn rotation_skips_a_just_released_address() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n").unwrap();
-        let a = store.allocate(&pool(), "a", "eth0").unwrap();
+        let a = store.allocate(&pool(), "a", "eth0", None).unwrap();
         store.release("a", "eth0").unwrap();
-        let b = store.allocate(&pool(), "b", "eth0").unwrap();
+        let b = store.allocate(&pool(), "b", "eth0", None).unwrap();
         assert_ne!(a, b);
     }
 
@@ -308,8 +324,8 @@ mod tests {
     fn files_use_host_local_layout_and_gc_keeps_valid() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n").unwrap();
-        let ip = store.allocate(&pool(), "keep", "eth0").unwrap();
-        store.allocate(&pool(), "drop", "eth0").unwrap();
+        let ip = store.allocate(&pool(), "keep", "eth0", None).unwrap();
+        store.allocate(&pool(), "drop", "eth0", None).unwrap();
         let text = fs::read_to_string(dir.path().join("n").join(ip.to_string())).unwrap();
         assert_eq!(text, "keep\r\neth0");
         let valid: HashSet<_> = [("keep".to_string(), "eth0".to_string())].into();
@@ -317,5 +333,29 @@ mod tests {
         assert_eq!(released.len(), 1);
         assert_eq!(released[0].container_id, "drop");
         assert_eq!(store.allocations().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_pods_record_names_it_after_host_locals_two_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n").unwrap();
+        let pod = PodRef {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: Some("5f6d940b-1bd0-4cd9-ae64-0f5b27b21473".into()),
+        };
+        let ip = store
+            .allocate(&pool(), "sandbox1", "eth0", Some(&pod))
+            .unwrap();
+        let text = fs::read_to_string(dir.path().join("n").join(ip.to_string())).unwrap();
+        assert_eq!(
+            text,
+            "sandbox1\r\neth0\r\nK8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_UID=5f6d940b-1bd0-4cd9-ae64-0f5b27b21473"
+        );
+        let all = store.allocations().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].pod.as_ref(), Some(&pod));
+        assert_eq!(store.find("sandbox1", "eth0").unwrap(), Some(ip));
+        assert_eq!(store.release("sandbox1", "eth0").unwrap(), vec![ip]);
     }
 }

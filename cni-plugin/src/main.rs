@@ -7,6 +7,7 @@
 mod delegate;
 mod error;
 mod ipam;
+mod k8s;
 mod netns;
 mod ops;
 mod result;
@@ -95,11 +96,17 @@ fn read_env(command: Command, name: &str) -> Result<CniEnv, CniError> {
     } else {
         env_var("CNI_PATH").unwrap_or_default()
     };
+    // Only ADD records the pod; DEL must work whatever CNI_ARGS holds.
+    let pod = match command {
+        Command::Add => k8s::PodRef::from_cni_args(&env_var("CNI_ARGS").unwrap_or_default())?,
+        _ => None,
+    };
     Ok(CniEnv {
         container_id,
         netns,
         ifname,
         cni_path,
+        pod,
     })
 }
 

@@ -21,9 +21,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+mod flannel;
+mod layers;
 mod values;
+pub use flannel::{flannel_var, FLANNEL_FLAGS, FLANNEL_IGNORED, FLANNEL_REFUSED};
+use layers::{env_layer, file_layer};
 pub use values::TcAttach;
 use values::*;
 
@@ -43,8 +48,16 @@ pub struct Settings {
     pub etcd_keyfile: Option<PathBuf>,
     pub etcd_username: Option<String>,
     pub etcd_password: Option<String>,
-    /// Underlay interface, name or IP; `None` = interface of the default route.
-    pub iface: Option<String>,
+    /// Underlay interfaces to try in order, each a name or an IPv4 address (flanneld's
+    /// repeatable `--iface`); the first that exists is used.
+    pub iface: Vec<String>,
+    /// Regular expressions tried after `iface`, in order: the first interface with an
+    /// IPv4 address, else a name, that matches (flanneld's `--iface-regex`).
+    pub iface_regex: Vec<String>,
+    /// Tried last: the interface the kernel routes this address through (`ip route
+    /// get`, flanneld's `--iface-can-reach`). With none of the three, the interface of
+    /// the default route.
+    pub iface_can_reach: Option<Ipv4Addr>,
     /// Address peers send to; `None` = first IPv4 of `iface`.
     pub public_ip: Option<std::net::Ipv4Addr>,
     pub subnet_file: PathBuf,
@@ -64,8 +77,15 @@ pub struct Settings {
     /// How long a data-plane worker keeps polling after its last packet before it
     /// sleeps; zero keeps weftd's own short windows. Trades CPU for latency.
     pub busy_poll: Duration,
+    /// Give small packets (≤ 256 bytes) a data-plane worker of their own, steered by
+    /// size on TUN and on the VXLAN sockets (`dataplane::express`), so a light flow
+    /// never queues behind a bulk one.
+    pub express_lane: bool,
     /// Test-only: TTL of the etcd lease in seconds (default 24 h).
     pub lease_ttl_secs: u64,
+    /// Renew the lease this long before it expires (flanneld's
+    /// `--subnet-lease-renew-margin`, whole minutes, default 60).
+    pub subnet_lease_renew_margin: Duration,
     pub log_format: LogFormat,
     /// A `tracing` filter: a level (`info`) or `target=level` directives, comma-separated.
     pub log_level: String,
@@ -75,6 +95,13 @@ pub struct Settings {
     pub etcd_grace: Duration,
     /// The TOML file the settings were read from, if one was.
     pub config_file: Option<PathBuf>,
+    /// flanneld's `FLANNELD_*` variables that set something (no flag or `WEFTD_*`
+    /// variable set it too), for weftd's one notice at start.
+    pub flannel_env_used: Vec<String>,
+    /// `FLANNELD_*` variables a `WEFTD_*` variable or a flag overrode.
+    pub flannel_env_overridden: Vec<String>,
+    /// `FLANNELD_*` variables of flanneld flags weftd does without, each with the reason.
+    pub flannel_env_ignored: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,7 +121,9 @@ impl Default for Settings {
             etcd_keyfile: None,
             etcd_username: None,
             etcd_password: None,
-            iface: None,
+            iface: Vec::new(),
+            iface_regex: Vec::new(),
+            iface_can_reach: None,
             public_ip: None,
             subnet_file: PathBuf::from("/run/flannel/subnet.env"),
             state_dir: PathBuf::from("/var/lib/weft"),
@@ -105,12 +134,17 @@ impl Default for Settings {
             kernel_encap: true,
             tc_attach: TcAttach::Auto,
             busy_poll: Duration::ZERO,
+            express_lane: true,
             lease_ttl_secs: 24 * 60 * 60,
+            subnet_lease_renew_margin: Duration::from_secs(60 * 60),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
             etcd_dial_timeout: Duration::from_secs(5),
             etcd_grace: Duration::from_secs(10),
             config_file: None,
+            flannel_env_used: Vec::new(),
+            flannel_env_overridden: Vec::new(),
+            flannel_env_ignored: Vec::new(),
         }
     }
 }
@@ -160,6 +194,8 @@ pub enum SettingsError {
         origin: Origin,
         reason: String,
     },
+    #[error("flanneld's {flag} is not supported by weftd: {reason}")]
+    FlannelFlag { flag: String, reason: String },
     #[error("{present} (from {origin}) needs {missing} as well: {reason}")]
     Incomplete {
         present: &'static str,
@@ -201,9 +237,11 @@ struct Endpoints(Vec<String>);
     version,
     after_help = "Every flag can also be set as an environment variable WEFTD_<FLAG> \
                   (e.g. WEFTD_ETCD_ENDPOINTS) or as a kebab-case key in the --config TOML \
-                  file (e.g. etcd-endpoints = \"http://192.0.2.254:2379\"). Precedence: \
-                  flag > environment > file > default. Boolean flags take an optional \
-                  value: --ip-masq, --ip-masq=false."
+                  file (e.g. etcd-endpoints = \"http://192.0.2.254:2379\"). flanneld's \
+                  FLANNELD_<FLAG> variables (FLANNELD_IFACE, FLANNELD_ETCD_ENDPOINTS, ...) \
+                  are read too, below WEFTD_<FLAG>. Precedence: flag > WEFTD_ > FLANNELD_ > \
+                  file > default. Boolean flags take an optional value: --ip-masq, \
+                  --ip-masq=false."
 )]
 struct Flags {
     /// TOML file with settings (kebab-case keys); a missing default file is fine
@@ -235,9 +273,19 @@ struct Flags {
     /// Time allowed for one attempt to connect to etcd, e.g. 5s, 500ms [default: 5s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     etcd_dial_timeout: Option<Duration>,
-    /// Underlay interface (name or IPv4 address) [default: interface of the default route]
-    #[arg(long, value_name = "NAME|IP", value_parser = parse_iface)]
-    iface: Option<String>,
+    /// Underlay interface (name or IPv4 address); repeatable: the first that exists is
+    /// used [default: interface of the default route]
+    #[arg(long, value_name = "NAME|IP", value_parser = parse_iface, action = ArgAction::Append)]
+    iface: Vec<String>,
+    /// Regular expression for the underlay interface, tried after --iface; repeatable,
+    /// in order: the first interface with a matching IPv4 address, else with a matching
+    /// name (flanneld's rule)
+    #[arg(long, value_name = "REGEX", value_parser = parse_iface_regex, action = ArgAction::Append)]
+    iface_regex: Vec<String>,
+    /// Use the interface the kernel routes this address through (as `ip route get`
+    /// says), tried after --iface and --iface-regex
+    #[arg(long, value_name = "IPV4", value_parser = parse_can_reach)]
+    iface_can_reach: Option<Ipv4Addr>,
     /// IPv4 address peers send encapsulated traffic to [default: first IPv4 of --iface]
     #[arg(long, value_name = "IPV4", value_parser = parse_public_ip)]
     public_ip: Option<Ipv4Addr>,
@@ -247,6 +295,10 @@ struct Flags {
     /// Directory for this node's persisted identity (VTEP MAC, lease) [default: /var/lib/weft]
     #[arg(long, value_name = "DIR", value_parser = parse_path)]
     state_dir: Option<PathBuf>,
+    /// Renew the subnet lease this many minutes before it expires, 1 to 1439 (the lease
+    /// lives 24 h) [default: 60]
+    #[arg(long, value_name = "MINUTES", value_parser = parse_renew_margin)]
+    subnet_lease_renew_margin: Option<u64>,
     /// Masquerade pod traffic leaving the cluster network [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = parse_bool)]
@@ -254,8 +306,8 @@ struct Flags {
     /// Accept traffic from and to the cluster network in the host's forward path (an
     /// iptables chain WEFT-FWD jumped to from filter FORWARD, e.g. where Docker set its
     /// policy to DROP) [default: true]
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = parse_bool)]
+    #[arg(long, alias = "iptables-forward-rules", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
     forward_rules: Option<bool>,
     /// Address of the /healthz, /readyz, /metrics and /v1/status server [default: 127.0.0.1:9842]
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
@@ -283,6 +335,14 @@ struct Flags {
     /// [default: 0, weftd's own 30 µs / 250 µs windows]
     #[arg(long, value_name = "DURATION", value_parser = parse_busy_poll)]
     busy_poll: Option<Duration>,
+    /// Carry small packets (at most 256 bytes: pings, requests and replies; pure TCP
+    /// ACKs stay with their flow) on a data-plane worker of their own, at high priority
+    /// (nice -20) while its traffic stays sparse, steered by size by a TUN steering
+    /// program and a reuseport program (VXLAN), so a light flow keeps its round trip
+    /// beside bulk flows; false carries them with the rest [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_bool)]
+    express_lane: Option<bool>,
     /// Log format [default: text]
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
@@ -335,8 +395,20 @@ impl Settings {
         K: Into<OsString>,
         V: Into<OsString>,
     {
-        let flags = Flags::try_parse_from(args)?;
-        let env = env_layer(env)?;
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        flannel::refuse_flannel_only_flags(&args)?;
+        let matches = Flags::command().try_get_matches_from(&args)?;
+        let flags = Flags::from_arg_matches(&matches)?;
+        let on_command_line: Vec<String> = setting_names()
+            .into_iter()
+            .filter(|name| {
+                matches.value_source(&name.replace('-', "_")) == Some(ValueSource::CommandLine)
+            })
+            .collect();
+        let vars: HashMap<OsString, OsString> =
+            env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let (env, in_weftd_env) = env_layer(&vars)?;
+        let flannel = flannel::flannel_layer(&vars)?;
         let (config_path, explicit) = match (&flags.config, &env.config) {
             (Some(path), _) | (None, Some(path)) => (path.clone(), true),
             (None, None) => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
@@ -353,13 +425,44 @@ impl Settings {
                 })
             }
         };
-        merge(flags, env, file, config_file)
+        let mut settings = merge(flags, env, flannel.flags, file, config_file)?;
+        for (setting, var) in flannel.vars {
+            if on_command_line.contains(&setting) || in_weftd_env.contains(&setting) {
+                settings.flannel_env_overridden.push(var);
+            } else {
+                settings.flannel_env_used.push(var);
+            }
+        }
+        settings.flannel_env_ignored = flannel.ignored;
+        Ok(settings)
+    }
+
+    /// weftd's one notice about flanneld's environment variables: which it used, which
+    /// a `WEFTD_*` variable or a flag overrode, which it ignored and why.
+    pub fn flannel_env_notice(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.flannel_env_used.is_empty() {
+            parts.push(format!(
+                "using flanneld's {}",
+                self.flannel_env_used.join(", ")
+            ));
+        }
+        if !self.flannel_env_overridden.is_empty() {
+            parts.push(format!(
+                "overridden by a flag or WEFTD_ variable: {}",
+                self.flannel_env_overridden.join(", ")
+            ));
+        }
+        if !self.flannel_env_ignored.is_empty() {
+            parts.push(format!("ignored: {}", self.flannel_env_ignored.join("; ")));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 }
 
 /// The value of one setting and where it came from, taking the first layer that has it.
 macro_rules! pick {
-    ($flags:ident, $env:ident, $file:ident, $path:ident, $field:ident, $flag:literal) => {
+    ($flags:ident, $env:ident, $flannel:ident, $file:ident, $path:ident, $field:ident, $flag:literal) => {
         $flags
             .$field
             .take()
@@ -368,6 +471,12 @@ macro_rules! pick {
                 $env.$field
                     .take()
                     .map(|v| (v, Origin::Env(env_var_name($flag))))
+            })
+            .or_else(|| {
+                $flannel.$field.take().map(|v| {
+                    let var = flannel::var_of_setting($flag).unwrap_or_else(|| $flag.to_owned());
+                    (v, Origin::Env(var))
+                })
             })
             .or_else(|| {
                 $file
@@ -381,6 +490,7 @@ macro_rules! pick {
 fn merge(
     mut flags: Flags,
     mut env: Flags,
+    mut flannel: Flags,
     mut file: Flags,
     config_file: Option<PathBuf>,
 ) -> Result<Settings, SettingsError> {
@@ -388,7 +498,21 @@ fn merge(
     let path = &config_file;
     macro_rules! value {
         ($field:ident, $flag:literal) => {
-            pick!(flags, env, file, path, $field, $flag)
+            pick!(flags, env, flannel, file, path, $field, $flag)
+        };
+    }
+    // A list comes whole from the first layer that has one.
+    macro_rules! list {
+        ($field:ident) => {
+            [
+                std::mem::take(&mut flags.$field),
+                std::mem::take(&mut env.$field),
+                std::mem::take(&mut flannel.$field),
+                std::mem::take(&mut file.$field),
+            ]
+            .into_iter()
+            .find(|l| !l.is_empty())
+            .unwrap_or_default()
         };
     }
     let endpoints = value!(etcd_endpoints, "--etcd-endpoints");
@@ -453,7 +577,9 @@ fn merge(
         etcd_keyfile: keyfile.map(|v| v.0),
         etcd_username: username.map(|v| v.0),
         etcd_password: password.map(|v| v.0),
-        iface: value!(iface, "--iface").map(|v| v.0),
+        iface: list!(iface),
+        iface_regex: list!(iface_regex),
+        iface_can_reach: value!(iface_can_reach, "--iface-can-reach").map(|v| v.0),
         public_ip: value!(public_ip, "--public-ip").map(|v| v.0),
         subnet_file: value!(subnet_file, "--subnet-file").map_or(d.subnet_file, |v| v.0),
         state_dir: value!(state_dir, "--state-dir").map_or(d.state_dir, |v| v.0),
@@ -465,8 +591,13 @@ fn merge(
         kernel_encap,
         tc_attach,
         busy_poll: value!(busy_poll, "--busy-poll").map_or(d.busy_poll, |v| v.0),
+        express_lane: value!(express_lane, "--express-lane").map_or(d.express_lane, |v| v.0),
         lease_ttl_secs: value!(lease_ttl_secs, "--lease-ttl-secs")
             .map_or(d.lease_ttl_secs, |v| v.0),
+        subnet_lease_renew_margin: value!(subnet_lease_renew_margin, "--subnet-lease-renew-margin")
+            .map_or(d.subnet_lease_renew_margin, |v| {
+                Duration::from_secs(v.0 * 60)
+            }),
         log_format: value!(log_format, "--log-format").map_or(d.log_format, |v| v.0),
         log_level: value!(log_level, "--log-level").map_or(d.log_level, |v| v.0),
         etcd_dial_timeout: value!(etcd_dial_timeout, "--etcd-dial-timeout")
@@ -474,6 +605,9 @@ fn merge(
         etcd_grace: value!(etcd_grace_secs, "--etcd-grace-secs")
             .map_or(d.etcd_grace, |v| Duration::from_secs(v.0)),
         config_file,
+        flannel_env_used: Vec::new(),
+        flannel_env_overridden: Vec::new(),
+        flannel_env_ignored: Vec::new(),
     })
 }
 
@@ -569,17 +703,48 @@ pub fn single_line(text: &str) -> String {
         .join("; ")
 }
 
-/// A TOML error on one line (the parser's own text quotes the source over several):
-/// `line 2, column 9: string values must be quoted, expected literal string`.
-fn toml_error_line(text: &str, error: &toml::de::Error) -> String {
-    let message = single_line(error.message());
-    let Some(span) = error.span() else {
-        return message;
-    };
-    let before = &text.as_bytes()[..span.start.min(text.len())];
-    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
-    format!("line {line}, column {column}: {message}")
+/// An error and its causes on one line, each said once: many errors quote their source
+/// in their own message already, which a plain `{:#}` would repeat ("...: Address
+/// already in use (os error 98): Address already in use (os error 98)").
+pub fn one_line_causes<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let text = single_line(&cause.to_string());
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// A clap usage error on one line, without the usage synopsis and the `--help` hint:
+/// `unexpected argument '--ip-masquerade' found; tip: a similar argument exists:
+/// '--ip-masq'`. `None` for `--help` and `--version`, which print as clap prints them.
+pub fn clap_error_line(error: &clap::Error) -> Option<String> {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        return None;
+    }
+    let rendered = error.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .map(|l| l.trim_start_matches("error: "))
+        .collect();
+    Some(parts.join("; "))
 }
 
 fn at_line(line: Option<usize>) -> String {
@@ -607,120 +772,6 @@ fn clap_reason(error: &clap::Error) -> String {
     first.trim_start_matches("error: ").to_owned()
 }
 
-fn env_layer<E, K, V>(env: E) -> Result<Flags, SettingsError>
-where
-    E: IntoIterator<Item = (K, V)>,
-    K: Into<OsString>,
-    V: Into<OsString>,
-{
-    let vars: HashMap<OsString, OsString> =
-        env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-    let mut args = vec![OsString::from("weftd")];
-    for name in setting_names() {
-        let var = env_var_name(&name);
-        let Some(value) = vars.get(&OsString::from(&var)) else {
-            continue;
-        };
-        if value.is_empty() {
-            continue;
-        }
-        let Some(value) = value.to_str() else {
-            return Err(SettingsError::Env {
-                var,
-                value: value.to_string_lossy().into_owned(),
-                reason: "is not valid UTF-8".to_owned(),
-            });
-        };
-        // Parse alone first so an error names this variable, not a flag.
-        parse_one(&name, value).map_err(|reason| SettingsError::Env {
-            var: var.clone(),
-            value: value.to_owned(),
-            reason,
-        })?;
-        args.push(format!("--{name}={value}").into());
-    }
-    Ok(Flags::try_parse_from(args)?)
-}
-
-fn file_layer(path: &Path, text: &str) -> Result<Flags, SettingsError> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| SettingsError::Toml {
-        path: path.to_owned(),
-        message: toml_error_line(text, &e),
-    })?;
-    let names = file_keys();
-    let known: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut args = vec!["weftd".to_owned()];
-    for (key, value) in &table {
-        let line = locate_toml_key(text, key);
-        if !known.contains(&key.as_str()) {
-            let kebab = key.replace('_', "-").to_lowercase();
-            let hint = if value.is_table() {
-                " (a table; settings are top-level kebab-case keys)".to_owned()
-            } else if key == "config" {
-                " (the config file cannot name another config file)".to_owned()
-            } else if known.contains(&kebab.as_str()) {
-                format!(" (did you mean `{kebab}`? keys are kebab-case)")
-            } else {
-                String::new()
-            };
-            return Err(SettingsError::UnknownKey {
-                path: path.to_owned(),
-                key: key.clone(),
-                line,
-                hint,
-            });
-        }
-        let bad = |reason: String| SettingsError::FileValue {
-            path: path.to_owned(),
-            key: key.clone(),
-            value: value.to_string(),
-            line,
-            reason,
-        };
-        let text_value = match value {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(items) if key == "etcd-endpoints" => {
-                let mut urls = Vec::with_capacity(items.len());
-                for item in items {
-                    match item {
-                        toml::Value::String(s) => urls.push(s.clone()),
-                        _ => return Err(bad("expected an array of URL strings".to_owned())),
-                    }
-                }
-                urls.join(",")
-            }
-            toml::Value::Table(_) => {
-                return Err(bad(
-                    "expected a value, found a table; settings are top-level keys".to_owned(),
-                ))
-            }
-            _ => {
-                return Err(bad(
-                    "expected a string, a whole number or a boolean".to_owned()
-                ))
-            }
-        };
-        parse_one(key, &text_value).map_err(bad)?;
-        args.push(format!("--{key}={text_value}"));
-    }
-    Ok(Flags::try_parse_from(args)?)
-}
-
-/// 1-based line of a top-level `key = ...` in TOML text.
-fn locate_toml_key(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|line| {
-            let line = line.trim_start();
-            let rest = line
-                .strip_prefix(key)
-                .or_else(|| line.strip_prefix(&format!("\"{key}\"")));
-            rest.is_some_and(|r| r.trim_start().starts_with('='))
-        })
-        .map(|i| i + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,6 +785,19 @@ mod tests {
     fn env_names_follow_flags() {
         assert_eq!(env_var_name("--etcd-prefix"), "WEFTD_ETCD_PREFIX");
         assert!(setting_names().contains(&"lease-ttl-secs".to_owned()));
+    }
+
+    #[test]
+    fn clap_errors_fit_on_one_line_and_help_is_left_alone() {
+        let err = Flags::try_parse_from(["weftd", "--ip-masquerade"]).unwrap_err();
+        let line = clap_error_line(&err).unwrap();
+        assert!(!line.contains('\n') && !line.contains("Usage"), "{line}");
+        assert!(
+            line.starts_with("unexpected argument '--ip-masquerade' found; tip:"),
+            "{line}"
+        );
+        let help = Flags::try_parse_from(["weftd", "--help"]).unwrap_err();
+        assert_eq!(clap_error_line(&help), None);
     }
 
     #[test]

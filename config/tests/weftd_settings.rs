@@ -77,7 +77,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(s.log_format, LogFormat::Text);
     assert_eq!(s.log_level, "info");
     assert_eq!(s.etcd_dial_timeout, Duration::from_secs(5));
-    assert_eq!((s.iface, s.public_ip), (None, None));
+    assert_eq!((s.iface.len(), s.public_ip), (0, None));
 }
 
 /// Four settings, each set in every layer that should lose, so each layer's win is seen.
@@ -168,7 +168,7 @@ fn every_setting_from_flags() {
     assert_eq!(s.etcd_username.as_deref(), Some("root"));
     assert_eq!(s.etcd_password.as_deref(), Some("secret"));
     assert_eq!(s.etcd_dial_timeout, Duration::from_millis(750));
-    assert_eq!(s.iface.as_deref(), Some("eth0"));
+    assert_eq!(s.iface, ["eth0"]);
     assert_eq!(s.public_ip, Some(Ipv4Addr::new(192, 0, 2, 1)));
     assert!(s.ip_masq && s.cleanup_on_exit);
     assert_eq!(s.healthz_addr, "0.0.0.0:0".parse::<SocketAddr>().unwrap());
@@ -188,7 +188,7 @@ fn file_accepts_endpoint_arrays_and_env_empty_means_unset() {
         s.etcd_endpoints,
         ["http://192.0.2.254:2379", "http://192.0.2.253:2379"]
     );
-    assert_eq!(s.iface.as_deref(), Some("192.0.2.1"));
+    assert_eq!(s.iface, ["192.0.2.1"]);
 }
 
 #[test]

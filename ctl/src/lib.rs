@@ -1,1 +1,2 @@
+pub mod etcd_source;
 pub mod trace;

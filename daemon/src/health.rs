@@ -80,6 +80,9 @@ pub struct HealthSources {
 #[derive(Debug, Serialize)]
 pub struct EtcdReport {
     pub state: &'static str,
+    /// How weftd reaches etcd (endpoints, prefix, TLS file paths, user name).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub client: Option<crate::subnet::status::EtcdClientView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreachable_secs: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,19 +128,26 @@ impl StatusReport {
         let etcd = match status.etcd() {
             EtcdHealth::Unknown => EtcdReport {
                 state: "unknown",
+                client: None,
                 unreachable_secs: None,
                 error: None,
             },
             EtcdHealth::Reachable => EtcdReport {
                 state: "reachable",
+                client: None,
                 unreachable_secs: None,
                 error: None,
             },
             EtcdHealth::Unreachable { for_, error } => EtcdReport {
                 state: "unreachable",
+                client: None,
                 unreachable_secs: Some(for_.as_secs()),
                 error: Some(error),
             },
+        };
+        let etcd = EtcdReport {
+            client: status.etcd_client(),
+            ..etcd
         };
         let c = &status.counters;
         StatusReport {

@@ -39,6 +39,37 @@ pub fn overlay_mtu(underlay_iface_mtu: u32, netconf: &NetConf) -> u32 {
     netconf.overlay_mtu(underlay_iface_mtu)
 }
 
+/// The net-conf's `Backend.MTU` does not fit the underlay interface.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the net-conf's Backend.MTU {configured} is larger than the MTU {iface_mtu} of the underlay \
+     interface {iface}: encapsulated packets would not fit on it; set Backend.MTU to at most \
+     {iface_mtu} or leave it out (then {iface}'s MTU is used)"
+)]
+pub struct MtuTooLarge {
+    pub configured: u32,
+    pub iface: String,
+    pub iface_mtu: u32,
+}
+
+/// [`overlay_mtu`], refusing a `Backend.MTU` larger than the underlay interface's MTU
+/// (the outer packets would be cut into fragments, or dropped, on every full-sized
+/// packet; a smaller one is what the setting is for: a narrower path beyond the link).
+pub fn checked_overlay_mtu(
+    underlay_iface: &str,
+    underlay_iface_mtu: u32,
+    netconf: &NetConf,
+) -> Result<u32, MtuTooLarge> {
+    match netconf.underlay_mtu {
+        Some(configured) if configured > underlay_iface_mtu => Err(MtuTooLarge {
+            configured,
+            iface: underlay_iface.to_owned(),
+            iface_mtu: underlay_iface_mtu,
+        }),
+        _ => Ok(overlay_mtu(underlay_iface_mtu, netconf)),
+    }
+}
+
 /// How a peer wants to be reached, from its lease's `BackendType`/`BackendData`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerBackend {
@@ -348,6 +379,22 @@ mod tests {
             PeerEvent::from_lease_event(&LeaseEvent::Snapshot(vec![v6, lease])),
             Some(PeerEvent::Snapshot(vec![peer])),
             "the IPv4 peers of a snapshot still get through"
+        );
+    }
+
+    #[test]
+    fn a_backend_mtu_beyond_the_underlay_is_refused_naming_both() {
+        let netconf =
+            NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}"#)
+                .unwrap();
+        assert_eq!(checked_overlay_mtu("ul0", 1500, &netconf).unwrap(), 1350);
+        assert_eq!(checked_overlay_mtu("ul0", 1400, &netconf).unwrap(), 1350);
+        let err = checked_overlay_mtu("ul0", 1300, &netconf)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Backend.MTU 1400") && err.contains("MTU 1300") && err.contains("ul0"),
+            "{err}"
         );
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use weft_config::{NetConf, Settings, SubnetEnv};
 
 use crate::health::HealthSources;
-use crate::lease::{overlay_mtu, LeaseEvent, LocalLease, PeerEvent};
+use crate::lease::{checked_overlay_mtu, LeaseEvent, LocalLease, MtuTooLarge, PeerEvent};
 use crate::metrics::Metrics;
 use crate::subnet::manager::{sleep_or_shutdown, Backoff};
 use crate::subnet::state::{
@@ -66,11 +66,15 @@ async fn run_until(
     saver: LastKnownWriter,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let underlay = underlay::resolve(settings.iface.as_deref(), settings.public_ip)?;
-    tracing::info!(iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay");
+    let underlay = underlay::resolve(&underlay::Choice::from_settings(&settings))?;
+    tracing::info!(iface = %underlay.iface, public_ip = %underlay.public_ip, mtu = underlay.mtu,
+        chosen_by = %underlay.chosen_by, "underlay");
     let mut identity = NodeState::load_or_create(&settings.state_dir)?;
 
     let status = ControlStatus::with_etcd_grace(settings.etcd_grace);
+    status.set_etcd_client(crate::subnet::status::EtcdClientView::from_settings(
+        &settings,
+    ));
     let metrics = Arc::new(Metrics::default());
     let listener = crate::health::bind(settings.healthz_addr).await?;
     tracing::info!(addr = %settings.healthz_addr, "health endpoint listening");
@@ -157,7 +161,7 @@ async fn run_until(
     });
     identity.save(&settings.state_dir)?;
 
-    let lease = local_lease(&netconf, held.subnet, &underlay, &identity);
+    let lease = local_lease(&netconf, held.subnet, &underlay, &identity)?;
     write_subnet_env(&settings, &lease)?;
     saver.set_netconf(netconf_json, underlay.public_ip);
     tokio::spawn(save_lease_changes(
@@ -290,6 +294,7 @@ async fn establish(
         identity.vtep_mac.0,
         Duration::from_secs(settings.lease_ttl_secs),
     );
+    config.renew_margin = settings.subnet_lease_renew_margin;
     config.preferred = preferred_subnets(&identity, settings);
     config.resume = restored.map(|r| (r.subnet, r.lease_id));
     let manager = Arc::new(SubnetManager::new(registry.clone(), config, status.clone()));
@@ -391,7 +396,7 @@ fn start_restored(
         "etcd does not answer; bringing the data plane up from the last known state \
          (degraded until etcd answers)"
     );
-    let lease = local_lease(&restored.netconf, restored.subnet, underlay, identity);
+    let lease = local_lease(&restored.netconf, restored.subnet, underlay, identity)?;
     write_subnet_env(settings, &lease)?;
     status.set_peers(restored.peers.iter());
     status.set_degraded(Some(Degraded::from_saved_state(
@@ -583,15 +588,15 @@ pub fn local_lease(
     subnet: Ipv4Net,
     underlay: &Underlay,
     identity: &NodeState,
-) -> LocalLease {
-    LocalLease {
+) -> Result<LocalLease, MtuTooLarge> {
+    Ok(LocalLease {
         netconf: netconf.clone(),
         subnet,
         public_ip: underlay.public_ip,
         vtep_mac: identity.vtep_mac.0,
         underlay_iface: underlay.iface.clone(),
-        mtu: overlay_mtu(underlay.mtu, netconf),
-    }
+        mtu: checked_overlay_mtu(&underlay.iface, underlay.mtu, netconf)?,
+    })
 }
 
 /// The gateway of a node subnet: its first host address (`.1` of a /24).

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnderlayError {
-    #[error("no default route in this network namespace to pick the underlay interface from; pass --iface <name or IPv4 address>")]
+    #[error("no default route in this network namespace to pick the underlay interface from; pass --iface <name or IPv4 address>, --iface-regex or --iface-can-reach")]
     NoDefaultRoute,
     #[error("cannot read the routing table {path}: {source}")]
     Routes {
@@ -17,10 +17,8 @@ pub enum UnderlayError {
     },
     #[error("cannot list network interfaces: {0}")]
     Interfaces(#[source] nix::Error),
-    #[error("--iface {0}: no such interface in this network namespace")]
-    NoSuchIface(String),
-    #[error("--iface {0}: no interface in this network namespace has that address")]
-    NoIfaceWithIp(Ipv4Addr),
+    #[error("no underlay interface found: {tried}; interfaces here: {available}")]
+    NoMatch { tried: String, available: String },
     #[error("interface {0} has no IPv4 address; give it one or pass --public-ip")]
     NoIpv4(String),
     #[error("cannot read the MTU of interface {iface}: {source}")]
@@ -36,56 +34,224 @@ pub struct Underlay {
     pub iface: String,
     pub public_ip: Ipv4Addr,
     pub mtu: u32,
+    /// Which setting chose the interface, for the start-up log
+    /// (`--iface-regex ^ul matched address 192.0.2.1`).
+    pub chosen_by: String,
 }
 
 const ROUTE_TABLE: &str = "/proc/self/net/route";
 
-/// Resolves `--iface` (name, IPv4 address, or `None` for the default route's
-/// interface) and `--public-ip` (`None` for the interface's first IPv4 address).
-pub fn resolve(
-    iface: Option<&str>,
-    public_ip: Option<Ipv4Addr>,
-) -> Result<Underlay, UnderlayError> {
-    let addrs = ipv4_addresses()?;
-    let iface = match iface {
-        Some(spec) => match spec.parse::<Ipv4Addr>() {
-            Ok(ip) => addrs
+/// How the underlay interface is chosen: weftd's settings, tried in flanneld's order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Choice<'a> {
+    /// Names or IPv4 addresses, in order (`--iface`).
+    pub iface: &'a [String],
+    /// Patterns tried after `iface`, in order (`--iface-regex`).
+    pub iface_regex: &'a [String],
+    /// Tried last: the interface of the route to this address (`--iface-can-reach`).
+    pub can_reach: Option<Ipv4Addr>,
+    pub public_ip: Option<Ipv4Addr>,
+}
+
+impl<'a> Choice<'a> {
+    pub fn from_settings(settings: &'a weft_config::Settings) -> Self {
+        Choice {
+            iface: &settings.iface,
+            iface_regex: &settings.iface_regex,
+            can_reach: settings.iface_can_reach,
+            public_ip: settings.public_ip,
+        }
+    }
+
+    fn is_default_route(&self) -> bool {
+        self.iface.is_empty() && self.iface_regex.is_empty() && self.can_reach.is_none()
+    }
+}
+
+/// An interface of this namespace with its IPv4 addresses, in the kernel's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// The kernel's route to an address: the interface and the preferred source address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTo {
+    pub iface: String,
+    pub src: Option<Ipv4Addr>,
+}
+
+/// The interface chosen, with the address that chose it (an `--iface` IP, a matching
+/// address, the route's source), which becomes the PublicIP unless one is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picked {
+    pub iface: String,
+    pub addr: Option<Ipv4Addr>,
+    pub chosen_by: String,
+}
+
+/// Picks the underlay interface as flanneld does (pure: the interfaces, the default
+/// route's interface and the kernel's route lookup are inputs): each `--iface` in order
+/// (a name that exists, or the interface holding an address); then each
+/// `--iface-regex` in order (the first interface with a matching IPv4 address, else the
+/// first whose name matches); then `--iface-can-reach` (`ip route get`). None of them
+/// given: the default route's interface. Given but none found: an error naming what
+/// was tried and what exists — never a silent fall back to the default route.
+pub fn pick(
+    choice: &Choice<'_>,
+    interfaces: &[Interface],
+    default_route: impl FnOnce() -> Result<String, UnderlayError>,
+    route_to: impl FnOnce(Ipv4Addr) -> Result<RouteTo, String>,
+) -> Result<Picked, UnderlayError> {
+    if choice.is_default_route() {
+        return Ok(Picked {
+            iface: default_route()?,
+            addr: None,
+            chosen_by: "the default route".to_owned(),
+        });
+    }
+    let mut tried = Vec::new();
+    for spec in choice.iface {
+        let found = match spec.parse::<Ipv4Addr>() {
+            Ok(ip) => interfaces
                 .iter()
-                .find(|(_, a)| *a == ip)
-                .map(|(name, _)| name.clone())
-                .ok_or(UnderlayError::NoIfaceWithIp(ip))?,
-            Err(_) => {
-                if !interface_exists(spec)? {
-                    return Err(UnderlayError::NoSuchIface(spec.to_owned()));
-                }
-                spec.to_owned()
+                .find(|i| i.addrs.contains(&ip))
+                .map(|i| (i.name.clone(), Some(ip))),
+            Err(_) => interfaces
+                .iter()
+                .find(|i| i.name == *spec)
+                .map(|i| (i.name.clone(), None)),
+        };
+        match found {
+            Some((iface, addr)) => {
+                return Ok(Picked {
+                    iface,
+                    addr,
+                    chosen_by: format!("--iface {spec}"),
+                })
             }
-        },
-        None => {
+            None => tried.push(format!("--iface {spec} (no such interface or address)")),
+        }
+    }
+    for pattern in choice.iface_regex {
+        let regex = match regex::Regex::new(pattern) {
+            Ok(regex) => regex,
+            Err(e) => {
+                tried.push(format!("--iface-regex {pattern} (invalid: {e})"));
+                continue;
+            }
+        };
+        let by_addr = interfaces.iter().find_map(|i| {
+            let addr = i.addrs.iter().find(|a| regex.is_match(&a.to_string()))?;
+            Some((i, *addr))
+        });
+        if let Some((iface, addr)) = by_addr {
+            return Ok(Picked {
+                iface: iface.name.clone(),
+                addr: Some(addr),
+                chosen_by: format!("--iface-regex {pattern} (address {addr})"),
+            });
+        }
+        if let Some(iface) = interfaces.iter().find(|i| regex.is_match(&i.name)) {
+            return Ok(Picked {
+                iface: iface.name.clone(),
+                addr: None,
+                chosen_by: format!("--iface-regex {pattern} (name)"),
+            });
+        }
+        tried.push(format!(
+            "--iface-regex {pattern} (matches no address or name)"
+        ));
+    }
+    if let Some(target) = choice.can_reach {
+        match route_to(target) {
+            Ok(route) => {
+                return Ok(Picked {
+                    iface: route.iface,
+                    addr: route.src,
+                    chosen_by: format!("--iface-can-reach {target}"),
+                })
+            }
+            Err(why) => tried.push(format!("--iface-can-reach {target} ({why})")),
+        }
+    }
+    let available = interfaces
+        .iter()
+        .map(|i| {
+            let addrs: Vec<String> = i.addrs.iter().map(Ipv4Addr::to_string).collect();
+            format!("{} [{}]", i.name, addrs.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(UnderlayError::NoMatch {
+        tried: tried.join(", "),
+        available,
+    })
+}
+
+/// Resolves the underlay interface ([`pick`] against this namespace), the PublicIP (as
+/// given, else the address that chose the interface, else its first IPv4 address) and
+/// the interface's MTU.
+pub fn resolve(choice: &Choice<'_>) -> Result<Underlay, UnderlayError> {
+    let interfaces = interfaces()?;
+    let picked = pick(
+        choice,
+        &interfaces,
+        || {
             let table =
                 std::fs::read_to_string(ROUTE_TABLE).map_err(|source| UnderlayError::Routes {
                     path: ROUTE_TABLE,
                     source,
                 })?;
-            default_route_iface(&table).ok_or(UnderlayError::NoDefaultRoute)?
-        }
-    };
-    let public_ip = match public_ip {
+            default_route_iface(&table).ok_or(UnderlayError::NoDefaultRoute)
+        },
+        route_to,
+    )?;
+    let public_ip = match choice.public_ip.or(picked.addr) {
         Some(ip) => ip,
-        None => addrs
+        None => interfaces
             .iter()
-            .find(|(name, _)| *name == iface)
-            .map(|(_, ip)| *ip)
-            .ok_or_else(|| UnderlayError::NoIpv4(iface.clone()))?,
+            .find(|i| i.name == picked.iface)
+            .and_then(|i| i.addrs.first().copied())
+            .ok_or_else(|| UnderlayError::NoIpv4(picked.iface.clone()))?,
     };
-    let mtu = iface_mtu(&iface).map_err(|source| UnderlayError::Mtu {
-        iface: iface.clone(),
+    let mtu = iface_mtu(&picked.iface).map_err(|source| UnderlayError::Mtu {
+        iface: picked.iface.clone(),
         source,
     })?;
     Ok(Underlay {
-        iface,
+        iface: picked.iface,
         public_ip,
         mtu,
+        chosen_by: picked.chosen_by,
+    })
+}
+
+/// `ip route get <target>` in this namespace, over netlink.
+fn route_to(target: Ipv4Addr) -> Result<RouteTo, String> {
+    let view = weft_netlink::inspect::inspect(
+        std::path::Path::new("/proc/self/ns/net"),
+        weft_netlink::inspect::Query {
+            route_to: vec![target],
+            neighbours: false,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let route = view.route(target)?;
+    if route.kind != "unicast" {
+        return Err(format!(
+            "the route to it is {}, not through an interface",
+            route.kind
+        ));
+    }
+    let oif = route.oif.ok_or("the kernel's route names no interface")?;
+    let link = view
+        .link(oif)
+        .ok_or_else(|| format!("the route's interface index {oif} is not listed"))?;
+    Ok(RouteTo {
+        iface: link.name.clone(),
+        src: route.prefsrc,
     })
 }
 
@@ -110,20 +276,26 @@ pub fn default_route_iface(table: &str) -> Option<String> {
         .map(|(_, iface)| iface)
 }
 
-/// Every (interface, IPv4 address) pair, in the kernel's order.
-fn ipv4_addresses() -> Result<Vec<(String, Ipv4Addr)>, UnderlayError> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(UnderlayError::Interfaces)?;
-    Ok(addrs
-        .filter_map(|ifa| {
-            let sin = ifa.address.as_ref()?.as_sockaddr_in()?;
-            Some((ifa.interface_name.clone(), sin.ip()))
-        })
-        .collect())
-}
-
-fn interface_exists(name: &str) -> Result<bool, UnderlayError> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(UnderlayError::Interfaces)?;
-    Ok(addrs.into_iter().any(|ifa| ifa.interface_name == name))
+/// Every interface of this namespace with its IPv4 addresses, in the kernel's order
+/// (`getifaddrs` lists each interface's link entry, so one without IPv4 is there too).
+fn interfaces() -> Result<Vec<Interface>, UnderlayError> {
+    let mut list: Vec<Interface> = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().map_err(UnderlayError::Interfaces)? {
+        let index = match list.iter().position(|i| i.name == ifa.interface_name) {
+            Some(index) => index,
+            None => {
+                list.push(Interface {
+                    name: ifa.interface_name.clone(),
+                    addrs: Vec::new(),
+                });
+                list.len() - 1
+            }
+        };
+        if let Some(sin) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+            list[index].addrs.push(sin.ip());
+        }
+    }
+    Ok(list)
 }
 
 /// The MTU of `iface`, via `SIOCGIFMTU` on a socket of the current namespace.
@@ -191,10 +363,134 @@ mod tests {
 
     #[test]
     fn iface_given_as_loopback_address_resolves_to_lo() {
-        let underlay = resolve(Some("127.0.0.1"), None).unwrap();
+        let spec = ["127.0.0.1".to_owned()];
+        let choice = Choice {
+            iface: &spec,
+            ..Choice::default()
+        };
+        let underlay = resolve(&choice).unwrap();
         assert_eq!(underlay.iface, "lo");
         assert_eq!(underlay.public_ip, Ipv4Addr::LOCALHOST);
-        let err = resolve(Some("no-such-if0"), None).unwrap_err().to_string();
+        let spec = ["no-such-if0".to_owned()];
+        let choice = Choice {
+            iface: &spec,
+            ..Choice::default()
+        };
+        let err = resolve(&choice).unwrap_err().to_string();
         assert!(err.contains("no-such-if0"), "{err}");
+    }
+
+    fn lab_interfaces() -> Vec<Interface> {
+        let iface = |name: &str, addrs: &[&str]| Interface {
+            name: name.to_owned(),
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        vec![
+            iface("lo", &["127.0.0.1"]),
+            iface("eth0", &["10.0.0.5"]),
+            iface("ul0", &["192.0.2.1"]),
+            iface("ul1", &["198.51.100.1", "198.51.100.9"]),
+            iface("bare0", &[]),
+        ]
+    }
+
+    fn pick_with(choice: Choice<'_>) -> Result<Picked, UnderlayError> {
+        pick(
+            &choice,
+            &lab_interfaces(),
+            || Ok("eth0".to_owned()),
+            |target| match target.octets() {
+                [198, 51, 100, _] => Ok(RouteTo {
+                    iface: "ul1".to_owned(),
+                    src: Some(Ipv4Addr::new(198, 51, 100, 9)),
+                }),
+                _ => Err("Network is unreachable (os error 101)".to_owned()),
+            },
+        )
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn nothing_given_means_the_default_route() {
+        let picked = pick_with(Choice::default()).unwrap();
+        assert_eq!((picked.iface.as_str(), picked.addr), ("eth0", None));
+    }
+
+    #[test]
+    fn ifaces_are_tried_in_order_before_regexes() {
+        let iface = strings(&["nope0", "198.51.100.9", "ul0"]);
+        let regex = strings(&["^ul0$"]);
+        let picked = pick_with(Choice {
+            iface: &iface,
+            iface_regex: &regex,
+            ..Choice::default()
+        })
+        .unwrap();
+        assert_eq!(picked.iface, "ul1");
+        assert_eq!(picked.addr, Some(Ipv4Addr::new(198, 51, 100, 9)));
+    }
+
+    #[test]
+    fn a_regex_matches_addresses_first_then_names() {
+        let regex = strings(&["^198\\.51\\.", "^ul"]);
+        let picked = pick_with(Choice {
+            iface_regex: &regex,
+            ..Choice::default()
+        })
+        .unwrap();
+        assert_eq!(picked.iface, "ul1");
+        assert_eq!(picked.addr, Some(Ipv4Addr::new(198, 51, 100, 1)));
+        // No address matches: the first matching name, whose first address follows.
+        let regex = strings(&["^nomatch", "^ul"]);
+        let picked = pick_with(Choice {
+            iface_regex: &regex,
+            ..Choice::default()
+        })
+        .unwrap();
+        assert_eq!((picked.iface.as_str(), picked.addr), ("ul0", None));
+        assert!(picked.chosen_by.contains("^ul"), "{}", picked.chosen_by);
+    }
+
+    #[test]
+    fn can_reach_takes_the_routes_interface_and_source() {
+        let regex = strings(&["^nomatch"]);
+        let picked = pick_with(Choice {
+            iface_regex: &regex,
+            can_reach: Some(Ipv4Addr::new(198, 51, 100, 254)),
+            ..Choice::default()
+        })
+        .unwrap();
+        assert_eq!(picked.iface, "ul1");
+        assert_eq!(picked.addr, Some(Ipv4Addr::new(198, 51, 100, 9)));
+    }
+
+    #[test]
+    fn nothing_found_names_every_attempt_and_what_exists() {
+        let iface = strings(&["nope0"]);
+        let regex = strings(&["^wlan"]);
+        let err = pick_with(Choice {
+            iface: &iface,
+            iface_regex: &regex,
+            can_reach: Some(Ipv4Addr::new(203, 0, 113, 1)),
+            ..Choice::default()
+        })
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "--iface nope0",
+            "--iface-regex ^wlan",
+            "--iface-can-reach 203.0.113.1 (Network is unreachable",
+            "ul1 [198.51.100.1 198.51.100.9]",
+            "bare0 []",
+        ] {
+            assert!(err.contains(part), "{part}: {err}");
+        }
+        assert!(
+            !err.contains("eth0 (default"),
+            "never the default route: {err}"
+        );
     }
 }

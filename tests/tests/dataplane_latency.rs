@@ -5,14 +5,12 @@
 //! blocks (iperf3 started and stopped between them), each side's median pooling all
 //! its blocks, so a change of load from outside falls on both alike.
 //!
-//! `scripts/test.sh` leaves it out (reported as filtered out; run it by name): on this
-//! lab's kernel the bound is not met in steady state, and not because of coalescing (the
-//! receive side now writes a flow at PSH, after 50 µs at most, and reads batches of
-//! about 256 KB). The floor is the TUN device's transmit queue: TUN orphans the skbs
-//! it queues, so TCP small queues do not bound a bulk flow's bytes in it, and a light
-//! flow hashed to the same queue waits behind them (ms); this kernel has no
-//! fair-queueing qdisc (fq, fq_codel, sfq) to put in front. The kernel's vxlan device
-//! has no such FIFO. The measurement stays here for that work.
+//! Without the express lane (`--express-lane=false`) the light flow waited 2–3 ms
+//! beside the bulk streams, against ~0.2 ms idle: behind super-packets in its worker's
+//! TUN queue (TUN orphans the skbs it queues, so TCP small queues do not bound a bulk
+//! flow there, and this kernel has no fair-queueing qdisc), behind megabytes of GRO
+//! trains in its worker's socket, and behind the busy worker itself. With the lane its
+//! packets take a worker of their own, asleep and at high priority, both ways.
 
 mod dataplane_support;
 

@@ -131,7 +131,12 @@ fn allocate(inv: &Invocation<'_>, node: &NodeNet) -> Result<Addressing, CniError
                 gateway: node.gateway.addr(),
             };
             let store = Store::open(&conf.data_dir, &conf.name)?;
-            let ip = store.allocate(&pool, &inv.env.container_id, &inv.env.ifname)?;
+            let ip = store.allocate(
+                &pool,
+                &inv.env.container_id,
+                &inv.env.ifname,
+                inv.env.pod.as_ref(),
+            )?;
             let dst = if conf.is_default_gateway {
                 default_route()
             } else {

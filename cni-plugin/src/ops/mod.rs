@@ -38,6 +38,8 @@ pub struct CniEnv {
     pub netns: Option<PathBuf>,
     pub ifname: String,
     pub cni_path: String,
+    /// ADD: the Kubernetes pod named in `CNI_ARGS`, kept in the IPAM record.
+    pub pod: Option<crate::k8s::PodRef>,
 }
 
 /// Everything one operation works with.

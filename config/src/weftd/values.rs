@@ -142,6 +142,54 @@ pub(super) fn parse_public_ip(s: &str) -> Result<Ipv4Addr, String> {
     Ok(ip)
 }
 
+/// A regular expression (Rust's `regex` syntax, which is flanneld's Go RE2 syntax for
+/// everything an interface pattern needs), unanchored as flanneld matches it.
+pub(super) fn parse_iface_regex(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty: give a pattern such as ^eth or ^192\\.0\\.2\\.".to_owned());
+    }
+    regex::Regex::new(s).map(|_| s.to_owned()).map_err(|e| {
+        format!(
+            "is not a regular expression: {}",
+            single_line_regex_error(&e)
+        )
+    })
+}
+
+/// The regex crate's message spans several lines (the pattern, a caret, the reason):
+/// keep the reason.
+fn single_line_regex_error(error: &regex::Error) -> String {
+    let text = error.to_string();
+    text.lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("error:"))
+        .map(|l| {
+            l.trim_start()
+                .trim_start_matches("error:")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|| super::single_line(&text))
+}
+
+pub(super) fn parse_can_reach(s: &str) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = s
+        .parse()
+        .map_err(|_| "is not an IPv4 address such as 192.0.2.254".to_owned())?;
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return Err("must be a unicast IPv4 address the node routes to".to_owned());
+    }
+    Ok(ip)
+}
+
+/// Whole minutes, 1 to 1439 (flanneld's range: less than the 24 h lease).
+pub(super) fn parse_renew_margin(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (1..24 * 60).contains(&n) => Ok(n),
+        _ => Err("expected whole minutes from 1 to 1439 (the lease lives 24 h)".to_owned()),
+    }
+}
+
 pub(super) fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| "is not an address:port such as 127.0.0.1:9842 or [::1]:9842".to_owned())

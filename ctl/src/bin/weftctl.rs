@@ -11,10 +11,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use serde::Serialize;
+use weft_config::weftd::{clap_error_line, one_line_causes};
+use weft_ctl::etcd_source::{EtcdArgs, Resolved};
 use weft_ctl::trace::{HopStatus, TraceOptions, TraceReport};
-use weft_daemon::subnet::{EtcdOptions, Registry};
+use weft_daemon::subnet::Registry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,9 +37,16 @@ struct Cli {
 enum Command {
     /// List every subnet lease in etcd: subnet, PublicIP, backend, VTEP MAC and the time
     /// until the lease expires ("reserved" for a reservation, which never expires).
+    ///
+    /// On a node no flag is needed: the etcd endpoints, prefix and TLS files are the
+    /// local weftd's (from its /v1/status at --healthz-addr); a flag or WEFTD_ variable
+    /// overrides each; --verbose says which source each came from.
     Leases {
         #[command(flatten)]
         etcd: EtcdArgs,
+        /// The local weftd's --healthz-addr, asked for its etcd settings.
+        #[arg(long, env = "WEFTD_HEALTHZ_ADDR", default_value = "127.0.0.1:9842")]
+        healthz_addr: SocketAddr,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -109,51 +118,6 @@ enum Command {
     },
 }
 
-/// How to reach etcd: the same flags (and `WEFTD_*` variables) as weftd.
-#[derive(Debug, Args)]
-struct EtcdArgs {
-    /// Comma-separated etcd endpoints.
-    #[arg(
-        long,
-        env = "WEFTD_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    etcd_endpoints: Vec<String>,
-    /// flannel's etcd prefix.
-    #[arg(long, env = "WEFTD_ETCD_PREFIX", default_value = "/coreos.com/network")]
-    etcd_prefix: String,
-    /// CA certificate for TLS to etcd.
-    #[arg(long, env = "WEFTD_ETCD_CAFILE")]
-    etcd_cafile: Option<PathBuf>,
-    /// Client certificate for TLS to etcd.
-    #[arg(long, env = "WEFTD_ETCD_CERTFILE")]
-    etcd_certfile: Option<PathBuf>,
-    /// Client key for TLS to etcd.
-    #[arg(long, env = "WEFTD_ETCD_KEYFILE")]
-    etcd_keyfile: Option<PathBuf>,
-    /// etcd user name (with --etcd-password).
-    #[arg(long, env = "WEFTD_ETCD_USERNAME")]
-    etcd_username: Option<String>,
-    /// etcd password (with --etcd-username).
-    #[arg(long, env = "WEFTD_ETCD_PASSWORD", hide_env_values = true)]
-    etcd_password: Option<String>,
-}
-
-impl EtcdArgs {
-    fn options(&self) -> EtcdOptions {
-        EtcdOptions {
-            endpoints: self.etcd_endpoints.clone(),
-            prefix: self.etcd_prefix.clone(),
-            cafile: self.etcd_cafile.clone(),
-            certfile: self.etcd_certfile.clone(),
-            keyfile: self.etcd_keyfile.clone(),
-            username: self.etcd_username.clone(),
-            password: self.etcd_password.clone(),
-        }
-    }
-}
-
 /// One row of `weftctl leases`.
 #[derive(Debug, Serialize)]
 struct LeaseRow {
@@ -174,7 +138,16 @@ fn main() -> ExitCode {
     // SIGPIPE, and printing to the closed pipe would then panic.
     // SAFETY: first thing in main, before any other thread exists; SIG_DFL is valid.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match clap_error_line(&e) {
+            Some(line) => {
+                eprintln!("weftctl: {line} (weftctl --help lists the commands and flags)");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     let tracing_run = matches!(cli.command, Command::Trace { .. });
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -189,7 +162,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("weftctl: {e:#}");
+            eprintln!("weftctl: {}", one_line_causes(e.chain()));
             if tracing_run {
                 ExitCode::from(2)
             } else {
@@ -201,9 +174,14 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Leases { etcd, json } => leases(&etcd.options(), json)
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        Command::Leases {
+            etcd,
+            healthz_addr,
+            json,
+        } => {
+            let etcd = etcd_settings(&etcd, healthz_addr).await?;
+            leases(&etcd, json).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Status { healthz_addr, json } => {
             status(healthz_addr, json).await.map(|()| ExitCode::SUCCESS)
         }
@@ -229,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = TraceOptions {
                 from,
                 to,
-                etcd: etcd.options(),
+                etcd: resolved_etcd(&etcd, weftd_status.as_ref(), healthz_addr)?.options,
                 cni_cache_dirs: cni_cache_dir,
                 subnet_file,
                 ip_masq,
@@ -274,9 +252,47 @@ fn print_trace(report: &TraceReport) {
     }
 }
 
-async fn leases(opts: &EtcdOptions, json: bool) -> anyhow::Result<()> {
-    let registry = Registry::connect(opts).await?;
-    let (stored, _) = registry.list_subnets().await?;
+/// The etcd settings: flags first, then the local weftd's (asked only when a flag is
+/// missing), then the defaults.
+async fn etcd_settings(etcd: &EtcdArgs, healthz_addr: SocketAddr) -> anyhow::Result<Resolved> {
+    let status = if etcd.needs_weftd() {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            http_get(healthz_addr, "/v1/status"),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|body| serde_json::from_str(&body).ok())
+    } else {
+        None
+    };
+    resolved_etcd(etcd, status.as_ref(), healthz_addr)
+}
+
+fn resolved_etcd(
+    etcd: &EtcdArgs,
+    weftd_status: Option<&serde_json::Value>,
+    healthz_addr: SocketAddr,
+) -> anyhow::Result<Resolved> {
+    let resolved = etcd
+        .resolve(weftd_status, healthz_addr)
+        .map_err(anyhow::Error::msg)?;
+    if etcd.verbose {
+        eprintln!("weftctl: {}", resolved.describe());
+    }
+    Ok(resolved)
+}
+
+async fn leases(etcd: &Resolved, json: bool) -> anyhow::Result<()> {
+    // An etcd error names the endpoints; a default one also says why it was used.
+    let hint = |e: weft_daemon::subnet::registry::RegistryError| match &etcd.default_endpoints_hint
+    {
+        Some(hint) => anyhow::anyhow!("{e} ({hint})"),
+        None => anyhow::Error::new(e),
+    };
+    let registry = Registry::connect(&etcd.options).await.map_err(hint)?;
+    let (stored, _) = registry.list_subnets().await.map_err(hint)?;
     let mut rows = Vec::with_capacity(stored.len());
     for lease in stored {
         let expires_in_secs = if lease.is_reservation() {

@@ -301,6 +301,16 @@ impl Tunnel {
         }
     }
 
+    /// The express lane's socket, if wanted (VXLAN only: see [`vxlan::open_express`];
+    /// IPIP's raw sockets have no reuseport group). Opened right after
+    /// [`Tunnel::open_receivers`].
+    pub fn open_express(&self, queues: usize, express: bool) -> anyhow::Result<Vec<Arc<OwnedFd>>> {
+        match self {
+            Tunnel::Vxlan { port, .. } => vxlan::open_express(*port, queues, express),
+            Tunnel::Ipip => Ok(Vec::new()),
+        }
+    }
+
     /// The sending sockets the workers share, each sending without `DF` (see
     /// [`allow_fragmentation`]).
     pub fn open_senders(&self) -> anyhow::Result<Vec<OwnedFd>> {

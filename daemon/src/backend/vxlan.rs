@@ -2,15 +2,15 @@
 //! peer's PublicIP, addressed to its VTEP MAC; DirectRouting sends to peers on the same
 //! underlay subnet unencapsulated.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use ipnet::Ipv4Net;
 
 use super::{tunnel_or_direct, Backend, Reach, Refusal, Tunnel};
-use crate::dataplane::io;
 use crate::dataplane::tap_encap::adjust_room;
+use crate::dataplane::{express, io};
 use crate::lease::{MacAddr, Peer, PeerBackend};
 
 /// Sending sockets, each with its own ephemeral source port; flows are spread over them
@@ -67,6 +67,29 @@ pub(super) fn open_receivers(port: u16, queues: usize) -> anyhow::Result<Vec<Arc
         .map(|_| io::vxlan_socket(port).map(Arc::new))
         .collect::<Result<_, _>>()
         .with_context(|| format!("binding UDP 0.0.0.0:{port} for VXLAN"))
+}
+
+/// The express lane's socket (see `dataplane::express`), or none without `express`:
+/// one more member of the reuseport group, opened after [`open_receivers`]' (a group's
+/// sockets are indexed in the order they joined), with the group's steering program.
+/// None either when the kernel refuses the program (the socket is closed again, and
+/// the group spreads by its own hash as before).
+pub(super) fn open_express(
+    port: u16,
+    queues: usize,
+    express: bool,
+) -> anyhow::Result<Vec<Arc<OwnedFd>>> {
+    if !express {
+        return Ok(Vec::new());
+    }
+    let socket = io::vxlan_socket(port)
+        .with_context(|| format!("binding UDP 0.0.0.0:{port} for VXLAN's express lane"))?;
+    let program = express::reuseport_steering(queues as u32);
+    if let Err(error) = io::attach_reuseport_program(socket.as_fd(), &program) {
+        tracing::warn!(%error, "no express lane for small packets: the kernel refused the reuseport program");
+        return Ok(Vec::new());
+    }
+    Ok(vec![Arc::new(socket)])
 }
 
 /// [`FLOW_SOCKETS`] sending sockets on ephemeral ports.

@@ -6,13 +6,19 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
-use weft_config::weftd::{single_line, LogFormat, SettingsError};
+use weft_config::weftd::{clap_error_line, one_line_causes, LogFormat, SettingsError};
 use weft_config::Settings;
 
 fn main() -> ExitCode {
     let settings = match Settings::from_env_and_args() {
         Ok(settings) => settings,
-        Err(SettingsError::Cli(e)) => e.exit(),
+        Err(SettingsError::Cli(e)) => match clap_error_line(&e) {
+            Some(line) => {
+                eprintln!("weftd: {line} (weftd --help lists every flag)");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
         Err(e) => {
             eprintln!("weftd: {e}");
             return ExitCode::from(2);
@@ -21,6 +27,11 @@ fn main() -> ExitCode {
     if let Err(e) = init_tracing(&settings) {
         eprintln!("weftd: {e}");
         return ExitCode::from(2);
+    }
+    if let Some(notice) = settings.flannel_env_notice() {
+        tracing::info!(
+            "flanneld's environment variables: {notice} (WEFTD_ names win where both are set)"
+        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -59,22 +70,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, each said once: many errors already quote
-/// their source in their own message, which `{:#}` would repeat
-/// ("...: Address already in use (os error 98): Address already in use (os error 98)").
+/// The error and its causes on one line, each said once.
 fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = single_line(&cause.to_string());
-        if text.is_empty() || line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
+    one_line_causes(error.chain())
 }
 
 fn init_tracing(settings: &Settings) -> Result<(), String> {

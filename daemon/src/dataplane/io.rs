@@ -266,13 +266,40 @@ pub fn ipip_sockets(count: usize) -> io::Result<Vec<OwnedFd>> {
         .collect()
 }
 
-/// Classic BPF for raw IPIP socket `index` of `count`: accept a packet when a hash of
-/// its inner flow (addresses, plus ports for TCP and UDP: ICMP's third word changes with
-/// every echo) modulo `count` is `index`. Packets too short to hold the inner headers go
-/// to socket 0. Offsets assume the usual 20-byte outer and inner IPv4 headers; options
-/// only make a flow hash other bytes, still the same ones for every packet of it.
+/// Classic BPF for raw IPIP socket `index` of `count`: accept a packet when its inner
+/// flow's [`inner_flow_hash`] is `index`. Packets too short to hold the inner headers
+/// go to socket 0.
 pub fn ipip_share_filter(index: u32, count: u32) -> Vec<SockFilter> {
     const LD_LEN: u16 = 0x80;
+    const JEQ_K: u16 = 0x15;
+    const JGE_K: u16 = 0x35;
+    const RET_K: u16 = 0x06;
+    const ACCEPT: u32 = u32::MAX;
+    const INNER: u32 = 20;
+    let op = SockFilter::new;
+    let mut program = vec![
+        op(LD_LEN, 0, 0, 0),
+        op(JGE_K, 1, 0, INNER + 24),
+        op(RET_K, 0, 0, if index == 0 { ACCEPT } else { 0 }),
+    ];
+    program.extend(inner_flow_hash(INNER, count));
+    program.extend([
+        op(JEQ_K, 0, 1, index),
+        op(RET_K, 0, 0, ACCEPT),
+        op(RET_K, 0, 0, 0),
+    ]);
+    program
+}
+
+/// Classic BPF leaving in A the worker (`0..count`) of the inner IPv4 packet at
+/// `inner`: a hash of its addresses, plus its ports for TCP and UDP (ICMP's third word
+/// changes with every echo), folded to 16 bits. It is symmetric (a flow's two
+/// directions get one worker) and the same as the TUN steering program's
+/// (`express::tun_steering`), so a flow's data and its replies meet on one worker, as
+/// TUN's own flow steering would have them. Offsets assume the usual 20-byte IPv4
+/// header: options only make a flow hash other bytes, still the same ones for every
+/// packet of it.
+pub fn inner_flow_hash(inner: u32, count: u32) -> Vec<SockFilter> {
     const LD_W_ABS: u16 = 0x20;
     const LD_B_ABS: u16 = 0x30;
     const TAX: u16 = 0x07;
@@ -283,36 +310,52 @@ pub fn ipip_share_filter(index: u32, count: u32) -> Vec<SockFilter> {
     const MOD_K: u16 = 0x94;
     const JA: u16 = 0x05;
     const JEQ_K: u16 = 0x15;
-    const JGE_K: u16 = 0x35;
-    const RET_K: u16 = 0x06;
-    const ACCEPT: u32 = u32::MAX;
-    const INNER: u32 = 20;
     let op = SockFilter::new;
     vec![
-        op(LD_LEN, 0, 0, 0),
-        op(JGE_K, 1, 0, INNER + 24),
-        op(RET_K, 0, 0, if index == 0 { ACCEPT } else { 0 }),
-        op(LD_W_ABS, 0, 0, INNER + 12), // inner source
+        op(LD_W_ABS, 0, 0, inner + 12), // source
         op(TAX, 0, 0, 0),
-        op(LD_W_ABS, 0, 0, INNER + 16), // inner destination
+        op(LD_W_ABS, 0, 0, inner + 16), // destination
         op(XOR_X, 0, 0, 0),
         op(TAX, 0, 0, 0),
-        op(LD_B_ABS, 0, 0, INNER + 9), // inner protocol
+        op(LD_B_ABS, 0, 0, inner + 9), // protocol
         op(JEQ_K, 3, 0, 6),
         op(JEQ_K, 2, 0, 17),
         op(TXA, 0, 0, 0),
         op(JA, 0, 0, 2),
-        op(LD_W_ABS, 0, 0, INNER + 20), // ports
+        op(LD_W_ABS, 0, 0, inner + 20), // ports
         op(XOR_X, 0, 0, 0),
         op(TAX, 0, 0, 0),
         op(RSH_K, 0, 0, 16),
         op(XOR_X, 0, 0, 0),
         op(AND_K, 0, 0, 0xffff),
-        op(MOD_K, 0, 0, count),
-        op(JEQ_K, 0, 1, index),
-        op(RET_K, 0, 0, ACCEPT),
-        op(RET_K, 0, 0, 0),
+        op(MOD_K, 0, 0, count.max(1)),
     ]
+}
+
+/// Attaches `program` as the reuseport group's socket selector (`SO_ATTACH_REUSEPORT_CBPF`,
+/// Linux 4.5+): on any member, for the whole group.
+pub fn attach_reuseport_program(socket: BorrowedFd<'_>, program: &[SockFilter]) -> io::Result<()> {
+    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| io::ErrorKind::InvalidInput)?,
+        // SockFilter is `repr(transparent)` over `sock_filter`.
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: valid socket fd; `fprog` points at `program`, alive for the call, and the
+    // option value is a live sock_fprog of the size given (the kernel copies it).
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Asks for `UDP_GRO`: trains of equal datagrams (a peer's `UDP_SEGMENT` send) arrive

@@ -18,6 +18,7 @@
 //! TUN, TAP, sockets or workers.
 
 mod batch;
+pub mod express;
 pub mod io;
 mod pacer;
 pub mod packet;
@@ -274,6 +275,7 @@ fn open_tunnel(
         wanted,
         queues,
         receivers: tunnel.open_receivers(queues)?,
+        express: tunnel.open_express(queues, settings.express_lane)?,
         senders: Arc::new(tunnel.open_senders()?),
         table: Arc::new(ArcSwap::from_pointee(PeerTable::empty(
             lease.subnet.prefix_len(),
@@ -297,6 +299,7 @@ fn routed_info(backend: &NodeBackend, lease: &LocalLease) -> crate::metrics::Dat
             udp_gro: false,
             kernel_encap: false,
             udp_tunnel_csum: false,
+            express_lane: false,
         },
         transmit_path: "routed",
         transmit_path_reason: None,

@@ -14,7 +14,7 @@ use super::peers::{Encap, PeerTable};
 use super::repair::{self, Built, DeviceState, Observed, PlaneFaults, RepairPlan};
 use super::tun::{Offloads, Tun};
 use super::worker::{self, WorkerContext};
-use super::{io, tap_encap, RouteInputs, BRIDGE, KERNEL_ENCAP_RETRY};
+use super::{express, io, tap_encap, RouteInputs, BRIDGE, KERNEL_ENCAP_RETRY};
 use crate::lease::LocalLease;
 use crate::metrics::{Metrics, Repair};
 use weft_config::TcAttach;
@@ -33,9 +33,34 @@ pub(super) struct Shared {
     pub(super) wanted: Offloads,
     pub(super) queues: usize,
     pub(super) receivers: Vec<Arc<OwnedFd>>,
+    /// The express lane's socket, or none (see `express`).
+    pub(super) express: Vec<Arc<OwnedFd>>,
     pub(super) senders: Arc<Vec<OwnedFd>>,
     pub(super) table: Arc<ArcSwap<PeerTable>>,
     pub(super) metrics: Arc<Metrics>,
+}
+
+/// Attaches the express lane's TUN steering program (see `express`), or detaches any
+/// left on the persistent device by a weftd that had the lane; says whether small
+/// packets from TUN take the lane. Without the program the express worker is one more
+/// ordinary worker (TUN spreads flows by its own steering).
+fn steer_small_packets(tun: &Tun, shared: &Shared) -> bool {
+    if shared.express.is_empty() {
+        if let Err(error) = tun.set_steering_program(None) {
+            tracing::warn!(%error, "could not clear the TUN device's steering program");
+        }
+        return false;
+    }
+    let attached = express::load_tun_steering(shared.queues as u32)
+        .map_err(anyhow::Error::from)
+        .and_then(|program| Ok(tun.set_steering_program(Some(&program))?));
+    match attached {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "small packets from TUN share the workers' queues: no steering program");
+            false
+        }
+    }
 }
 
 /// One generation of the devices and the workers on them.
@@ -45,6 +70,8 @@ pub(super) struct Plane {
     tap: Option<tap_encap::TapEncap>,
     /// Why packets leave through the userspace path, when they do.
     userspace_reason: Option<String>,
+    /// Small packets take the express lane both ways (see `express`).
+    express_lane: bool,
     pub(super) built: Built,
     started: Instant,
     stop: Arc<io::StopSignal>,
@@ -66,8 +93,9 @@ impl Plane {
         let name = &shared.name;
         let lease = &shared.lease;
         // The TUN VTEP: persistent, so it (and its routes) survive a restart.
-        let tun = Tun::open(name, shared.queues, shared.wanted)
+        let tun = Tun::open(name, shared.queues + shared.express.len(), shared.wanted)
             .with_context(|| format!("opening TUN device {name}"))?;
+        let express_lane = steer_small_packets(&tun, shared);
         if tun.offloads() == shared.wanted {
             tracing::info!(device = %name, offloads = ?tun.offloads(), "TUN offloads: TSO super-packets are segmented in userspace");
         } else {
@@ -144,6 +172,7 @@ impl Plane {
             tun,
             tap,
             userspace_reason,
+            express_lane,
             stop,
             faults,
             threads: Vec::new(),
@@ -163,16 +192,29 @@ impl Plane {
                 senders: shared.senders.clone(),
                 tap,
             };
-            let receive = match shared.receivers.get(queue) {
-                Some(receiver) => {
-                    Some((ctx.clone(), plane.tun.clone_queue(queue)?, receiver.clone()))
-                }
+            let socket = match queue.checked_sub(shared.queues) {
+                None => shared.receivers.get(queue),
+                Some(express) => shared.express.get(express),
+            };
+            let receive = match socket {
+                Some(receiver) => Some(worker::ReceiveSetup {
+                    ctx: ctx.clone(),
+                    tun: plane.tun.clone_queue(queue)?,
+                    socket: receiver.clone(),
+                }),
                 None => None,
             };
             let stop = plane.stop.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("weft-q{queue}"))
-                .spawn(move || worker::run(stop, Some(transmit), receive));
+            let is_express = queue >= shared.queues;
+            let name = if is_express {
+                "weft-express".to_owned()
+            } else {
+                format!("weft-q{queue}")
+            };
+            let thread = std::thread::Builder::new().name(name).spawn(move || {
+                let priority = is_express.then(express::Priority::raise).flatten();
+                worker::run(stop, Some(transmit), receive, priority)
+            });
             match thread {
                 Ok(thread) => plane.threads.push(thread),
                 Err(error) => {
@@ -219,6 +261,7 @@ impl Plane {
                 .tap
                 .as_ref()
                 .is_some_and(tap_encap::TapEncap::udp_tunnel_offload),
+            express_lane: self.express_lane,
         };
         crate::metrics::DataplaneInfo {
             device: shared.name.clone(),

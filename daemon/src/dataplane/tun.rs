@@ -253,8 +253,8 @@ impl Tun {
         value: &libc::c_int,
         what: &'static str,
     ) -> Result<(), TunError> {
-        // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer, which points to a
-        // live `c_int` for the duration of the call.
+        // SAFETY: TUNSETVNETHDRSZ and TUNSETSTEERINGEBPF read one `int` through the
+        // pointer, which points to a live `c_int` for the duration of the call.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), request, value as *const libc::c_int) };
         if rc < 0 {
             return Err(self.ioctl_error(what));
@@ -268,6 +268,20 @@ impl Tun {
             what,
             source: io::Error::last_os_error(),
         }
+    }
+
+    /// Sets (or with `None` removes) the eBPF program that picks each transmitted
+    /// packet's queue (`TUNSETSTEERINGEBPF`, Linux 4.16+), in place of TUN's own flow
+    /// steering. The device keeps a reference: the descriptor may be closed after.
+    pub fn set_steering_program(&self, program: Option<&OwnedFd>) -> Result<(), TunError> {
+        const TUNSETSTEERINGEBPF: libc::Ioctl = 0x8004_54e0;
+        let fd: libc::c_int = program.map_or(-1, |program| program.as_raw_fd());
+        self.ioctl_ptr(
+            &self.queues[0],
+            TUNSETSTEERINGEBPF,
+            &fd,
+            "TUNSETSTEERINGEBPF",
+        )
     }
 
     /// The device name.

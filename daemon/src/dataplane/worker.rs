@@ -112,6 +112,16 @@ pub struct TransmitSetup {
     pub tap: Option<TapQueue>,
 }
 
+/// What a worker's receive half is built from.
+#[derive(Debug)]
+pub struct ReceiveSetup {
+    pub ctx: WorkerContext,
+    /// The worker's TUN queue.
+    pub tun: OwnedFd,
+    /// The worker's underlay socket.
+    pub socket: Arc<OwnedFd>,
+}
+
 /// A worker thread: moves packets TUN → underlay (`transmit`) and/or underlay → TUN
 /// (`receive`). With both, one thread serves both directions of a queue, so a request
 /// written to TUN and the reply the kernel queues right back (on the flow's TUN queue,
@@ -120,13 +130,14 @@ pub struct TransmitSetup {
 pub fn run(
     stop: Arc<StopSignal>,
     transmit: Option<TransmitSetup>,
-    receive: Option<(WorkerContext, OwnedFd, Arc<OwnedFd>)>,
+    receive: Option<ReceiveSetup>,
+    mut priority: Option<super::express::Priority>,
 ) -> io::Result<()> {
     // Both halves share one context's settings and counters.
     let ctx = transmit
         .as_ref()
         .map(|setup| &setup.ctx)
-        .or(receive.as_ref().map(|(ctx, ..)| ctx));
+        .or(receive.as_ref().map(|setup| &setup.ctx));
     let busy_poll = ctx.map_or(Duration::ZERO, |ctx| ctx.busy_poll);
     let metrics = ctx.map(|ctx| Arc::clone(&ctx.metrics));
     let mut transmitter = match transmit {
@@ -138,7 +149,7 @@ pub fn run(
         )?),
         None => None,
     };
-    let mut receiver = receive.map(|(ctx, tun, socket)| Receiver::new(ctx, tun, socket));
+    let mut receiver = receive.map(|setup| Receiver::new(setup.ctx, setup.tun, setup.socket));
     let mut last_busy = Instant::now();
     let spin_window = SPIN_WINDOW.max(busy_poll);
     // Whether the worker slept in `poll` since it last had work.
@@ -166,6 +177,7 @@ pub fn run(
         }
     };
     loop {
+        let round_start = Instant::now();
         let sent = match transmitter.as_mut() {
             Some(transmitter) => transmitter.pump(),
             None => TxRound::default(),
@@ -182,6 +194,9 @@ pub fn run(
         };
         let now = Instant::now();
         if sent.packets > 0 || received {
+            if let Some(priority) = priority.as_mut() {
+                priority.worked(round_start, now);
+            }
             account_polling(&mut polling_since, now);
             if received {
                 if let Some(end) = reply_wait.received(now) {
@@ -210,6 +225,9 @@ pub fn run(
         account_polling(&mut polling_since, now);
         let tun = transmitter.as_ref().map(|t| t.tun.as_fd());
         let socket = receiver.as_ref().map(|r| r.socket.as_fd());
+        if let Some(priority) = priority.as_mut() {
+            priority.sleeping();
+        }
         if !wait_readable(tun, socket, &stop)? {
             return Ok(());
         }

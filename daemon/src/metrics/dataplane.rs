@@ -64,4 +64,7 @@ pub struct ActiveOffloads {
     /// VXLAN through the TAP is written as UDP-tunnel GSO with outer UDP checksums
     /// (Linux ≥ 6.17; else `bpf_skb_adjust_room`, outer checksum 0).
     pub udp_tunnel_csum: bool,
+    /// Small packets (≤ 256 bytes inner) take a worker of their own both ways, steered
+    /// by size on TUN and on the VXLAN sockets (`dataplane::express`).
+    pub express_lane: bool,
 }

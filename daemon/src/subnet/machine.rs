@@ -33,6 +33,9 @@ use crate::lease::{lease_record, MacAddr};
 /// flannel's lease TTL.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// flannel's `--subnet-lease-renew-margin` default: renew an hour before expiry.
+pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(3600);
+
 /// How often a lost race is retried before giving up (each retry re-lists the store
 /// and excludes the subnets already lost, so this only runs out under pathological
 /// churn).
@@ -68,8 +71,13 @@ pub struct ManagerConfig {
     pub public_ip: Ipv4Addr,
     pub vtep_mac: MacAddr,
     pub lease_ttl: Duration,
-    /// How often the lease is renewed and the store probed.
+    /// How often the store is probed: the lease's time left is read (a renewal when
+    /// it is due), or a reservation's key.
     pub renew_interval: Duration,
+    /// Renew the lease once no more than this is left of it (flanneld's
+    /// `--subnet-lease-renew-margin`). A margin as long as the TTL or longer (test TTLs)
+    /// renews at every probe.
+    pub renew_margin: Duration,
     /// Subnets to try first, in order (last lease from the state dir, subnet.env),
     /// when this node has no lease in the store yet.
     pub preferred: Vec<Ipv4Net>,
@@ -85,14 +93,16 @@ impl ManagerConfig {
             vtep_mac,
             lease_ttl,
             renew_interval: default_renew_interval(lease_ttl),
+            renew_margin: DEFAULT_RENEW_MARGIN,
             preferred: Vec::new(),
             resume: None,
         }
     }
 }
 
-/// A third of the TTL (etcd's own clients use the same), at most 10 s: renewals are
-/// also how a node notices that the store is gone or that its lease was revoked.
+/// A third of the TTL (etcd's own clients use the same), at most 10 s: these probes
+/// (a renewal, or a read of the time left) are also how a node notices that the store
+/// is gone or that its lease was revoked.
 pub fn default_renew_interval(ttl: Duration) -> Duration {
     (ttl / 3).clamp(Duration::from_millis(300), Duration::from_secs(10))
 }
@@ -287,6 +297,8 @@ enum Acquiring {
 enum Keeping {
     /// Waiting for the renewal timer.
     Idle,
+    /// `CheckTimeLeft` of our lease sent: renew if the margin is reached.
+    Probing,
     /// `GetLease` of our key sent.
     Reading,
     /// Our record rewritten in place (`Replace` with the same handle) sent.
@@ -312,6 +324,9 @@ pub struct LeaseMachine {
     lists: usize,
     /// Check our key at the end of the running check (it changed meanwhile).
     verify_pending: bool,
+    /// When the held lease is due for renewal (expiry minus the margin), as of the
+    /// store's last answer; `None`: renew at the next check.
+    renew_due: Option<Instant>,
     reported: LeaseState,
 }
 
@@ -330,6 +345,7 @@ impl LeaseMachine {
             lost_races: BTreeSet::new(),
             lists: 0,
             verify_pending: false,
+            renew_due: None,
             reported: LeaseState::Starting,
         }
     }

@@ -33,11 +33,14 @@ pub enum RegistryError {
     },
     #[error("{0}")]
     BadOptions(String),
-    #[error("etcd at {endpoints}: {op} failed: {source}")]
+    /// The cause is said once, briefly ([`brief`]): not chained as a `source`, whose
+    /// text (tonic's status with its transport error's `Debug`) would say it twice in
+    /// hundreds of characters.
+    #[error("etcd at {endpoints}: {op} failed: {}", brief(cause))]
     Etcd {
         endpoints: String,
         op: &'static str,
-        source: etcd_client::Error,
+        cause: etcd_client::Error,
     },
     #[error(
         "etcd at {endpoints}: {op} timed out after {timeout:?} (is etcd running and reachable?)"
@@ -60,7 +63,7 @@ impl RegistryError {
         const UNAUTHENTICATED: i32 = 16;
         match self {
             RegistryError::TlsFile { .. } | RegistryError::BadOptions(_) => true,
-            RegistryError::Etcd { source, .. } => match source {
+            RegistryError::Etcd { cause, .. } => match cause {
                 etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => true,
                 etcd_client::Error::GRpcStatus(status) => matches!(
                     i32::from(status.code()),
@@ -71,6 +74,39 @@ impl RegistryError {
             RegistryError::Timeout { .. } => false,
         }
     }
+}
+
+/// An etcd client error in a few words, on one line: for a gRPC status its code and
+/// message, and for an unreachable endpoint the innermost cause (`connection refused`),
+/// not the layers of transport errors around it.
+pub fn brief(error: &etcd_client::Error) -> String {
+    const UNAVAILABLE: i32 = 14;
+    const DEADLINE_EXCEEDED: i32 = 4;
+    let innermost = |error: &(dyn std::error::Error + 'static)| -> Option<String> {
+        let mut cause = error.source()?;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        Some(cause.to_string())
+    };
+    let text = match error {
+        etcd_client::Error::GRpcStatus(status) => match i32::from(status.code()) {
+            UNAVAILABLE => format!(
+                "unreachable: {}",
+                innermost(status).unwrap_or_else(|| status.message().to_owned())
+            ),
+            DEADLINE_EXCEEDED => format!("timed out: {}", status.message()),
+            _ => format!("{}: {}", status.code().description(), status.message()),
+        },
+        etcd_client::Error::TransportError(e) => {
+            format!(
+                "unreachable: {}",
+                innermost(e).unwrap_or_else(|| e.to_string())
+            )
+        }
+        other => other.to_string(),
+    };
+    weft_config::weftd::single_line(&text)
 }
 
 /// How to reach etcd (from weftd's or weftctl's flags).
@@ -216,12 +252,12 @@ impl Registry {
         .await
         {
             Ok(Ok(client)) => client,
-            Ok(Err(source)) => {
-                reachability.failed(source.to_string());
+            Ok(Err(cause)) => {
+                reachability.failed(brief(&cause));
                 return Err(RegistryError::Etcd {
                     endpoints,
                     op: "connect",
-                    source,
+                    cause,
                 });
             }
             Err(_) => {
@@ -280,12 +316,12 @@ impl Registry {
                 self.reachability.ok();
                 Ok(value)
             }
-            Ok(Err(source)) => {
-                self.reachability.failed(source.to_string());
+            Ok(Err(cause)) => {
+                self.reachability.failed(brief(&cause));
                 Err(RegistryError::Etcd {
                     endpoints: self.endpoints.clone(),
                     op,
-                    source,
+                    cause,
                 })
             }
             Err(_) => {
@@ -355,7 +391,7 @@ impl Registry {
         {
             Ok(_) => Ok(()),
             Err(RegistryError::Etcd {
-                source: etcd_client::Error::GRpcStatus(status),
+                cause: etcd_client::Error::GRpcStatus(status),
                 ..
             }) if status.message().contains("not found") => Ok(()),
             Err(e) => Err(e),
@@ -450,7 +486,7 @@ impl Registry {
         {
             Ok(pair) => Ok(Some(pair)),
             Err(RegistryError::Etcd {
-                source: etcd_client::Error::LeaseKeepAliveError(msg),
+                cause: etcd_client::Error::LeaseKeepAliveError(msg),
                 ..
             }) if msg.contains("not found") => {
                 // etcd answered: it is reachable, the lease is just gone.
@@ -475,7 +511,7 @@ impl Registry {
             None => Err(RegistryError::Etcd {
                 endpoints: self.endpoints.clone(),
                 op: "lease keep-alive",
-                source: etcd_client::Error::LeaseKeepAliveError("stream closed".into()),
+                cause: etcd_client::Error::LeaseKeepAliveError("stream closed".into()),
             }),
         }
     }

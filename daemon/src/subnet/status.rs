@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use ipnet::{IpNet, Ipv4Net};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::store::{EtcdHealth, Reachability};
@@ -172,6 +172,36 @@ pub fn rfc3339_utc(unix: u64) -> String {
     )
 }
 
+/// How this weftd reaches etcd, in `/v1/status`, so that `weftctl` on the node needs no
+/// flags: endpoints, prefix, the TLS files' paths and the user name — never a password
+/// nor a file's contents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdClientView {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cafile: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certfile: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyfile: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+impl EtcdClientView {
+    pub fn from_settings(settings: &weft_config::Settings) -> Self {
+        EtcdClientView {
+            endpoints: settings.etcd_endpoints.clone(),
+            prefix: settings.etcd_prefix.clone(),
+            cafile: settings.etcd_cafile.clone(),
+            certfile: settings.etcd_certfile.clone(),
+            keyfile: settings.etcd_keyfile.clone(),
+            username: settings.etcd_username.clone(),
+        }
+    }
+}
+
 /// Shared control-plane status.
 #[derive(Debug)]
 pub struct ControlStatus {
@@ -182,6 +212,7 @@ pub struct ControlStatus {
     etcd: Mutex<Option<Arc<Reachability>>>,
     etcd_grace: Duration,
     degraded: Mutex<Option<Degraded>>,
+    etcd_client: Mutex<Option<EtcdClientView>>,
     pub counters: Counters,
 }
 
@@ -193,6 +224,7 @@ impl Default for ControlStatus {
             etcd: Mutex::default(),
             etcd_grace: ETCD_GRACE,
             degraded: Mutex::default(),
+            etcd_client: Mutex::default(),
             counters: Counters::default(),
         }
     }
@@ -225,6 +257,14 @@ impl ControlStatus {
             etcd_grace: grace,
             ..ControlStatus::default()
         })
+    }
+
+    pub fn set_etcd_client(&self, view: EtcdClientView) {
+        *lock(&self.etcd_client) = Some(view);
+    }
+
+    pub fn etcd_client(&self) -> Option<EtcdClientView> {
+        lock(&self.etcd_client).clone()
     }
 
     pub fn set_lease(&self, state: LeaseState) {

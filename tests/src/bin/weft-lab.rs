@@ -3,6 +3,7 @@
 //! ```text
 //! weft-lab up --nodes 3 --kernel-nodes 1     # etcd, 2 weftd nodes, 1 kernel-flannel node
 //! weft-lab pod add n1 web                    # a pod via containerd + the weft CNI plugin
+//! weft-lab pod add --cri n2 api --host-port 8080:80   # RunPodSandbox on n2's containerd
 //! weft-lab exec web -- ping -c1 10.244.2.2
 //! weft-lab status
 //! weft-lab down                              # the last lab; --prefix P or --all
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use weft_tests::lab::cri::{HostPort, SandboxSpec};
 use weft_tests::lab::state::{LabState, STATE_DIR};
 use weft_tests::lab::{self, Backend, CniKind, Lab, LabSpec, NodeKind};
 
@@ -107,17 +109,71 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PodCommand {
-    /// Add a pod on a node: via containerd (`ctr run --cni`) unless --fast.
+    /// Add a pod on a node: via the lab's containerd (`ctr run --cni`) unless --fast or
+    /// --cri.
     Add {
         #[arg(long)]
         prefix: Option<String>,
         /// A veth-only pod without containerd.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cri")]
         fast: bool,
+        /// Through the CRI as the kubelet does: RunPodSandbox on the node's own
+        /// containerd, whose CRI plugin runs the CNI chain (weft, portmap, bandwidth).
+        #[arg(long)]
+        cri: bool,
+        /// CRI pods: the Kubernetes namespace.
+        #[arg(long, default_value = "default", requires = "cri")]
+        namespace: String,
+        /// CRI pods: a host port, `HOST:CONTAINER` or `HOST:CONTAINER/udp` (repeatable).
+        #[arg(long = "host-port", value_parser = parse_host_port, requires = "cri")]
+        host_ports: Vec<HostPort>,
+        /// CRI pods: a pod annotation `KEY=VALUE` (repeatable), e.g.
+        /// `kubernetes.io/ingress-bandwidth=20M`.
+        #[arg(long = "annotation", value_parser = parse_annotation, requires = "cri")]
+        annotations: Vec<(String, String)>,
         /// Node (`n1` or `1`).
         node: String,
         name: String,
     },
+    /// Remove a CRI pod (StopPodSandbox, then RemovePodSandbox).
+    Rm {
+        #[arg(long)]
+        prefix: Option<String>,
+        name: String,
+    },
+}
+
+/// `8080:80` or `8080:80/udp`.
+fn parse_host_port(s: &str) -> Result<HostPort, String> {
+    let (ports, udp) = match s.split_once('/') {
+        None => (s, false),
+        Some((p, "tcp")) => (p, false),
+        Some((p, "udp")) => (p, true),
+        Some((_, other)) => return Err(format!("protocol {other:?}: expected tcp or udp")),
+    };
+    let (host, container) = ports
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected HOST:CONTAINER[/udp]"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{p:?} in {s:?} is not a port (1-65535)"))
+    };
+    Ok(HostPort {
+        udp,
+        host_port: port(host)?,
+        container_port: port(container)?,
+    })
+}
+
+/// `KEY=VALUE`.
+fn parse_annotation(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -211,6 +267,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 PodCommand::Add {
                     prefix,
                     fast,
+                    cri,
+                    namespace,
+                    host_ports,
+                    annotations,
                     node,
                     name,
                 },
@@ -219,10 +279,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let n = parse_node(&node)?;
             let ip = if fast {
                 lab.add_pod(n, &name)?
+            } else if cri {
+                let spec = SandboxSpec {
+                    namespace,
+                    host_ports,
+                    annotations,
+                    ..SandboxSpec::default()
+                };
+                lab.cri_pod(n, &name, &spec)?
             } else {
                 lab.ctr_pod(n, &name)?
             };
             println!("{name} {ip} on n{n}");
+        }
+        Command::Pod {
+            command: PodCommand::Rm { prefix, name },
+        } => {
+            let mut lab = Lab::attach(&resolve(prefix)?)?;
+            lab.cri_remove_pod(&name)?;
+            println!("{name}: removed");
         }
         Command::Exec {
             prefix,
@@ -338,7 +413,9 @@ fn print_status(lab: &Lab) {
         );
     }
     for p in &info.pods {
-        let how = if p.container.is_some() {
+        let how = if p.sandbox.is_some() {
+            "CRI"
+        } else if p.container.is_some() {
             "containerd"
         } else {
             "veth"

@@ -16,6 +16,9 @@
 //!
 //! containerd gets its own root, state, socket and runc root under `<labdir>/containerd`,
 //! and runs in the lab's underlay namespace. Container IDs are `<prefix>-<pod>`.
+//!
+//! CRI pods (the kubelet's path, where containerd itself calls CNI) use one containerd
+//! per node instead, see [`super::cri`].
 
 use std::path::{Path, PathBuf};
 

@@ -1,9 +1,11 @@
 //! The lab: a multi-node weft (or mixed weft + kernel-flannel) cluster in network
-//! namespaces on one machine, with a real etcd and, for `ctr` pods, a real containerd.
+//! namespaces on one machine, with a real etcd and, for `ctr` pods, a real containerd;
+//! for CRI pods, each node runs a containerd of its own ([`cri`]).
 //!
 //! ```text
 //!   <prefix>-ul   underlay: bridge br0 192.0.2.254/24, etcd on :2379, containerd
-//!     ├─ n1 ──veth── <prefix>-n1  eth0 192.0.2.1/24   weftd (or kernel vxlan), cni0 10.244.X.1/24
+//!     ├─ n1 ──veth── <prefix>-n1  eth0 192.0.2.1/24   weftd (or kernel vxlan), cni0 10.244.X.1/24,
+//!     │                                                 containerd with CRI (once a CRI pod is made)
 //!     │                 └─ vpN ──veth── <prefix>-<pod>  eth0 10.244.X.N/24, default via .1
 //!     └─ n2 ──veth── <prefix>-n2  eth0 192.0.2.2/24   ...
 //! ```
@@ -18,6 +20,8 @@
 //! [`kernel`]).
 
 pub mod containerd;
+pub mod cri;
+mod cri_pods;
 pub mod kernel;
 mod nodes;
 mod pods;
@@ -235,6 +239,9 @@ pub struct NodeInfo {
     pub subnet: Option<Ipv4Net>,
     pub vtep_mac: Option<String>,
     pub etcd_lease: Option<String>,
+    /// The socket of the node's own containerd (CRI pods), once started.
+    #[serde(default)]
+    pub cri_socket: Option<PathBuf>,
 }
 
 impl NodeInfo {
@@ -262,6 +269,9 @@ pub struct PodInfo {
     pub host_if: Option<String>,
     /// containerd container ID (`ctr` pods).
     pub container: Option<String>,
+    /// CRI pod sandbox ID (pods made through the node's containerd CRI plugin).
+    #[serde(default)]
+    pub sandbox: Option<String>,
 }
 
 /// The description of a lab (part of its state record).
@@ -296,6 +306,8 @@ pub struct Lab {
     etcd: Etcd,
     weftd: HashMap<usize, Child>,
     containerd: Option<Child>,
+    /// Each node's own containerd (CRI pods), by node index.
+    node_containerd: HashMap<usize, Child>,
 }
 
 impl Lab {
@@ -341,6 +353,7 @@ impl Lab {
                 subnet: None,
                 vtep_mac: None,
                 etcd_lease: None,
+                cri_socket: None,
             })
             .collect();
         st.namespaces.extend(nodes.iter().map(|n| n.netns.clone()));
@@ -384,6 +397,7 @@ impl Lab {
             etcd,
             weftd: HashMap::new(),
             containerd: None,
+            node_containerd: HashMap::new(),
         };
         lab.save()?;
 
@@ -441,6 +455,7 @@ impl Lab {
             etcd,
             weftd: HashMap::new(),
             containerd: None,
+            node_containerd: HashMap::new(),
         })
     }
 
@@ -636,6 +651,9 @@ impl Lab {
         if let Some(mut c) = self.containerd.take() {
             c.kill();
         }
+        for (_, mut c) in self.node_containerd.drain() {
+            c.kill();
+        }
         self.etcd.kill();
     }
 }
@@ -655,6 +673,9 @@ impl Drop for Lab {
                 c.detach();
             }
             if let Some(c) = self.containerd.take() {
+                c.detach();
+            }
+            for (_, c) in self.node_containerd.drain() {
                 c.detach();
             }
             self.etcd.forget();

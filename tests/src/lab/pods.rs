@@ -74,6 +74,7 @@ impl Lab {
             ip,
             host_if: Some(host_if),
             container: None,
+            sandbox: None,
         });
         self.save()?;
         Ok(ip)
@@ -130,6 +131,7 @@ impl Lab {
             ip: Ipv4Addr::UNSPECIFIED,
             host_if: None,
             container: Some(id.clone()),
+            sandbox: None,
         });
         self.save()?;
         let script = r#"mount --bind "$1" /opt/cni/bin && mount --bind "$2" /var/lib/cni && exec ctr -a "$3" run -d --null-io --cni --runc-root "$4" --cgroup "" --rootfs "$5" "$6" /bin/sleep 2000000000"#;
@@ -234,7 +236,7 @@ impl Lab {
         Ok(sock)
     }
 
-    fn check_new_pod(&self, name: &str) -> anyhow::Result<()> {
+    pub(super) fn check_new_pod(&self, name: &str) -> anyhow::Result<()> {
         anyhow::ensure!(
             !name.is_empty()
                 && name.len() <= 20

@@ -139,6 +139,9 @@ impl LabState {
     pub fn teardown(&self) -> anyhow::Result<()> {
         let mut errors = Vec::new();
         self.remove_containers();
+        if let Some(info) = &self.info {
+            super::cri::remove_sandboxes(info);
+        }
         // Processes first (they hold namespaces and files open), newest first.
         for p in self.processes.iter().rev() {
             p.proc.kill();
@@ -151,6 +154,9 @@ impl LabState {
                     p.kill();
                 }
             }
+        }
+        if let Some(info) = &self.info {
+            super::cri::remove_leftovers(info);
         }
         for ns in self.namespaces.iter().rev() {
             if let Err(e) = crate::netns::delete(ns) {

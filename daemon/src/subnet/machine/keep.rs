@@ -7,7 +7,11 @@ use super::*;
 impl LeaseMachine {
     pub(super) fn wait_to_renew(&mut self, now: Now, out: &mut Vec<Action>) {
         self.phase = Phase::Held(Keeping::Idle);
-        out.push(Action::WakeAt(now.mono + self.config.renew_interval));
+        let mut wake = now.mono + self.config.renew_interval;
+        if let Some(due) = self.renew_due.filter(|due| *due > now.mono) {
+            wake = wake.min(due);
+        }
+        out.push(Action::WakeAt(wake));
     }
 
     fn held_lease(&self) -> &HeldLease {
@@ -23,17 +27,25 @@ impl LeaseMachine {
         )
     }
 
-    /// One check: a renewal, read of our key first for a reservation, when asked, or
-    /// while in trouble.
-    fn check(&mut self, verify_key: bool, out: &mut Vec<Action>) {
+    /// One check: read our key first for a reservation, when asked, or while in
+    /// trouble; else renew when the margin is reached (or the expiry is unknown), and
+    /// otherwise read the time left.
+    fn check(&mut self, verify_key: bool, now: Now, out: &mut Vec<Action>) {
         let held = self.held_lease();
         let (subnet, lease_id) = (held.subnet, held.lease_id);
         if lease_id == 0 || verify_key || self.in_trouble() {
             self.phase = Phase::Held(Keeping::Reading);
             out.push(Action::GetLease(subnet));
-        } else {
+        } else if self.renewal_due(now) {
             self.renew(out);
+        } else {
+            self.phase = Phase::Held(Keeping::Probing);
+            out.push(Action::CheckTimeLeft(lease_id));
         }
+    }
+
+    fn renewal_due(&self, now: Now) -> bool {
+        self.renew_due.is_none_or(|due| now.mono >= due)
     }
 
     fn renew(&mut self, out: &mut Vec<Action>) {
@@ -45,13 +57,19 @@ impl LeaseMachine {
     /// the next renewal.
     fn checked(&mut self, now: Now, out: &mut Vec<Action>) {
         if std::mem::take(&mut self.verify_pending) {
-            self.check(true, out);
+            self.check(true, now, out);
         } else {
             self.wait_to_renew(now, out);
         }
     }
 
+    /// Reports the lease held with `ttl_secs` left (`None` for a reservation), and
+    /// when it is due for renewal.
     fn report_held(&mut self, ttl_secs: Option<i64>, now: Now, out: &mut Vec<Action>) {
+        self.renew_due = ttl_secs.map(|ttl| {
+            let left = Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
+            now.mono + left.saturating_sub(self.config.renew_margin)
+        });
         let held = self.held_lease();
         let state = LeaseState::Held {
             subnet: held.subnet,
@@ -72,8 +90,8 @@ impl LeaseMachine {
     ) {
         let subnet = self.held_lease().subnet;
         match (keeping, observation) {
-            (Keeping::Idle, Observation::TimerFired) => self.check(false, out),
-            (Keeping::Idle, Observation::KeyChanged) => self.check(true, out),
+            (Keeping::Idle, Observation::TimerFired) => self.check(false, now, out),
+            (Keeping::Idle, Observation::KeyChanged) => self.check(true, now, out),
             (keeping, Observation::KeyChanged) => {
                 self.verify_pending = true;
                 self.phase = Phase::Held(keeping);
@@ -116,6 +134,21 @@ impl LeaseMachine {
                 }
             },
             (Keeping::Refreshing, Observation::Replaced(_)) => self.read_ok(now, out),
+            (Keeping::Probing, Observation::TimeLeft(left)) => match left {
+                Some(ttl) if ttl > 0 => {
+                    self.report_held(Some(ttl), now, out);
+                    if self.renewal_due(now) {
+                        self.renew(out);
+                    } else {
+                        self.checked(now, out);
+                    }
+                }
+                _ => {
+                    tracing::error!(%subnet, lease_id = self.held_lease().lease_id,
+                        "this node's lease expired or was revoked");
+                    self.lost(out);
+                }
+            },
             (Keeping::Renewing, Observation::Renewed(ttl)) => match ttl {
                 Some(ttl) if ttl > 0 => {
                     out.push(Action::Count(Counter::Renewal));

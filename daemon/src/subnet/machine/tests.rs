@@ -790,3 +790,63 @@ fn shutdown_ends_the_machine_without_requests() {
         .step(Observation::TimerFired, clock.now())
         .is_empty());
 }
+
+/// flanneld's `--subnet-lease-renew-margin`: between renewals the store is probed for
+/// the time left, and the renewal comes when no more than the margin is left.
+#[test]
+fn the_renew_margin_renews_that_long_before_expiry_and_probes_meanwhile() {
+    let mut clock = Clock::new();
+    let held = HeldLease {
+        netconf: netconf(),
+        subnet: net("10.244.5.0/24"),
+        lease_id: 42,
+        how: AcquiredHow::New,
+    };
+    let mut config = config();
+    config.renew_margin = Duration::from_secs(25);
+    let mut machine = LeaseMachine::holding(config, names(), held);
+    machine.step(Observation::Start, clock.now());
+    // The expiry is unknown at first: renew.
+    clock.advance(RENEW);
+    let actions = machine.step(Observation::TimerFired, clock.now());
+    assert!(matches!(request(&actions), Action::Renew(42)));
+    let actions = machine.step(Observation::Renewed(Some(60)), clock.now());
+    assert_eq!(wake_at(&actions), clock.now().mono + RENEW);
+    // 50 s and 40 s left: more than the margin, so only the time left is read.
+    for left in [50, 40] {
+        clock.advance(RENEW);
+        let actions = machine.step(Observation::TimerFired, clock.now());
+        assert!(
+            matches!(request(&actions), Action::CheckTimeLeft(42)),
+            "{actions:?}"
+        );
+        let actions = machine.step(Observation::TimeLeft(Some(left)), clock.now());
+        no_request(&actions);
+        assert!(counts(&actions).is_empty(), "no renewal with {left} s left");
+        assert!(matches!(
+            reports(&actions)[..],
+            [LeaseState::Held { expires_unix: Some(at), .. }] if *at == clock.unix() + left as u64
+        ));
+    }
+    // The next wake-up is the due time itself (25 s before expiry), not a whole
+    // interval later.
+    clock.advance(RENEW);
+    machine.step(Observation::TimerFired, clock.now());
+    let actions = machine.step(Observation::TimeLeft(Some(30)), clock.now());
+    assert_eq!(wake_at(&actions), clock.now().mono + Duration::from_secs(5));
+    clock.advance(Duration::from_secs(5));
+    let actions = machine.step(Observation::TimerFired, clock.now());
+    assert!(
+        matches!(request(&actions), Action::Renew(42)),
+        "{actions:?}"
+    );
+    let actions = machine.step(Observation::Renewed(Some(60)), clock.now());
+    assert_eq!(counts(&actions), [Counter::Renewal]);
+    // A probe that finds the lease gone takes the subnet back at once.
+    clock.advance(RENEW);
+    machine.step(Observation::TimerFired, clock.now());
+    let actions = machine.step(Observation::TimeLeft(None), clock.now());
+    assert!(
+        matches!(request(&actions), Action::Create { subnet, .. } if *subnet == net("10.244.5.0/24"))
+    );
+}

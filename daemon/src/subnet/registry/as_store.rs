@@ -198,8 +198,9 @@ impl LeaseWatch for EtcdWatch {
                 return Err(StoreError::new(false, "watch stream closed by etcd"));
             }
             Err(e) => {
-                self.reachability.failed(e.to_string());
-                return Err(StoreError::new(false, e));
+                let cause = super::brief(&e);
+                self.reachability.failed(cause.clone());
+                return Err(StoreError::new(false, cause));
             }
         };
         self.reachability.ok();
