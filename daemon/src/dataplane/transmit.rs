@@ -158,12 +158,6 @@ const MAX_GSO_SEGMENTS: usize = 64;
 /// Largest UDP payload of one send (65535 - IPv4 header - UDP header).
 const MAX_UDP_PAYLOAD: usize = 65_507;
 
-/// About how many bytes one transmit round reads from TUN before the worker turns to
-/// its receive half: a bulk flow keeps the TUN queue full, and an unbounded round (one
-/// TAP write per 64 KB super-packet) held the replies and ACKs waiting on the worker's
-/// sockets for milliseconds. The same bound as a receive batch's.
-const TX_ROUND_BYTES: usize = 256 << 10;
-
 /// Bytes per transmit slot: headroom, the vnet header and the largest inner packet.
 const TX_SLOT_LEN: usize = HEADROOM + MAX_INNER_PACKET + vnet::HEADER_LEN;
 
@@ -240,8 +234,7 @@ impl Transmitter {
         let mut slot_index = 0;
         let peers = ctx.peers.load();
         let mut round = TxRound::default();
-        let mut read_bytes = 0;
-        while !batch.is_full() && read_bytes < TX_ROUND_BYTES && round.packets < BATCH {
+        while !batch.is_full() {
             let slot = &mut buffers[slot_index * SLOT_LEN..(slot_index + 1) * SLOT_LEN];
             let read = match read_nonblocking(tun.as_fd(), &mut slot[HEADROOM - vnet::HEADER_LEN..])
             {
@@ -256,7 +249,6 @@ impl Transmitter {
                 }
             };
             round.packets += 1;
-            read_bytes += read;
             let (vnet_bytes, packet) =
                 slot[HEADROOM - vnet::HEADER_LEN..][..read].split_at(read.min(vnet::HEADER_LEN));
             let Ok(vnet) = VirtioNetRepr::parse(&VirtioNetHdr::new_unchecked(vnet_bytes)) else {
