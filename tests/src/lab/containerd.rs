@@ -53,12 +53,27 @@ impl Paths {
 
     /// containerd 1.6 config: private root/state/sockets, no CRI (kubelet is not here).
     pub fn config_toml(&self) -> String {
-        let d = self.dir.display();
-        format!(
-            r#"version = 2
+        private_config(&self.dir, &self.socket(), false)
+    }
+}
+
+/// The part of a lab containerd's config every lab containerd shares: root, state,
+/// sockets and opt under `dir`, the snapshotters this host lacks off, and the CRI plugin
+/// on only where `cri` (the per-node containerds of `lab::cri`, which append its
+/// section).
+pub fn private_config(dir: &Path, socket: &Path, cri: bool) -> String {
+    let d = dir.display();
+    let sock = socket.display();
+    let cri_off = if cri {
+        ""
+    } else {
+        "\"io.containerd.grpc.v1.cri\", "
+    };
+    format!(
+        r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+disabled_plugins = [{cri_off}"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
 
 [grpc]
   address = "{sock}"
@@ -74,10 +89,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
-"#,
-            sock = self.socket().display()
-        )
-    }
+"#
+    )
 }
 
 /// A busybox root filesystem (`/usr/bin/busybox` of busybox-static, with its applets

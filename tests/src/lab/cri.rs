@@ -77,27 +77,9 @@ impl NodePaths {
     /// directories, the local pause image, pod cgroups under `cgroup_parent`.
     pub fn config_toml(&self, cni_bin: &Path) -> String {
         let d = self.dir.display();
+        let base = super::containerd::private_config(&self.dir, &self.socket(), true);
         format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = "{d}/debug.sock"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
+            r#"{base}
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   disable_apparmor = true
@@ -122,7 +104,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         Root = "{d}/runc"
 "#,
-            sock = self.socket().display(),
             bin = cni_bin.display(),
             conf = self.cni_conf_dir().display(),
         )
