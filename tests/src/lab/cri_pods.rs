@@ -50,56 +50,22 @@ impl Lab {
             self.state.containerd_sockets.push(sock.clone());
         }
         self.save()?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(paths.log())
-            .with_context(|| format!("opening {}", paths.log().display()))?;
-        // In the node's network namespace, as containerd runs in the host's on a real
-        // node: the CNI plugins it runs then see the node's links. `nsenter --net` keeps
-        // the host's /sys (runc needs its cgroup mounts), unlike `ip netns exec`.
-        let mut cmd = std::process::Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", node.netns))
-            .arg("containerd")
-            .arg("--config")
-            .arg(paths.config())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let mut child =
-            Child::spawn(cmd).with_context(|| format!("starting containerd of n{n}"))?;
-        self.state.processes.push(RecordedProcess {
-            what: format!("containerd n{n}"),
-            proc: child.proc_id(),
-        });
-        self.save()?;
-        let ctr = |args: &[&str]| {
-            crate::run_cmd(
-                std::process::Command::new("ctr")
-                    .arg("-a")
-                    .arg(&sock)
-                    .args(args),
-            )
-        };
-        let mut exited = None;
-        let answered = crate::wait_until(&format!("containerd of n{n} to answer"), timeout, || {
-            if let Some(s) = child.try_status() {
-                exited = Some(s);
-                return true;
-            }
-            ctr(&["version"]).is_ok()
-        });
-        if let Some(status) = exited {
-            anyhow::bail!(
-                "containerd of n{n} exited ({status}); last lines of {}:\n{}",
-                paths.log().display(),
-                crate::etcd::tail(&paths.log(), 15)
-            );
-        }
-        answered?;
+        let child = self.spawn_containerd(
+            &format!("containerd n{n}"),
+            &node.netns,
+            &paths.config(),
+            &paths.log(),
+            &sock,
+        )?;
         self.node_containerd.insert(n, child);
         let image = image.to_string_lossy();
-        ctr(&["-n", CRI_NAMESPACE, "images", "import", &image])
-            .with_context(|| format!("importing the pause image into containerd of n{n}"))?;
+        crate::run_cmd(
+            std::process::Command::new("ctr")
+                .arg("-a")
+                .arg(&sock)
+                .args(["-n", CRI_NAMESPACE, "images", "import", &image]),
+        )
+        .with_context(|| format!("importing the pause image into containerd of n{n}"))?;
         crate::wait_until(
             &format!("the CRI of n{n} to report NetworkReady"),
             timeout,

@@ -2,7 +2,7 @@
 //! containerd through the CNI plugin, and the lab's containerd itself.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -195,45 +195,75 @@ impl Lab {
         std::fs::write(paths.config(), paths.config_toml())?;
         self.info.containerd_socket = Some(sock.clone());
         self.save()?;
+        let child = self.spawn_containerd(
+            "containerd",
+            &self.info.underlay_ns.clone(),
+            &paths.config(),
+            &paths.log(),
+            &sock,
+        )?;
+        self.containerd = Some(child);
+        Ok(sock)
+    }
+
+    /// Starts a containerd with `config` in network namespace `netns` (logging to
+    /// `log`), records its process for `weft-lab down`, and waits until it answers on
+    /// `socket`; if it exits first, the error carries its log's last lines. `what`
+    /// names it in messages and the record.
+    pub(super) fn spawn_containerd(
+        &mut self,
+        what: &str,
+        netns: &str,
+        config: &Path,
+        log_path: &Path,
+        socket: &Path,
+    ) -> anyhow::Result<Child> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(paths.log())
-            .with_context(|| format!("opening {}", paths.log().display()))?;
+            .open(log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
         // `nsenter --net` rather than `ip netns exec`: the latter remounts /sys for the
-        // namespace, which hides the cgroup mounts runc needs.
+        // namespace, which hides the cgroup mounts runc needs. In a node's namespace,
+        // as containerd runs in the host's on a real node, the CNI plugins it runs see
+        // the node's links.
         let mut cmd = std::process::Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.info.underlay_ns))
+        cmd.arg(format!("--net=/run/netns/{netns}"))
             .arg("containerd")
             .arg("--config")
-            .arg(paths.config())
+            .arg(config)
             .stdout(log.try_clone()?)
             .stderr(log);
-        let mut child = Child::spawn(cmd).context("starting containerd")?;
+        let mut child = Child::spawn(cmd).with_context(|| format!("starting {what}"))?;
         self.state.processes.push(RecordedProcess {
-            what: "containerd".into(),
+            what: what.to_owned(),
             proc: child.proc_id(),
         });
         self.save()?;
         let timeout = Duration::from_millis(self.info.ready_timeout_ms);
         let mut exited = None;
-        let ready = crate::wait_until("containerd to answer", timeout, || {
+        let ready = crate::wait_until(&format!("{what} to answer"), timeout, || {
             if let Some(s) = child.try_status() {
                 exited = Some(s);
                 return true;
             }
-            self.ctr(&["version"]).is_ok()
+            crate::run_cmd(
+                std::process::Command::new("ctr")
+                    .arg("-a")
+                    .arg(socket)
+                    .arg("version"),
+            )
+            .is_ok()
         });
         if let Some(status) = exited {
             anyhow::bail!(
-                "containerd exited ({status}); last lines of {}:\n{}",
-                paths.log().display(),
-                crate::etcd::tail(&paths.log(), 15)
+                "{what} exited ({status}); last lines of {}:\n{}",
+                log_path.display(),
+                crate::etcd::tail(log_path, 15)
             );
         }
         ready?;
-        self.containerd = Some(child);
-        Ok(sock)
+        Ok(child)
     }
 
     pub(super) fn check_new_pod(&self, name: &str) -> anyhow::Result<()> {
