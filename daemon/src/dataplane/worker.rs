@@ -177,7 +177,8 @@ pub fn run(
         }
     };
     loop {
-        let round_start = Instant::now();
+        // Only the express worker's priority needs a round's length.
+        let round_start = priority.is_some().then(Instant::now);
         let sent = match transmitter.as_mut() {
             Some(transmitter) => transmitter.pump(),
             None => TxRound::default(),
@@ -194,8 +195,8 @@ pub fn run(
         };
         let now = Instant::now();
         if sent.packets > 0 || received {
-            if let Some(priority) = priority.as_mut() {
-                priority.worked(round_start, now);
+            if let (Some(priority), Some(start)) = (priority.as_mut(), round_start) {
+                priority.worked(start, now);
             }
             account_polling(&mut polling_since, now);
             if received {
